@@ -1,0 +1,328 @@
+"""Deterministic ONNX models used by the bundled examples, the benchmarks and the tests.
+
+Every builder returns an :class:`onnx.ModelProto` (opset 17, IR version 8, so that
+onnxruntime 1.18 and later can load it) whose weights come from
+``numpy.random.default_rng(seed)`` with a fixed seed, and which has been validated
+with :func:`onnx.checker.check_model`. Nothing time- or host-dependent goes into the
+models, so building one twice yields byte-identical serialisations; the test-suite
+relies on that to check that ``server/example_repository`` is up to date.
+
+Models:
+
+* :func:`small_classifier` -- tiny FP32 MLP with a softmax head (example ``classifier``).
+* :func:`image_classifier_uint8` -- UINT8 NHWC image in, softmax out (example
+  ``image_classifier``); exercises non-float inputs and preprocessing inside the graph.
+* :func:`wide_mlp` -- compute-heavy FP32 MLP for throughput benchmarks.
+* :func:`convnet` -- small CNN on 3x224x224 images for latency benchmarks.
+
+``onnx`` is a test/benchmark dependency, not a core one: nothing under
+``hotwire.server`` may import this module.
+
+Regenerate the bundled example repository with::
+
+    python -m hotwire.bench.models --example-repository server/example_repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "OPSET",
+    "IR_VERSION",
+    "PRODUCER_NAME",
+    "CLASSIFIER_CONFIG",
+    "IMAGE_CLASSIFIER_CONFIG",
+    "small_classifier",
+    "image_classifier_uint8",
+    "wide_mlp",
+    "convnet",
+    "example_models",
+    "serialize_model",
+    "write_model_repository",
+    "write_example_repository",
+    "main",
+]
+
+OPSET = 17
+IR_VERSION = 8
+PRODUCER_NAME = "hotwire"
+PRODUCER_VERSION = "1"
+
+_BATCH = "batch"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Graph:
+    """Small accumulator for nodes and initializers with deterministic naming."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._counter = 0
+
+    def _name(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}_{self._counter}"
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name=name))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], output: str | None = None, **attrs: object) -> str:
+        out = output if output is not None else self._name(op.lower())
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=self._name(op), **attrs))
+        return out
+
+    def uniform(self, shape: Sequence[int], fan_in: int) -> np.ndarray:
+        bound = 1.0 / math.sqrt(fan_in)
+        return self.rng.uniform(-bound, bound, size=tuple(shape)).astype(np.float32)
+
+    def gemm(self, x: str, k: int, n: int, prefix: str, output: str | None = None) -> str:
+        w = self.const(f"{prefix}.weight", self.uniform((k, n), k))
+        b = self.const(f"{prefix}.bias", self.uniform((n,), k))
+        return self.node("Gemm", [x, w, b], output)
+
+    def conv(
+        self, x: str, c_in: int, c_out: int, prefix: str, *, kernel: int = 3, stride: int = 1, pad: int = 1
+    ) -> str:
+        fan_in = c_in * kernel * kernel
+        w = self.const(f"{prefix}.weight", self.uniform((c_out, c_in, kernel, kernel), fan_in))
+        b = self.const(f"{prefix}.bias", self.uniform((c_out,), fan_in))
+        return self.node(
+            "Conv",
+            [x, w, b],
+            kernel_shape=[kernel, kernel],
+            strides=[stride, stride],
+            pads=[pad, pad, pad, pad],
+        )
+
+    def model(
+        self,
+        name: str,
+        inputs: Sequence[onnx.ValueInfoProto],
+        outputs: Sequence[onnx.ValueInfoProto],
+        doc: str,
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes, name, list(inputs), list(outputs), initializer=self.initializers, doc_string=doc
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            ir_version=IR_VERSION,
+            producer_name=PRODUCER_NAME,
+            producer_version=PRODUCER_VERSION,
+            doc_string=doc,
+        )
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def _tensor(name: str, elem_type: int, dims: Sequence[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, [_BATCH, *dims])
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def small_classifier(seed: int = 0) -> onnx.ModelProto:
+    """``input`` FP32 [batch, 16] -> Gemm(16->32) -> Relu -> Gemm(32->4) -> Softmax
+    -> ``probabilities`` FP32 [batch, 4]."""
+    g = _Graph(seed)
+    h = g.gemm("input", 16, 32, "fc1")
+    h = g.node("Relu", [h])
+    h = g.gemm(h, 32, 4, "fc2")
+    g.node("Softmax", [h], "probabilities", axis=-1)
+    return g.model(
+        "small_classifier",
+        [_tensor("input", TensorProto.FLOAT, [16])],
+        [_tensor("probabilities", TensorProto.FLOAT, [4])],
+        "Tiny 16->32->4 MLP classifier with softmax output.",
+    )
+
+
+def image_classifier_uint8(height: int = 64, width: int = 64, seed: int = 1) -> onnx.ModelProto:
+    """``image`` UINT8 [batch, H, W, 3] (NHWC) -> scale to [0, 1] -> NCHW -> Conv(3->8, k3 s2) -> Relu
+    -> GlobalAveragePool -> Flatten -> Gemm(8->10) -> Softmax -> ``probabilities`` FP32 [batch, 10]."""
+    g = _Graph(seed)
+    x = g.node("Cast", ["image"], to=TensorProto.FLOAT)
+    scale = g.const("scale", np.array(1.0 / 255.0, dtype=np.float32))
+    x = g.node("Mul", [x, scale])
+    x = g.node("Transpose", [x], perm=[0, 3, 1, 2])
+    x = g.conv(x, 3, 8, "conv1", kernel=3, stride=2, pad=1)
+    x = g.node("Relu", [x])
+    x = g.node("GlobalAveragePool", [x])
+    x = g.node("Flatten", [x], axis=1)
+    x = g.gemm(x, 8, 10, "fc")
+    g.node("Softmax", [x], "probabilities", axis=-1)
+    return g.model(
+        "image_classifier_uint8",
+        [_tensor("image", TensorProto.UINT8, [height, width, 3])],
+        [_tensor("probabilities", TensorProto.FLOAT, [10])],
+        f"UINT8 NHWC {height}x{width} RGB image classifier with 10 classes and softmax output.",
+    )
+
+
+def wide_mlp(seed: int = 2) -> onnx.ModelProto:
+    """``input`` FP32 [batch, 512] -> Gemm(512->2048) -> Relu -> Gemm(2048->2048) -> Relu -> Gemm(2048->10)
+    -> ``logits`` FP32 [batch, 10]. About 5.2 M parameters (~21 MB); compute-heavy benchmark model."""
+    g = _Graph(seed)
+    h = g.gemm("input", 512, 2048, "fc1")
+    h = g.node("Relu", [h])
+    h = g.gemm(h, 2048, 2048, "fc2")
+    h = g.node("Relu", [h])
+    g.gemm(h, 2048, 10, "fc3", output="logits")
+    return g.model(
+        "wide_mlp",
+        [_tensor("input", TensorProto.FLOAT, [512])],
+        [_tensor("logits", TensorProto.FLOAT, [10])],
+        "Wide 512->2048->2048->10 MLP producing logits.",
+    )
+
+
+def convnet(seed: int = 3) -> onnx.ModelProto:
+    """``input`` FP32 [batch, 3, 224, 224] -> Conv/Relu/MaxPool stack -> GlobalAveragePool -> Flatten
+    -> Gemm(64->1000) -> ``logits`` FP32 [batch, 1000]. About 0.25 GMAC per image: a few ms per image
+    on one CPU core."""
+    g = _Graph(seed)
+    x = g.conv("input", 3, 16, "conv1", stride=2)  # 16 x 112 x 112
+    x = g.node("Relu", [x])
+    x = g.conv(x, 16, 32, "conv2", stride=1)  # 32 x 112 x 112
+    x = g.node("Relu", [x])
+    x = g.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])  # 32 x 56 x 56
+    x = g.conv(x, 32, 64, "conv3", stride=1)  # 64 x 56 x 56
+    x = g.node("Relu", [x])
+    x = g.conv(x, 64, 64, "conv4", stride=1)  # 64 x 56 x 56
+    x = g.node("Relu", [x])
+    x = g.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])  # 64 x 28 x 28
+    x = g.conv(x, 64, 64, "conv5", stride=2)  # 64 x 14 x 14
+    x = g.node("Relu", [x])
+    x = g.node("GlobalAveragePool", [x])
+    x = g.node("Flatten", [x], axis=1)
+    g.gemm(x, 64, 1000, "fc", output="logits")
+    return g.model(
+        "convnet",
+        [_tensor("input", TensorProto.FLOAT, [3, 224, 224])],
+        [_tensor("logits", TensorProto.FLOAT, [1000])],
+        "Small CNN for 3x224x224 images producing 1000 logits.",
+    )
+
+
+# --------------------------------------------------------------------------- repositories
+
+CLASSIFIER_CONFIG = """\
+name: "classifier"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [
+  {
+    name: "input"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  }
+]
+output [
+  {
+    name: "probabilities"
+    data_type: TYPE_FP32
+    dims: [ 4 ]
+  }
+]
+dynamic_batching {
+  max_queue_delay_microseconds: 0
+}
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+IMAGE_CLASSIFIER_CONFIG = """\
+name: "image_classifier"
+platform: "onnxruntime_onnx"
+max_batch_size: 32
+input [
+  {
+    name: "image"
+    data_type: TYPE_UINT8
+    dims: [ 64, 64, 3 ]
+  }
+]
+output [
+  {
+    name: "probabilities"
+    data_type: TYPE_FP32
+    dims: [ 10 ]
+  }
+]
+dynamic_batching { }
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+
+def serialize_model(model: onnx.ModelProto) -> bytes:
+    """Deterministic serialisation used for every ``model.onnx`` written by this module."""
+    return model.SerializeToString(deterministic=True)
+
+
+def example_models() -> dict[str, tuple[onnx.ModelProto, str]]:
+    """The bundled example models, keyed by model name, with their ``config.pbtxt`` text."""
+    return {
+        "classifier": (small_classifier(), CLASSIFIER_CONFIG),
+        "image_classifier": (image_classifier_uint8(), IMAGE_CLASSIFIER_CONFIG),
+    }
+
+
+def write_model_repository(root: pathlib.Path, models: dict[str, tuple[onnx.ModelProto, str]]) -> None:
+    """Write a Triton-layout repository: ``<root>/<name>/config.pbtxt`` and ``<root>/<name>/1/model.onnx``."""
+    root = pathlib.Path(root)
+    for name, (model, config) in models.items():
+        version_dir = root / name / "1"
+        version_dir.mkdir(parents=True, exist_ok=True)
+        (root / name / "config.pbtxt").write_bytes(config.encode("utf-8"))
+        (version_dir / "model.onnx").write_bytes(serialize_model(model))
+
+
+def write_example_repository(root: pathlib.Path) -> None:
+    """Write the bundled example repository (``classifier`` and ``image_classifier``) under ``root``."""
+    write_model_repository(pathlib.Path(root), example_models())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hotwire.bench.models", description="Generate the deterministic ONNX models."
+    )
+    parser.add_argument(
+        "--example-repository",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="write the bundled example repository (Triton layout) into DIR",
+    )
+    args = parser.parse_args(argv)
+    if args.example_repository is None:
+        parser.error("nothing to do: pass --example-repository DIR")
+    write_example_repository(args.example_repository)
+    print(f"wrote example repository to {args.example_repository}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from hotwire.server.cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""Composition root: builds the pieces in order, and owns the one ordered shutdown.
+
+Startup: metrics endpoint → registry loads the repository → gRPC server (inference, health, reflection) listens.
+Shutdown (DESIGN.md §2.9): health NOT_SERVING → stop accepting and let in-flight RPCs finish (server.stop(grace))
+→ drain batchers and unload sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Callable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from hotwire.proto import grpc_service_pb2, model_config_pb2
+from hotwire.server.config import ServerConfig
+from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
+from hotwire.server.metrics import start_metrics_server
+from hotwire.server.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Our stubs live in a private pool; reflection needs one that also knows health and reflection."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in (model_config_pb2.DESCRIPTOR, grpc_service_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb))
+    return pool
+
+
+class App:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.health = health.aio.HealthServicer()
+        self.registry = Registry(config.default_max_batch_size, on_health_change=self._set_model_health)
+        self.server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._draining = False
+        self._metrics_server = None
+        self._stopped = asyncio.Event()
+
+    def _set_model_health(self, model: str, serving: bool) -> None:
+        # Health callbacks come from the registry on the event loop; HealthServicer.set is a coroutine.
+        asyncio.get_running_loop().create_task(self.health.set(model, SERVING if serving and not self._draining else NOT_SERVING))
+
+    def is_ready(self) -> bool:
+        return not self._draining and self.server is not None and self.registry.all_ready()
+
+    async def start(self) -> None:
+        if self.config.metrics_port >= 0:
+            self._metrics_server = start_metrics_server(self.config.host, self.config.metrics_port)
+            self.metrics_port = self._metrics_server.server_port
+        await self.registry.load_repository(self.config.model_repository)
+        options = [
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            # A single-process server must own its port: two servers silently sharing one is a bug.
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((InferenceService(self.registry, self.is_ready).generic_handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
+        )
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        self.grpc_port = server.add_insecure_port(address)
+        if self.grpc_port == 0:
+            raise OSError(f"could not listen on {address}")
+        await server.start()
+        self.server = server
+        await self.health.set("", SERVING)
+        log.info("hotwire listening on %s:%d (gRPC)%s", self.config.host, self.grpc_port,
+                 f", metrics on :{self.metrics_port}/metrics" if self._metrics_server else "")
+
+    async def stop(self) -> None:
+        """The one shutdown order. Safe to call twice."""
+        if self._draining:
+            await self._stopped.wait()
+            return
+        self._draining = True
+        log.info("shutting down: health NOT_SERVING, finishing in-flight requests (grace %.0f s)", self.config.shutdown_grace_s)
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.config.shutdown_grace_s)
+        await self.registry.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        log.info("shutdown complete")
+        self._stopped.set()
+
+    async def run(self, force_exit: Callable[[], None]) -> None:
+        """Serve until SIGTERM/SIGINT, then shut down in order; a second signal calls `force_exit`."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            if stop_requested.is_set():
+                log.warning("second %s: forcing exit", signal.Signals(signum).name)
+                force_exit()
+            log.info("received %s", signal.Signals(signum).name)
+            stop_requested.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await self.start()
+        await stop_requested.wait()
+        await self.stop()

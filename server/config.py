@@ -1,0 +1,107 @@
+"""Server settings: one frozen dataclass, built from command-line flags and HOTWIRE_<FLAG> environment variables.
+
+This module is the only reader of environment variables. A flag given on the command line wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from hotwire.server.errors import ConfigError
+from hotwire.server.model_config import DEFAULT_MAX_BATCH_SIZE
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENV_PREFIX = "HOTWIRE_"
+
+
+def bundled_repository() -> Path:
+    """The example model repository shipped inside the package."""
+    return Path(str(resources.files("hotwire.server") / "example_repository"))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_repository: Path
+    host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    metrics_port: int = 8002  # -1 disables the metrics endpoint
+    log_level: str = "INFO"
+    max_message_bytes: int = 64 * 1024 * 1024  # both directions
+    shutdown_grace_s: float = 30.0  # how long in-flight requests may take to finish on SIGTERM
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+
+
+def _positive(name: str, minimum: int) -> type:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name}: expected >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse  # type: ignore[return-value]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `serve` flags; each FLAG also reads HOTWIRE_<FLAG> (e.g. --grpc-port: HOTWIRE_GRPC_PORT)."""
+    parser.add_argument("--model-repository", type=Path, help="model repository (default: the bundled examples)")
+    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--grpc-port", type=_positive("--grpc-port", 0), help="gRPC port, 0 = any free (default 8001)")
+    parser.add_argument("--metrics-port", type=_positive("--metrics-port", -1),
+                        help="Prometheus /metrics port, 0 = any free, -1 = off (default 8002)")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
+    parser.add_argument("--max-message-bytes", type=_positive("--max-message-bytes", 1),
+                        help="largest gRPC message accepted or sent (default 64 MiB)")
+    parser.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on shutdown (default 30)")
+    parser.add_argument("--default-max-batch-size", type=_positive("--default-max-batch-size", 1),
+                        help="max_batch_size for models that leave it out of config.pbtxt (default 32)")
+
+
+def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags first, then HOTWIRE_* variables, then defaults; invalid variables are a ConfigError naming them."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(ServerConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+            continue
+        variable = ENV_PREFIX + f.name.upper()
+        if variable in env:
+            values[f.name] = _from_env(variable, env[variable], f.type)
+    if "model_repository" not in values:
+        values["model_repository"] = bundled_repository()
+    config = ServerConfig(**values)  # type: ignore[arg-type]
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log level '{config.log_level}': expected one of {LOG_LEVELS}")
+    return config
+
+
+def _from_env(variable: str, text: str, type_name: object) -> object:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {variable}: expected {kind}, got '{text}'") from None
+    if kind == "Path":
+        return Path(text)
+    if variable == ENV_PREFIX + "LOG_LEVEL":
+        return text.upper()
+    return text
+
+
+def parse_serve_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    parser = argparse.ArgumentParser(prog="hotwire serve")
+    add_serve_arguments(parser)
+    return server_config(parser.parse_args(list(argv)), environ)

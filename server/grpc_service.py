@@ -1,0 +1,172 @@
+"""The `inference.GRPCInferenceService` servicer: each RPC a few lines that delegate.
+
+Registered as a generic handler so ModelInfer and ModelStreamInfer receive raw request bytes and return raw
+response bytes (see wire.py); every other RPC uses the generated protobuf classes. One wrapper, `_unary`, maps
+every exception to its status code (errors.status_of), so no RPC can kill the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import metadata
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from hotwire.proto import grpc_service_pb2 as pb
+from hotwire.server import wire
+from hotwire.server.errors import HotwireError, Unimplemented, status_of
+from hotwire.server.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+# Extensions advertised in ServerMetadata: only what really works (perf_analyzer acts on them).
+EXTENSIONS = ("model_configuration",)
+STREAM_WINDOW = 64  # requests of one stream in flight at once; the reader waits beyond that
+
+try:
+    SERVER_VERSION = metadata.version("hotwire")
+except metadata.PackageNotFoundError:  # running from a source tree without an install
+    SERVER_VERSION = "0.0.0"
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _unary(handler: Handler) -> Handler:
+    """Answer any exception with its gRPC status and a message; log the unexpected ones with their traceback."""
+
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(request, context)
+        except Exception as exc:
+            code, message = status_of(exc)
+            if not isinstance(exc, HotwireError):
+                log.exception("unexpected error in %s", handler.__name__)
+            await context.abort(code, message)
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+class InferenceService:
+    def __init__(self, registry: Registry, is_ready: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._is_ready = is_ready
+
+    # ----- health and metadata ------------------------------------------------------------------------------
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._registry.is_ready(request.name, request.version))
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="hotwire", version=SERVER_VERSION, extensions=list(EXTENSIONS))
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        version = self._registry.route(request.name, request.version)
+        sig = version.signature
+        entry = self._registry.entry(request.name)
+        return pb.ModelMetadataResponse(
+            name=version.name,
+            versions=[str(v) for v in sorted(entry.versions)],
+            platform=version.config.platform,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype.name, shape=sig.full_shape(s))
+                    for s in sig.inputs],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype.name, shape=sig.full_shape(s))
+                     for s in sig.outputs],
+        )
+
+    async def model_config(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self._registry.route(request.name, request.version).config)
+
+    # ----- inference ----------------------------------------------------------------------------------------
+
+    async def model_infer(self, data: bytes, context: Any) -> bytes:
+        request = wire.decode_request(data)
+        version = self._registry.route(request.model_name, request.model_version)
+        return wire.encode_response(await version.infer(request))
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        """Requests of one stream run concurrently; responses go back in request order, errors in-band."""
+        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    await pending.put(asyncio.create_task(self._stream_one(data)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    async def _stream_one(self, data: bytes) -> bytes:
+        request_id = model_name = ""
+        try:
+            request = wire.decode_request(data)
+            request_id, model_name = request.id, request.model_name
+            version = self._registry.route(request.model_name, request.model_version)
+            return wire.encode_stream_response(await version.infer(request))
+        except Exception as exc:
+            _, message = status_of(exc)
+            if not isinstance(exc, HotwireError):
+                log.exception("unexpected error in a ModelStreamInfer request")
+            return pb.ModelStreamInferResponse(
+                error_message=message, infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name)
+            ).SerializeToString()
+
+    # ----- generic handler ----------------------------------------------------------------------------------
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        def unary(handler: Handler, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler), request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+
+        handlers: dict[str, grpc.RpcMethodHandler] = {
+            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            # raw bytes both ways: no deserializer, no serializer (wire.py does both without copying tensors)
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(_unary(self.model_infer)),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+        }
+        for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+            if method.name not in handlers:
+                handlers[method.name] = _unimplemented(method.name, method.client_streaming, method.server_streaming)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _unimplemented(name: str, client_streaming: bool, server_streaming: bool) -> grpc.RpcMethodHandler:
+    message = f"{name} is not implemented by this hotwire server yet"
+
+    async def reject(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise Unimplemented(message)
+
+    if client_streaming or server_streaming:
+        async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+            yield b""  # pragma: no cover  (abort raises; this makes the function a generator)
+
+        return grpc.stream_stream_rpc_method_handler(reject_stream)
+    reject.__name__ = name
+    return grpc.unary_unary_rpc_method_handler(_unary(reject))

@@ -1,0 +1,283 @@
+"""Model configuration: read config.pbtxt, complete it from the ONNX graph, derive the frozen settings.
+
+The `ModelConfig` protobuf (Triton's format) stays the source of truth: it is what the ModelConfig RPC returns.
+Everything the server acts on is derived from it here, once per load, into frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from google.protobuf import text_format
+
+from hotwire.proto import model_config_pb2 as mc
+from hotwire.server import datatypes
+from hotwire.server.errors import ConfigError, ModelLoadError
+
+ONNX_PLATFORM = "onnxruntime_onnx"
+ONNX_BACKEND = "onnxruntime"
+DEFAULT_MODEL_FILENAME = "model.onnx"
+# max_batch_size given to a model whose config leaves it out but whose graph has a dynamic first dimension.
+DEFAULT_MAX_BATCH_SIZE = 32
+
+_MAX_BATCH_SIZE_KEY = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
+
+
+def read_config(path: Path, model_name: str) -> tuple[mc.ModelConfig, bool]:
+    """Parse `<model>/config.pbtxt` (absent: an empty config to complete). Returns (config, max_batch_size given)."""
+    config = mc.ModelConfig()
+    text = ""
+    if path.exists():
+        text = path.read_text()
+        try:
+            text_format.Parse(text, config)
+        except text_format.ParseError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if config.name and config.name != model_name:
+        raise ConfigError(f"{path}: name '{config.name}' does not match the model directory '{model_name}'")
+    config.name = model_name
+    if config.platform and config.platform != ONNX_PLATFORM:
+        raise ConfigError(f"{path}: platform '{config.platform}' is not served; hotwire serves '{ONNX_PLATFORM}'")
+    if config.backend and config.backend != ONNX_BACKEND:
+        raise ConfigError(f"{path}: backend '{config.backend}' is not served; hotwire serves '{ONNX_BACKEND}'")
+    config.platform = ONNX_PLATFORM
+    config.backend = ONNX_BACKEND
+    if not config.default_model_filename:
+        config.default_model_filename = DEFAULT_MODEL_FILENAME
+    without_comments = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return config, bool(_MAX_BATCH_SIZE_KEY.search(without_comments))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# signature
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: datatypes.Datatype
+    dims: tuple[int, ...]  # per request item, batch dimension excluded; -1 = any size
+    model_dims: tuple[int, ...]  # the ONNX tensor's dims (batch excluded): differs from dims under `reshape`
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int  # 0: the model takes no batch dimension
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def full_shape(self, spec: TensorSpec) -> list[int]:
+        """The shape clients see in ModelMetadata: batch dimension first (-1) when the model batches."""
+        return ([-1] if self.batched else []) + list(spec.dims)
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.outputs if s.name == name), None)
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """A tensor as the ONNX graph declares it (onnxruntime NodeArg): dims None for symbolic."""
+
+    name: str
+    onnx_type: str
+    shape: tuple[int | None, ...]
+
+
+def graph_tensors(node_args: Sequence[Any]) -> list[GraphTensor]:
+    return [
+        GraphTensor(arg.name, arg.type, tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape))
+        for arg in node_args
+    ]
+
+
+def complete(
+    config: mc.ModelConfig,
+    max_batch_size_given: bool,
+    graph_inputs: list[GraphTensor],
+    graph_outputs: list[GraphTensor],
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> tuple[mc.ModelConfig, Signature]:
+    """Fill what config.pbtxt leaves out from the ONNX graph, check the rest agrees with it, derive the signature.
+
+    Raises ModelLoadError naming the config field that disagrees with the model.
+    """
+    config = _copy(config)
+    everything = graph_inputs + graph_outputs
+    first_dims_dynamic = bool(everything) and all(t.shape and t.shape[0] is None for t in everything)
+    if not max_batch_size_given:
+        config.max_batch_size = default_max_batch_size if first_dims_dynamic else 0
+        if config.max_batch_size and not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
+            config.dynamic_batching.SetInParent()
+    if config.max_batch_size < 0:
+        raise ModelLoadError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+    batched = config.max_batch_size > 0
+    if batched:
+        fixed = [t.name for t in everything if not t.shape or t.shape[0] is not None]
+        if fixed:
+            raise ModelLoadError(
+                f"max_batch_size is {config.max_batch_size} but the model's tensors {fixed} have no dynamic first "
+                "(batch) dimension; set max_batch_size: 0"
+            )
+    inputs = _complete_tensors("input", config.input, graph_inputs, batched)
+    outputs = _complete_tensors("output", config.output, graph_outputs, batched)
+    if not config.instance_group:
+        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    for i, group in enumerate(config.instance_group):
+        if not group.name:
+            group.name = f"{config.name}_{i}"
+        if group.count == 0:
+            group.count = 1
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    return config, Signature(tuple(inputs), tuple(outputs), config.max_batch_size)
+
+
+def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
+    copy = mc.ModelConfig()
+    copy.CopyFrom(config)
+    return copy
+
+
+def _complete_tensors(kind: str, declared: Any, graph: list[GraphTensor], batched: bool) -> list[TensorSpec]:
+    by_name = {t.name: t for t in graph}
+    for entry in declared:
+        if entry.name not in by_name:
+            raise ModelLoadError(
+                f"config {kind} '{entry.name}' is not a {kind} of the model; the model's {kind}s are {list(by_name)}"
+            )
+    declared_names = {entry.name for entry in declared}
+    for tensor in graph:
+        if tensor.name not in declared_names:
+            entry = declared.add(name=tensor.name)
+            entry.data_type = mc.DataType.Value(_datatype_of(kind, tensor).config)
+            dims = tensor.shape[1:] if batched else tensor.shape
+            entry.dims.extend(-1 if d is None else d for d in dims)
+    order = {t.name: i for i, t in enumerate(graph)}
+    specs = sorted((_spec(kind, entry, by_name[entry.name], batched) for entry in declared), key=lambda s: order[s.name])
+    return specs
+
+
+def _datatype_of(kind: str, tensor: GraphTensor) -> datatypes.Datatype:
+    dtype = datatypes.BY_ONNX.get(tensor.onnx_type)
+    if dtype is None:
+        raise ModelLoadError(f"model {kind} '{tensor.name}' has type {tensor.onnx_type}, which hotwire cannot serve")
+    return dtype
+
+
+def _spec(kind: str, entry: Any, tensor: GraphTensor, batched: bool) -> TensorSpec:
+    model_dtype = _datatype_of(kind, tensor)
+    declared = mc.DataType.Name(entry.data_type)
+    if entry.data_type == mc.TYPE_INVALID:
+        entry.data_type = mc.DataType.Value(model_dtype.config)
+    elif declared != model_dtype.config:
+        raise ModelLoadError(f"config {kind} '{entry.name}': data_type {declared} but the model has {model_dtype.config}")
+    graph_dims = tensor.shape[1:] if batched else tensor.shape
+    model_dims = tuple(-1 if d is None else d for d in graph_dims)
+    dims = tuple(entry.dims)
+    if entry.HasField("reshape"):
+        target = tuple(entry.reshape.shape)
+        _check_dims(kind, entry.name, "reshape", target, model_dims)
+        if _known_count(dims) and _known_count(target) and _known_count(dims) != _known_count(target):
+            raise ModelLoadError(f"config {kind} '{entry.name}': dims {list(dims)} cannot reshape to {list(target)}")
+        model_dims = target
+    else:
+        _check_dims(kind, entry.name, "dims", dims, model_dims)
+    return TensorSpec(entry.name, model_dtype, dims, model_dims, bool(getattr(entry, "optional", False)))
+
+
+def _known_count(dims: tuple[int, ...]) -> int:
+    if any(d < 0 for d in dims):
+        return 0
+    count = 1
+    for d in dims:
+        count *= d
+    return count
+
+
+def _check_dims(kind: str, name: str, field: str, dims: tuple[int, ...], model_dims: tuple[int, ...]) -> None:
+    compatible = len(dims) == len(model_dims) and all(a == b or a == -1 or b == -1 for a, b in zip(dims, model_dims))
+    if not compatible:
+        raise ModelLoadError(
+            f"config {kind} '{name}': {field} {list(dims)} do not match the model's {list(model_dims)} "
+            "(batch dimension excluded when max_batch_size > 0)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX Runtime session settings
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    intra_op_threads: int
+    inter_op_threads: int
+    allow_spinning: bool
+    graph_optimization: str  # disable | basic | extended | all
+    parallel_execution: bool
+    enable_mem_arena: bool
+    enable_mem_pattern: bool
+
+
+_GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def default_intra_op_threads(instances: int) -> int:
+    # Leave half the cores to the gRPC event loop and request decoding; share the rest among instances.
+    cores = os.cpu_count() or 1
+    return max(1, (cores // 2) // max(1, instances))
+
+
+def ort_options(config: mc.ModelConfig) -> OrtOptions:
+    """Session options from config parameters (Triton's ORT backend keys, plus hotwire's) and `optimization.graph`."""
+    params = {key: value.string_value.strip() for key, value in config.parameters.items()}
+    instances = sum(group.count for group in config.instance_group) or 1
+
+    def integer(key: str, default: int) -> int:
+        if key not in params:
+            return default
+        try:
+            value = int(params[key])
+        except ValueError:
+            raise ModelLoadError(f"parameters '{key}': expected an integer, got '{params[key]}'") from None
+        if value < 0:
+            raise ModelLoadError(f"parameters '{key}': expected >= 0, got {value}")
+        return value
+
+    def boolean(key: str, default: bool) -> bool:
+        if key not in params:
+            return default
+        value = params[key].lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ModelLoadError(f"parameters '{key}': expected true/false, got '{params[key]}'")
+
+    level = "all"
+    if config.optimization.HasField("graph"):
+        level = {-1: "basic", 1: "extended"}.get(config.optimization.graph.level, "all")  # Triton's mapping
+    if "graph_optimization_level" in params:
+        level = params["graph_optimization_level"].lower()
+        if level not in _GRAPH_LEVELS:
+            raise ModelLoadError(f"parameters 'graph_optimization_level': expected one of {_GRAPH_LEVELS}, got '{level}'")
+    return OrtOptions(
+        intra_op_threads=integer("intra_op_thread_count", 0) or default_intra_op_threads(instances),
+        inter_op_threads=integer("inter_op_thread_count", 0) or 1,
+        allow_spinning=boolean("allow_spinning", False),
+        graph_optimization=level,
+        parallel_execution=integer("execution_mode", 0) == 1,
+        enable_mem_arena=boolean("enable_mem_arena", True),
+        enable_mem_pattern=boolean("enable_mem_pattern", True),
+    )

@@ -1,0 +1,86 @@
+"""Scan a Triton-layout model repository: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/model.onnx`.
+
+Reads configs and version directories and applies the version policy; loads nothing. Errors are per model, so one
+broken model never hides the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hotwire.proto import model_config_pb2 as mc
+from hotwire.server.errors import ConfigError
+from hotwire.server.model_config import read_config
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILENAME = "config.pbtxt"
+
+
+@dataclass
+class ModelSource:
+    """One model directory: its parsed (not yet completed) config and the version files its policy selects."""
+
+    name: str
+    path: Path
+    config: mc.ModelConfig | None = None
+    max_batch_size_given: bool = False
+    versions: dict[int, Path] = field(default_factory=dict)  # version -> model file
+    error: str | None = None  # set when the directory or its config is unusable
+
+
+def scan(root: Path) -> dict[str, ModelSource]:
+    """Every model directory under `root` (hidden ones skipped), by name."""
+    if not root.is_dir():
+        raise ConfigError(f"model repository '{root}' is not a directory")
+    return {entry.name: read_model(entry) for entry in sorted(root.iterdir()) if entry.is_dir() and not entry.name.startswith(".")}
+
+
+def read_model(path: Path) -> ModelSource:
+    source = ModelSource(name=path.name, path=path)
+    try:
+        config, given = read_config(path / CONFIG_FILENAME, path.name)
+    except ConfigError as exc:
+        source.error = str(exc)
+        return source
+    source.config, source.max_batch_size_given = config, given
+    available = _version_dirs(path)
+    selected = select_versions(config.version_policy, sorted(available))
+    for version in selected:
+        model_file = available[version] / config.default_model_filename
+        if model_file.is_file():
+            source.versions[version] = model_file
+        else:
+            log.warning("model %s version %d: %s not found, version skipped", path.name, version, model_file.name)
+    if not source.versions:
+        source.error = (
+            f"no loadable version under {path} (versions on disk: {sorted(available) or 'none'}, "
+            f"policy selects: {selected or 'none'}, model file: {config.default_model_filename})"
+        )
+    return source
+
+
+def _version_dirs(path: Path) -> dict[int, Path]:
+    versions: dict[int, Path] = {}
+    for entry in path.iterdir():
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        if not entry.name.isdigit():
+            log.warning("model %s: skipping '%s', version directories must be integers", path.name, entry.name)
+            continue
+        versions[int(entry.name)] = entry
+    return versions
+
+
+def select_versions(policy: mc.ModelVersionPolicy, available: list[int]) -> list[int]:
+    """Triton's version policy: latest{num_versions} (default 1), all, or specific{versions}."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return list(available)
+    if kind == "specific":
+        wanted = set(policy.specific.versions)
+        return [v for v in available if v in wanted]
+    count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions > 0 else 1
+    return sorted(available)[-count:]

@@ -1,0 +1,116 @@
+"""ONNX Runtime sessions and the executor threads that run them.
+
+One `Instance` per `instance_group` entry × count: its own session on its own single-thread executor, so the
+event loop never blocks on ORT and instances of one model run concurrently (`session.run` releases the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from hotwire.proto import model_config_pb2 as mc
+from hotwire.server.errors import ModelLoadError
+from hotwire.server.model_config import OrtOptions
+
+log = logging.getLogger(__name__)
+
+_GRAPH_LEVEL = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an instance runs: the ORT execution providers, in preference order, with their options."""
+
+    kind: str  # "cpu" | "gpu"
+    device_id: int
+    providers: tuple[tuple[str, dict[str, str]], ...]
+
+    @property
+    def label(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"gpu:{self.device_id}"
+
+
+def placements(group: mc.ModelInstanceGroup) -> list[Placement]:
+    """One placement per instance of an instance_group (count per GPU for KIND_GPU, as Triton does)."""
+    available = ort.get_available_providers()
+    kind = group.kind
+    if kind == mc.ModelInstanceGroup.KIND_AUTO:
+        kind = mc.ModelInstanceGroup.KIND_GPU if "CUDAExecutionProvider" in available else mc.ModelInstanceGroup.KIND_CPU
+    if kind == mc.ModelInstanceGroup.KIND_CPU:
+        return [Placement("cpu", 0, (("CPUExecutionProvider", {}),))] * group.count
+    if kind != mc.ModelInstanceGroup.KIND_GPU:
+        raise ModelLoadError(f"instance_group '{group.name}': kind {mc.ModelInstanceGroup.Kind.Name(kind)} is not supported")
+    if "CUDAExecutionProvider" not in available:
+        raise ModelLoadError(
+            f"instance_group '{group.name}' asks for KIND_GPU but this onnxruntime has no CUDAExecutionProvider "
+            f"(available: {available}); install hotwire[gpu] or use KIND_CPU"
+        )
+    gpus = list(group.gpus) or [0]
+    return [
+        Placement("gpu", gpu, (("CUDAExecutionProvider", {"device_id": str(gpu)}), ("CPUExecutionProvider", {})))
+        for gpu in gpus
+        for _ in range(group.count)
+    ]
+
+
+def session_options(options: OrtOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = _GRAPH_LEVEL[options.graph_optimization]
+    so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if options.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_cpu_mem_arena = options.enable_mem_arena
+    so.enable_mem_pattern = options.enable_mem_pattern
+    # Spinning threads burn the cores the gRPC loop needs on small machines (DESIGN.md §4).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if options.allow_spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def create_session(model_file: Path, options: OrtOptions, placement: Placement) -> ort.InferenceSession:
+    """Create a session; slow and GIL-holding, so callers run it off the event loop."""
+    try:
+        return ort.InferenceSession(
+            str(model_file),
+            sess_options=session_options(options),
+            providers=[name for name, _ in placement.providers],
+            provider_options=[opts for _, opts in placement.providers],
+        )
+    except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
+        raise ModelLoadError(f"onnxruntime could not load {model_file}: {exc}") from exc
+
+
+class Instance:
+    """One ORT session and the one thread that runs it. The session is only ever touched from that thread."""
+
+    def __init__(self, name: str, session: ort.InferenceSession, placement: Placement) -> None:
+        self.name = name
+        self.session = session
+        self.placement = placement
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def run_sync(self, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+        """Runs on this instance's executor thread; never touches the event loop."""
+        return self.session.run(list(output_names), feeds)
+
+    async def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.session = None  # type: ignore[assignment]  # drop ORT's memory now, not at the next GC

@@ -1,0 +1,79 @@
+"""Check a decoded request against the model's signature; produce what the batcher needs.
+
+Every failure is InvalidInput naming the tensor and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hotwire.server.errors import InvalidInput
+from hotwire.server.model_config import Signature
+from hotwire.server.wire import InferRequest
+
+
+@dataclass(slots=True)
+class ValidRequest:
+    feeds: dict[str, np.ndarray]  # model input name -> array in the model's shape (still a view of the request)
+    rows: int
+    shape_key: tuple
+    output_names: tuple[str, ...]
+
+
+def validate(request: InferRequest, signature: Signature, model: str) -> ValidRequest:
+    feeds: dict[str, np.ndarray] = {}
+    shape_key: list[tuple[str, tuple[int, ...]]] = []
+    rows: int | None = None
+    batched = signature.batched
+    for tensor in request.inputs:
+        spec = signature.input(tensor.name)
+        if spec is None:
+            raise InvalidInput(
+                f"model '{model}' has no input '{tensor.name}'; expected inputs: {[s.name for s in signature.inputs]}"
+            )
+        if tensor.name in feeds:
+            raise InvalidInput(f"input '{tensor.name}' appears more than once")
+        if tensor.datatype is not spec.datatype:
+            raise InvalidInput(
+                f"input '{tensor.name}': datatype {tensor.datatype.name} does not match the model's {spec.datatype.name}"
+            )
+        shape = tensor.shape
+        expected = signature.full_shape(spec)
+        if len(shape) != len(expected) or any(e != -1 and s != e for s, e in zip(shape, expected)):
+            raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} does not match the model's {expected}")
+        item_shape = shape[1:] if batched else shape
+        if batched:
+            if shape[0] < 1 or shape[0] > signature.max_batch_size:
+                raise InvalidInput(
+                    f"input '{tensor.name}': batch size {shape[0]} is outside 1..{signature.max_batch_size} "
+                    "(the model's max_batch_size)"
+                )
+            if rows is not None and shape[0] != rows:
+                raise InvalidInput(f"input '{tensor.name}': batch size {shape[0]} differs from the other inputs' {rows}")
+            rows = shape[0]
+        array = tensor.array
+        if spec.model_dims != spec.dims:  # config `reshape`: the model takes another shape of the same elements
+            model_shape = ((shape[0],) if batched else ()) + tuple(spec.model_dims)
+            try:
+                array = array.reshape(model_shape)
+            except ValueError:
+                raise InvalidInput(
+                    f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's {list(model_shape)}"
+                ) from None
+        feeds[tensor.name] = array
+        shape_key.append((tensor.name, item_shape))
+    missing = [s.name for s in signature.inputs if s.name not in feeds and not s.optional]
+    if missing:
+        raise InvalidInput(f"model '{model}' expects input(s) {missing}, which the request lacks")
+    if request.requested_outputs is None:
+        output_names = tuple(s.name for s in signature.outputs)
+    else:
+        for name in request.requested_outputs:
+            if signature.output(name) is None:
+                raise InvalidInput(
+                    f"model '{model}' has no output '{name}'; expected outputs: {[s.name for s in signature.outputs]}"
+                )
+        output_names = tuple(request.requested_outputs)
+    return ValidRequest(feeds, rows or 1, tuple(sorted(shape_key)), output_names)
