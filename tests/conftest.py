@@ -1,0 +1,43 @@
+"""Shared fixtures: a real server on 127.0.0.1 with an ephemeral port, and gRPC stubs to talk to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import grpc
+import pytest
+
+from hotwire.proto import grpc_service_pb2_grpc
+from server_harness import ServerThread
+
+StartServer = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def running_server() -> Iterator[StartServer]:
+    """`running_server(repository, **ServerConfig overrides)` starts a server; all are stopped at teardown."""
+    started: list[ServerThread] = []
+
+    def start(repository: Path, **overrides: object) -> ServerThread:
+        server = ServerThread(repository, **overrides).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def stub_for() -> Iterator[Callable[[ServerThread], grpc_service_pb2_grpc.GRPCInferenceServiceStub]]:
+    channels: list[grpc.Channel] = []
+
+    def make(server: ServerThread) -> grpc_service_pb2_grpc.GRPCInferenceServiceStub:
+        channel = grpc.insecure_channel(server.address)
+        channels.append(channel)
+        return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    yield make
+    for channel in channels:
+        channel.close()

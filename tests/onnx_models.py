@@ -1,0 +1,73 @@
+"""Tiny ONNX models for tests, built with onnx.helper, and a writer for Triton-layout repositories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+# Protocol datatype -> ONNX element type; every datatype the server supports.
+ONNX_TYPES: dict[str, int] = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _model(nodes: list, inputs: list, outputs: list, initializers: list | None = None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hotwire-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def identity_all_types(dims: tuple[int, ...] = (3,), batched: bool = True) -> onnx.ModelProto:
+    """For every datatype D: input `in_D` -> Identity -> output `out_D`, shape [batch?] + dims."""
+    shape = (["batch"] if batched else []) + list(dims)
+    nodes, inputs, outputs = [], [], []
+    for name, elem in ONNX_TYPES.items():
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", elem, shape))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", elem, shape))
+    return _model(nodes, inputs, outputs)
+
+
+def add_sub(width: int = 16, batched: bool = True, offset: float = 0.0) -> onnx.ModelProto:
+    """Triton's 'simple' model: OUTPUT0 = INPUT0 + INPUT1 + offset, OUTPUT1 = INPUT0 - INPUT1 (FP32)."""
+    shape = (["batch"] if batched else []) + [width]
+    bias = numpy_helper.from_array(np.array(offset, dtype=np.float32), "offset")
+    nodes = [
+        helper.make_node("Add", ["INPUT0", "INPUT1"], ["sum"]),
+        helper.make_node("Add", ["sum", "offset"], ["OUTPUT0"]),
+        helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+    ]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)  # noqa: E731
+    return _model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")], [bias])
+
+
+def write_model(root: Path, name: str, model: onnx.ModelProto | bytes | None, config: str | None = None,
+                version: int = 1) -> Path:
+    """Write `<root>/<name>/config.pbtxt` (when given) and `<root>/<name>/<version>/model.onnx`."""
+    model_dir = root / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (model_dir / "config.pbtxt").write_text(config)
+    if model is not None:
+        data = model if isinstance(model, bytes) else model.SerializeToString()
+        (model_dir / str(version) / "model.onnx").write_bytes(data)
+    return model_dir

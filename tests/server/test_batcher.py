@@ -1,0 +1,54 @@
+"""plan_batch is a pure function of the queue, the policy and the clock: tested here with explicit times."""
+
+from __future__ import annotations
+
+from hotwire.server.batcher import BatchingPolicy, Pending, plan_batch
+
+SHAPE_A = (("x", (16,)),)
+SHAPE_B = (("x", (8,)),)
+
+
+def queue(*items: tuple[int, float], shape: tuple = SHAPE_A) -> list[Pending]:
+    return [Pending(rows, shape, at) for rows, at in items]
+
+
+def test_lone_request_is_not_delayed_when_delay_is_zero():
+    assert plan_batch(queue((1, 0.0)), BatchingPolicy(max_batch_size=8), now=0.0) == (1, 0.0)
+
+
+def test_everything_queued_goes_in_one_batch_up_to_max_batch_size():
+    policy = BatchingPolicy(max_batch_size=8)
+    assert plan_batch(queue(*[(1, 0.0)] * 5), policy, now=0.0) == (5, 0.0)
+    assert plan_batch(queue((3, 0.0), (4, 0.0), (2, 0.0)), policy, now=0.0) == (2, 0.0)
+
+
+def test_requests_with_other_shapes_are_never_batched_together():
+    pending = queue((1, 0.0), (1, 0.0)) + queue((1, 0.0), shape=SHAPE_B) + queue((1, 0.0))
+    assert plan_batch(pending, BatchingPolicy(max_batch_size=8), now=0.0) == (2, 0.0)
+
+
+def test_with_a_delay_a_lone_request_waits_for_company_at_most_the_delay():
+    policy = BatchingPolicy(max_batch_size=8, max_queue_delay_s=0.002)
+    take, wait = plan_batch(queue((1, 10.0)), policy, now=10.0005)
+    assert take == 0 and abs(wait - 0.0015) < 1e-9
+    assert plan_batch(queue((1, 10.0)), policy, now=10.002) == (1, 0.0)
+
+
+def test_a_full_batch_goes_at_once_even_with_a_delay():
+    policy = BatchingPolicy(max_batch_size=4, max_queue_delay_s=1.0)
+    assert plan_batch(queue(*[(1, 0.0)] * 4), policy, now=0.0) == (4, 0.0)
+
+
+def test_the_largest_reachable_preferred_size_goes_at_once():
+    policy = BatchingPolicy(max_batch_size=16, preferred_batch_sizes=(2, 4), max_queue_delay_s=1.0)
+    assert plan_batch(queue(*[(1, 0.0)] * 5), policy, now=0.0) == (4, 0.0)
+    assert plan_batch(queue((1, 0.0)), policy, now=0.0)[0] == 0
+
+
+def test_without_dynamic_batching_requests_run_one_at_a_time():
+    assert plan_batch(queue((2, 0.0), (2, 0.0)), BatchingPolicy(max_batch_size=8, enabled=False), now=0.0) == (1, 0.0)
+    assert plan_batch(queue((1, 0.0), (1, 0.0)), BatchingPolicy(max_batch_size=0), now=0.0) == (1, 0.0)
+
+
+def test_empty_queue_takes_nothing():
+    assert plan_batch([], BatchingPolicy(max_batch_size=8), now=0.0) == (0, 0.0)

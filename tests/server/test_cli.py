@@ -1,0 +1,182 @@
+"""`hotwire serve` as a user runs it: a real process, the bundled repository, flags and HOTWIRE_* variables,
+and a graceful SIGTERM that finishes in-flight requests and exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from onnx import TensorProto, helper, numpy_helper
+
+from hotwire.server.config import ServerConfig, bundled_repository, parse_serve_args
+from onnx_models import write_model
+
+LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
+
+
+class ServeProcess:
+    """`python -m hotwire.server serve ...` with its stderr collected on a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hotwire.server", "serve", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._ready = threading.Event()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                self.port = int(match.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    def wait_listening(self, timeout: float = 60) -> int:
+        self._ready.wait(timeout)
+        assert self.port is not None, "server did not start:\n" + self.log
+        return self.port
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._collector.join(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    processes: list[ServeProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
+        process = ServeProcess(list(args), env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.close()
+
+
+def slow_model(layers: int = 40, width: int = 512) -> onnx.ModelProto:
+    """A MatMul chain: ~0.1 s per call at batch 128 on one core, so requests are surely in flight at SIGTERM."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}")
+               for i in range(layers)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < layers - 1 else "y"])
+             for i in range(layers)]
+    graph = helper.make_graph(
+        nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_serve_without_flags_serves_the_bundled_models(serve):
+    process = serve("--grpc-port", "0", "--metrics-port", "-1", "--host", "127.0.0.1")
+    port = process.wait_listening()
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    assert client.is_server_ready()
+    for model in ("classifier", "image_classifier"):
+        assert client.is_model_ready(model)
+        assert f"loaded model {model} version 1" in process.log
+    x = np.random.default_rng(1).random((2, 16), dtype=np.float32)
+    tensor = triton.InferInput("input", [2, 16], "FP32")
+    tensor.set_data_from_numpy(x)
+    served = client.infer("classifier", [tensor]).as_numpy("probabilities")
+    session = ort.InferenceSession(str(bundled_repository() / "classifier" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(served, session.run(None, {"input": x})[0], rtol=1e-6)
+    image = triton.InferInput("image", [1, 64, 64, 3], "UINT8")
+    image.set_data_from_numpy(np.full((1, 64, 64, 3), 128, np.uint8))
+    assert client.infer("image_classifier", [image]).as_numpy("probabilities").shape == (1, 10)
+    client.close()
+    assert process.stop() == 0
+
+
+def test_environment_variables_configure_the_server(serve, tmp_path):
+    write_model(tmp_path, "slow", slow_model(layers=2))
+    process = serve(env={"HOTWIRE_MODEL_REPOSITORY": str(tmp_path), "HOTWIRE_GRPC_PORT": "0",
+                         "HOTWIRE_HOST": "127.0.0.1", "HOTWIRE_METRICS_PORT": "-1", "HOTWIRE_LOG_LEVEL": "debug"})
+    port = process.wait_listening()
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    assert client.is_model_ready("slow") and not client.is_model_ready("classifier")
+    client.close()
+    assert process.stop() == 0
+
+
+def test_flags_win_over_environment_and_bad_values_are_clear_errors(tmp_path):
+    config = parse_serve_args(["--grpc-port", "9001"], {"HOTWIRE_GRPC_PORT": "7001", "HOTWIRE_LOG_LEVEL": "warning"})
+    assert config.grpc_port == 9001 and config.log_level == "WARNING"
+    assert config.model_repository == bundled_repository()
+    assert parse_serve_args([], {}) == ServerConfig(model_repository=bundled_repository())
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "serve"], capture_output=True, text=True,
+                            env={**os.environ, "HOTWIRE_GRPC_PORT": "eighty"}, timeout=60)
+    assert result.returncode == 2 and "HOTWIRE_GRPC_PORT" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "serve", "--model-repository", str(tmp_path / "nope"),
+                             "--grpc-port", "0", "--metrics-port", "-1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "is not a directory" in result.stderr
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_zero(serve, tmp_path):
+    model = slow_model()
+    write_model(tmp_path, "slow", model, 'max_batch_size: 128\ndynamic_batching { }')
+    process = serve("--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", "-1", "--host", "127.0.0.1")
+    port = process.wait_listening()
+    x = np.random.default_rng(2).random((128, 512), dtype=np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    def infer_once(_: int) -> np.ndarray:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("x", [128, 512], "FP32")
+        tensor.set_data_from_numpy(x)
+        try:
+            return client.infer("slow", [tensor], client_timeout=60).as_numpy("y")
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(infer_once, i) for i in range(4)]
+        time.sleep(0.3)  # requests are queued or computing: each takes ~0.1 s and they run one after another
+        process.proc.send_signal(signal.SIGTERM)
+        results = [f.result(timeout=60) for f in futures]
+    for result in results:
+        np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4)
+    assert process.proc.wait(30) == 0
+    assert "received SIGTERM" in process.log and "shutdown complete" in process.log
