@@ -266,7 +266,8 @@ def raw_bytes(array: np.ndarray, dtype: datatypes.Datatype) -> bytes | memoryvie
             parts.append(encoded)
         return b"".join(parts)
     contiguous = np.ascontiguousarray(array, dtype=dtype.numpy)
-    return memoryview(contiguous).cast("B")
+    # A flat uint8 view rather than memoryview.cast, which refuses shapes with a zero dimension.
+    return memoryview(contiguous.reshape(-1).view(np.uint8))
 
 
 def _set_parameter(target: pb.InferParameter, value: ParamValue) -> None:

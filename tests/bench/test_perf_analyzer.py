@@ -1,0 +1,26 @@
+"""Triton's perf_analyzer completes a measurement against hotwire (it calls ServerMetadata, ModelMetadata,
+ModelConfig and ModelInfer, and trusts the advertised extensions). Skips, saying why, where it can't run."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotwire.bench import perf_analyzer
+from hotwire.server.config import bundled_repository
+from server_harness import ServerThread
+
+TOOL, WHY_NOT = perf_analyzer.locate()
+
+
+@pytest.mark.skipif(TOOL is None, reason=WHY_NOT)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_perf_analyzer_measures_the_bundled_classifier(streaming):
+    server = ServerThread(bundled_repository()).start()
+    try:
+        extra = ["--stability-percentage", "100", "--max-trials", "3"] + (["--streaming"] if streaming else [])
+        assert TOOL is not None
+        results = perf_analyzer.measure(TOOL, "classifier", server.address, [1, 2], window_ms=300, extra=extra)
+    finally:
+        server.stop()
+    assert [r.concurrency for r in results] == [1, 2]
+    assert all(r.throughput > 0 and 0 < r.p50_us <= r.p99_us for r in results)
