@@ -1,0 +1,1 @@
+"""Benchmarks: models, reference servers, load generators; results in bench/RESULTS.md."""

@@ -1,0 +1,1 @@
+"""numba kernels: batch assembly and preprocessing (no gRPC, no ONNX Runtime imports)."""

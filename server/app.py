@@ -48,10 +48,14 @@ class App:
         self._draining = False
         self._metrics_server = None
         self._stopped = asyncio.Event()
+        self._health_updates: set[asyncio.Task[None]] = set()  # held so the loop can't drop them half-done
 
     def _set_model_health(self, model: str, serving: bool) -> None:
         # Health callbacks come from the registry on the event loop; HealthServicer.set is a coroutine.
-        asyncio.get_running_loop().create_task(self.health.set(model, SERVING if serving and not self._draining else NOT_SERVING))
+        status = SERVING if serving and not self._draining else NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.health.set(model, status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     def is_ready(self) -> bool:
         return not self._draining and self.server is not None and self.registry.all_ready()
