@@ -1,28 +1,45 @@
-"""Dynamic batching: a bounded queue per model version, a pure batching decision, one dispatch loop per instance.
+"""Dynamic batching with Triton's semantics: one bounded queue per priority level, a pure batching decision, one
+dispatch loop per instance.
 
-`plan_batch` decides, from the queue's state and the clock alone, how many queued requests to take now or how long
-to wait; it is unit-tested with a fake clock. Each instance runs a dispatch loop that takes the next batch when it
-is free, so a batch always goes to the next free instance (work-conserving: an idle instance with delay 0 takes a
-lone request at once).
+`plan_batch` decides from the queue's head, the policy and the clock alone how many requests to take now or how
+long to wait; it is unit-tested with a fake clock. Each instance runs a dispatch loop that takes the next batch when
+it is free, so a batch always goes to the next free instance, and with delay 0 an idle instance takes a lone
+request at once (work-conserving).
+
+Everything here runs on the event loop except `BatchAssembler.assemble`, which runs on an instance's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hotwire.server.errors import ResourceExhausted, Unavailable
+from hotwire.server.assembly import BatchAssembler
+from hotwire.server.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, Unavailable
 from hotwire.server.runner import Instance
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+DEFAULT_MAX_QUEUE_SIZE = 4096  # per priority level, when the config leaves max_queue_size at 0 (unbounded in Triton)
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy for one priority level."""
+
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    default_timeout_s: float = 0.0  # 0: requests never time out in the queue
+    allow_timeout_override: bool = False  # a request's `timeout` parameter may shorten the default
+    delay_on_timeout: bool = False  # timeout_action DELAY: an expired request runs after all others, not rejected
 
 
 @dataclass(frozen=True)
@@ -30,26 +47,34 @@ class BatchingPolicy:
     max_batch_size: int  # 0: no batch dimension, every request runs alone
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_s: float = 0.0
-    max_queue_size: int = 1024  # bounded: a full queue fails fast with RESOURCE_EXHAUSTED
     enabled: bool = True  # dynamic_batching present in the config
+    preserve_ordering: bool = False  # responses leave in arrival order even when instances finish out of order
+    priority_levels: int = 0  # 0: a single level
+    default_priority_level: int = 0  # 0: the lowest priority (highest number)
+    queue_policies: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per level, level 1 first
 
+    @property
+    def levels(self) -> int:
+        return max(1, self.priority_levels)
 
-@dataclass
-class WorkItem:
-    """One request waiting for an instance. Its future travels with it (DESIGN.md §2.5)."""
+    def level_index(self, priority: int) -> int:
+        """Queue index of a request's `priority` parameter (1 = highest); 0 means the default level."""
+        if priority == 0:
+            default = self.default_priority_level or self.levels
+            return min(default, self.levels) - 1
+        if priority < 0 or priority > self.levels:
+            raise InvalidInput(f"parameter 'priority': {priority} is outside 1..{self.levels} (0 = default)")
+        return priority - 1
 
-    feeds: dict[str, np.ndarray]  # model input name -> array shaped as the model takes it
-    rows: int  # batch-dimension size (1 for models without a batch dimension)
-    shape_key: tuple  # non-batch shapes of every input: only equal keys batch together
-    output_names: tuple[str, ...]
-    future: asyncio.Future[list[np.ndarray]]
-    enqueued_at: float
-    timings: dict[str, float] = field(default_factory=dict)
+    @property
+    def window(self) -> int:
+        """How many queued requests a batch can hold at most (each has at least one row)."""
+        return self.max_batch_size if self.enabled and self.max_batch_size > 0 else 1
 
 
 @dataclass(frozen=True)
 class Pending:
-    """What plan_batch sees of a queued item."""
+    """What plan_batch sees of a queued request."""
 
     rows: int
     shape_key: tuple
@@ -57,13 +82,16 @@ class Pending:
 
 
 def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> tuple[int, float]:
-    """(items to take from the head now, 0) or (0, seconds to wait before asking again).
+    """(requests to take from the head now, 0) or (0, seconds to wait before asking again).
 
-    Only a run of items from the head with the head's shapes can batch together (FIFO order is kept).
+    Only a run from the head with the head's shapes can batch together (queue order is kept). A batch goes at once
+    when it can't grow (max_batch_size reached, or the next request doesn't fit or has other shapes), when the delay
+    is 0, when it reaches a preferred size (the largest reachable one), or when its oldest request has waited
+    max_queue_delay.
     """
     if not queue:
         return 0, 0.0
-    if policy.max_batch_size == 0 or not policy.enabled:
+    if policy.window == 1:
         return 1, 0.0
     head = queue[0]
     rows = 0
@@ -90,38 +118,221 @@ def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> 
     return 0, policy.max_queue_delay_s - waited
 
 
+@dataclass(eq=False)
+class WorkItem:
+    """One request waiting for an instance. Its future travels with it (DESIGN.md §2.5)."""
+
+    feeds: dict[str, np.ndarray]  # model input name -> array shaped as the model takes it
+    output_names: tuple[str, ...]
+    future: asyncio.Future[list[np.ndarray]]
+    pending: Pending
+    level: int
+    deadline: float  # monotonic; inf: none
+    delay_on_timeout: bool
+    seq: int
+    queued: bool = True  # False once taken, expired or cancelled
+    delayed: bool = False  # timed out under DELAY: runs after every other request
+    released: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a dispatch loop reports per executed batch (for metrics)."""
+
+    rows: int
+    requests: int
+    compute_s: float
+
+
+class _OrderedRelease:
+    """preserve_ordering: settle futures strictly in arrival (seq) order."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._held: dict[int, Callable[[], None]] = {}
+
+    def done(self, seq: int, settle: Callable[[], None]) -> None:
+        self._held[seq] = settle
+        while self._next in self._held:
+            self._held.pop(self._next)()
+            self._next += 1
+
+
 class Batcher:
-    """Owns one model version's queue and the dispatch loops of its instances. Lives on the event loop."""
+    """Owns one model version's queues and the dispatch loops of its instances. Lives on the event loop."""
 
     def __init__(self, name: str, policy: BatchingPolicy, instances: list[Instance], output_names: Sequence[str],
-                 clock: Clock = time.monotonic) -> None:
+                 assemblers: list[BatchAssembler], clock: Clock = time.monotonic,
+                 on_batch: Callable[[BatchResult], None] | None = None) -> None:
         self.name = name
         self.policy = policy
         self._instances = instances
+        self._assemblers = assemblers
         self._all_outputs = tuple(output_names)
         self._clock = clock
-        self._queue: deque[WorkItem] = deque()
+        self._on_batch = on_batch
+        self._queues: list[deque[WorkItem]] = [deque() for _ in range(policy.levels)]
+        self._delayed: deque[WorkItem] = deque()
+        self._queued_per_level = [0] * policy.levels
+        self._deadlines: list[tuple[float, int, WorkItem]] = []
+        self._release = _OrderedRelease() if policy.preserve_ordering else None
+        self._seq = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._dispatch_loop(inst), name=f"{self.name}:{inst.name}") for inst in self._instances]
-
-    def submit(self, feeds: dict[str, np.ndarray], rows: int, shape_key: tuple,
-               output_names: tuple[str, ...]) -> asyncio.Future[list[np.ndarray]]:
-        if self._closed:
-            raise Unavailable(f"model '{self.name}' is shutting down")
-        if len(self._queue) >= self.policy.max_queue_size:
-            raise ResourceExhausted(f"model '{self.name}': queue full ({self.policy.max_queue_size} requests waiting)")
-        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.append(WorkItem(feeds, rows, shape_key, output_names, future, self._clock()))
-        self._wakeup.set()
-        return future
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(inst, asm), name=f"{self.name}:{inst.name}")
+            for inst, asm in zip(self._instances, self._assemblers)
+        ]
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return sum(self._queued_per_level)
+
+    # ----- submitting ---------------------------------------------------------------------------------------
+
+    def submit(self, feeds: dict[str, np.ndarray], rows: int, shape_key: tuple, output_names: tuple[str, ...],
+               priority: int = 0, timeout_us: int = 0) -> WorkItem:
+        if self._closed:
+            raise Unavailable(f"model '{self.name}' is shutting down")
+        level = self.policy.level_index(priority)
+        queue_policy = self.policy.queue_policies[level]
+        if self._queued_per_level[level] >= queue_policy.max_queue_size:
+            raise ResourceExhausted(
+                f"model '{self.name}': queue full ({queue_policy.max_queue_size} requests waiting at priority {level + 1})"
+            )
+        timeout_s = queue_policy.default_timeout_s
+        if timeout_us > 0 and queue_policy.allow_timeout_override:
+            timeout_s = min(timeout_s, timeout_us / 1e6) if timeout_s else timeout_us / 1e6
+        now = self._clock()
+        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        item = WorkItem(feeds, output_names, future, Pending(rows, shape_key, now), level,
+                        now + timeout_s if timeout_s else math.inf, queue_policy.delay_on_timeout, self._seq)
+        item.timings["queued"] = now
+        self._seq += 1
+        self._queues[level].append(item)
+        self._queued_per_level[level] += 1
+        if timeout_s:
+            heapq.heappush(self._deadlines, (item.deadline, item.seq, item))
+            # Expire on time even when every instance is busy and no dispatch loop is planning.
+            asyncio.get_running_loop().call_later(timeout_s, self._expire_due)
+        future.add_done_callback(lambda f, item=item: self._on_future_done(item))
+        self._wakeup.set()
+        return item
+
+    def _on_future_done(self, item: WorkItem) -> None:
+        if item.future.cancelled() and item.queued:
+            # A cancelled client frees its queue slot at once; the item is skipped, never computed.
+            self._dequeue(item)
+            self._settle(item, lambda: None)
+
+    def _dequeue(self, item: WorkItem) -> None:
+        item.queued = False
+        self._queued_per_level[item.level] -= 1
+
+    def _settle(self, item: WorkItem, settle: Callable[[], None]) -> None:
+        if item.released:
+            return
+        item.released = True
+        if self._release is None:
+            settle()
+        else:
+            self._release.done(item.seq, settle)
+
+    # ----- dispatching --------------------------------------------------------------------------------------
+
+    def _expire_due(self) -> None:
+        self._expire(self._clock())
+
+    def _expire(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, item = heapq.heappop(self._deadlines)
+            if not item.queued:
+                continue
+            if item.delay_on_timeout:
+                item.delayed = True
+                self._delayed.append(item)
+                continue
+            self._dequeue(item)
+            error = DeadlineExceeded(f"model '{self.name}': request timed out after waiting "
+                                     f"{(now - item.pending.enqueued_at) * 1e3:.1f} ms in the queue")
+            self._settle(item, lambda item=item, error=error: _fail(item.future, error))
+
+    def _window(self) -> list[WorkItem]:
+        """The queued requests a batch may be formed from, in priority then arrival order; prunes settled heads."""
+        limit = self.policy.window
+        window: list[WorkItem] = []
+        for queue, delayed_queue in [(q, False) for q in self._queues] + [(self._delayed, True)]:
+            while queue and (not queue[0].queued or queue[0].delayed != delayed_queue):
+                queue.popleft()
+            for item in queue:
+                if item.queued and item.delayed == delayed_queue:
+                    window.append(item)
+                    if len(window) == limit:
+                        return window
+        return window
+
+    def _take(self) -> tuple[list[WorkItem], float]:
+        now = self._clock()
+        self._expire(now)
+        window = self._window()
+        count, wait = plan_batch([item.pending for item in window], self.policy, now)
+        batch = window[:count]
+        for item in batch:
+            self._dequeue(item)
+            item.timings["batched"] = now
+        if not batch and self._deadlines:
+            wait = min(wait or math.inf, self._deadlines[0][0] - now)
+        return batch, wait
+
+    async def _dispatch_loop(self, instance: Instance, assembler: BatchAssembler) -> None:
+        while True:
+            batch, wait = self._take()
+            if batch:
+                await self._run(instance, assembler, batch)
+                continue
+            if self._closed and not self.queued:
+                return
+            self._wakeup.clear()
+            if 0 < wait < math.inf:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await self._wakeup.wait()
+
+    async def _run(self, instance: Instance, assembler: BatchAssembler, batch: list[WorkItem]) -> None:
+        if self.queued:
+            self._wakeup.set()  # another idle instance may take the next batch meanwhile
+        parts = [item.feeds for item in batch]
+        names = batch[0].output_names if len(batch) == 1 else self._all_outputs
+        try:
+            outputs, padded, compute_s = await instance.call(_assemble_and_run, instance, assembler, parts, names)
+        except Exception as exc:  # an ORT failure fails this batch only, never the loop
+            log.warning("model %s: inference failed on %s: %s", self.name, instance.name, exc)
+            for item in batch:
+                self._settle(item, lambda item=item, exc=exc: _fail(item.future, exc))
+            return
+        if self._on_batch is not None:
+            self._on_batch(BatchResult(sum(i.pending.rows for i in batch), len(batch), compute_s))
+        if len(batch) == 1:
+            item = batch[0]
+            item.timings["compute_s"] = compute_s
+            self._settle(item, lambda: _resolve(item.future, outputs))
+            return
+        by_name = dict(zip(names, outputs))
+        start = 0
+        for item in batch:
+            stop = start + item.pending.rows
+            result = [assembler.slice_output(name, by_name[name], start, stop, item.feeds, padded)
+                      for name in item.output_names]
+            item.timings["compute_s"] = compute_s
+            self._settle(item, lambda item=item, result=result: _resolve(item.future, result))
+            start = stop
 
     async def close(self) -> None:
         """Stop taking work; queued requests still run to completion (drain), then the loops end."""
@@ -130,55 +341,21 @@ class Batcher:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _take(self) -> tuple[list[WorkItem], float]:
-        while self._queue and self._queue[0].future.cancelled():
-            self._queue.popleft()  # a cancelled client frees its slot without being computed
-        pending = [Pending(i.rows, i.shape_key, i.enqueued_at) for i in self._queue]
-        count, wait = plan_batch(pending, self.policy, self._clock())
-        return [self._queue.popleft() for _ in range(count)], wait
 
-    async def _dispatch_loop(self, instance: Instance) -> None:
-        while True:
-            batch, wait = self._take()
-            if batch:
-                await self._run(instance, batch)
-                continue
-            if self._closed and not self._queue:
-                return
-            self._wakeup.clear()
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
-                except asyncio.TimeoutError:
-                    pass
-            else:
-                await self._wakeup.wait()
-
-    async def _run(self, instance: Instance, batch: list[WorkItem]) -> None:
-        # Another loop may be waiting on a delay that this batch just changed: let it re-plan.
-        if self._queue:
-            self._wakeup.set()
-        try:
-            if len(batch) == 1:
-                item = batch[0]
-                outputs = await instance.run(item.feeds, item.output_names)
-                _resolve(item.future, outputs)
-                return
-            feeds = {name: np.concatenate([item.feeds[name] for item in batch]) for name in batch[0].feeds}
-            outputs = await instance.run(feeds, self._all_outputs)
-            start = 0
-            for item in batch:
-                rows = slice(start, start + item.rows)
-                start += item.rows
-                by_name = dict(zip(self._all_outputs, outputs))
-                _resolve(item.future, [by_name[name][rows] for name in item.output_names])
-        except Exception as exc:  # an ORT failure fails this batch only, never the loop
-            log.warning("model %s: inference failed on %s: %s", self.name, instance.name, exc)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+def _assemble_and_run(instance: Instance, assembler: BatchAssembler, parts: list[dict[str, np.ndarray]],
+                      output_names: Sequence[str]) -> tuple[list[np.ndarray], tuple[int, ...], float]:
+    """Runs on the instance's thread: gather the batch (numba, nogil), run ORT (releases the GIL)."""
+    feeds, padded = (parts[0], ()) if len(parts) == 1 else assembler.assemble(parts)
+    started = time.perf_counter()
+    outputs = instance.run_sync(feeds, output_names)
+    return outputs, padded, time.perf_counter() - started
 
 
-def _resolve(future: asyncio.Future[list[np.ndarray]], outputs: list[np.ndarray]) -> None:
+def _resolve(future: asyncio.Future[Any], outputs: list[np.ndarray]) -> None:
     if not future.done():
         future.set_result(outputs)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

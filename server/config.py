@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from hotwire.server.errors import ConfigError
-from hotwire.server.model_config import DEFAULT_MAX_BATCH_SIZE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# max_batch_size given to a model whose config leaves it out but whose graph has a dynamic first dimension.
+DEFAULT_MAX_BATCH_SIZE = 32
 ENV_PREFIX = "HOTWIRE_"
 
 

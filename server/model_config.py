@@ -16,13 +16,12 @@ from google.protobuf import text_format
 
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes
+from hotwire.server.config import DEFAULT_MAX_BATCH_SIZE
 from hotwire.server.errors import ConfigError, ModelLoadError
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
 DEFAULT_MODEL_FILENAME = "model.onnx"
-# max_batch_size given to a model whose config leaves it out but whose graph has a dynamic first dimension.
-DEFAULT_MAX_BATCH_SIZE = 32
 
 _MAX_BATCH_SIZE_KEY = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
 
@@ -63,6 +62,7 @@ class TensorSpec:
     dims: tuple[int, ...]  # per request item, batch dimension excluded; -1 = any size
     model_dims: tuple[int, ...]  # the ONNX tensor's dims (batch excluded): differs from dims under `reshape`
     optional: bool = False
+    ragged: bool = False  # allow_ragged_batch: batches with other shapes of this input, padded
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,10 @@ def _spec(kind: str, entry: Any, tensor: GraphTensor, batched: bool) -> TensorSp
         model_dims = target
     else:
         _check_dims(kind, entry.name, "dims", dims, model_dims)
-    return TensorSpec(entry.name, model_dtype, dims, model_dims, bool(getattr(entry, "optional", False)))
+    ragged = bool(getattr(entry, "allow_ragged_batch", False)) and batched
+    if ragged and len(dims) > 3:
+        raise ModelLoadError(f"config {kind} '{entry.name}': allow_ragged_batch supports up to 3 dims, got {list(dims)}")
+    return TensorSpec(entry.name, model_dtype, dims, model_dims, bool(getattr(entry, "optional", False)), ragged)
 
 
 def _known_count(dims: tuple[int, ...]) -> int:

@@ -18,11 +18,14 @@ import numpy as np
 
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import repository
-from hotwire.server.batcher import Batcher, BatchingPolicy
+from hotwire.kernels import batching as batching_kernels
+from hotwire.server.assembly import BatchAssembler
+from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
 from hotwire.server.model_config import Signature, complete, graph_tensors, ort_options
 from hotwire.server.repository import ModelSource
 from hotwire.server.runner import Instance, create_session, placements
+from hotwire.server.stats import VersionStats
 from hotwire.server.validate import validate
 from hotwire.server.wire import InferRequest, InferResponse
 
@@ -52,15 +55,25 @@ class ModelVersion:
         self.batcher = batcher
         self.state = VersionState.LOADING
         self.inflight = 0
+        self.stats = VersionStats()
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        valid = validate(request, self.signature, self.name)
+        started = time.monotonic()
         self.inflight += 1
+        ok = False
+        item = None
         try:
-            future = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names)
-            outputs = await future
+            valid = validate(request, self.signature, self.name)
+            item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
+                                       valid.priority, valid.timeout_us)
+            outputs = await item.future
+            ok = True
         finally:
             self.inflight -= 1
+            now = time.monotonic()
+            timings = item.timings if item is not None else {}
+            queue_s = timings.get("batched", now) - timings.get("queued", now)
+            self.stats.record_request(ok, now - started, queue_s, timings.get("compute_s", 0.0), int(time.time() * 1e3))
         return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs)
 
     async def unload(self) -> None:
@@ -151,13 +164,26 @@ class Registry:
             ]
             for instance in instances:
                 _warm(instance, signature)
+            if signature.batched:
+                batching_kernels.warm()  # compile or load from cache now, never on a request
             return config, signature, instances
 
         config, signature, instances = await asyncio.to_thread(build)
-        batcher = Batcher(f"{source.name}:{version}", batching_policy(config), instances,
-                          [s.name for s in signature.outputs])
+        try:
+            policy = batching_policy(config)
+        except ModelLoadError:
+            for instance in instances:
+                instance.close()
+            raise
+        ragged = [s.name for s in signature.inputs if s.ragged]
+        dynamic_axes = {s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs}
+        assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes) for _ in instances]
+        stats = VersionStats()
+        batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
+                          on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.compute_s))
         batcher.start()
         loaded = ModelVersion(source.name, version, config, signature, instances, batcher)
+        loaded.stats = stats
         loaded.state = VersionState.READY
         return loaded
 
@@ -215,14 +241,40 @@ class Registry:
 
 
 def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
+    """Triton's dynamic_batching settings as a frozen policy (no dynamic_batching: every request runs alone)."""
     batching = config.dynamic_batching
-    queue_size = batching.default_queue_policy.max_queue_size
+    levels = max(1, batching.priority_levels)
+
+    def queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
+        return QueuePolicy(
+            max_queue_size=policy.max_queue_size if policy.max_queue_size > 0 else DEFAULT_MAX_QUEUE_SIZE,
+            default_timeout_s=policy.default_timeout_microseconds / 1e6,
+            allow_timeout_override=policy.allow_timeout_override,
+            delay_on_timeout=policy.timeout_action == mc.ModelQueuePolicy.DELAY,
+        )
+
+    default = queue_policy(batching.default_queue_policy)
+    per_level = tuple(
+        queue_policy(batching.priority_queue_policy[level]) if level in batching.priority_queue_policy else default
+        for level in range(1, levels + 1)
+    )
+    if batching.default_priority_level > levels:
+        raise ModelLoadError(
+            f"dynamic_batching: default_priority_level {batching.default_priority_level} exceeds priority_levels {levels}"
+        )
+    preferred = tuple(batching.preferred_batch_size)
+    too_big = [size for size in preferred if size > config.max_batch_size or size < 1]
+    if too_big and config.max_batch_size > 0:
+        raise ModelLoadError(f"dynamic_batching: preferred_batch_size {too_big} outside 1..{config.max_batch_size}")
     return BatchingPolicy(
         max_batch_size=config.max_batch_size,
-        preferred_batch_sizes=tuple(batching.preferred_batch_size),
+        preferred_batch_sizes=preferred,
         max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
-        max_queue_size=queue_size if queue_size > 0 else BatchingPolicy.max_queue_size,
         enabled=config.HasField("dynamic_batching"),
+        preserve_ordering=batching.preserve_ordering,
+        priority_levels=batching.priority_levels,
+        default_priority_level=batching.default_priority_level,
+        queue_policies=per_level,
     )
 
 

@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -21,6 +21,7 @@ from hotwire.server.errors import ModelLoadError
 from hotwire.server.model_config import OrtOptions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _GRAPH_LEVEL = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -107,9 +108,9 @@ class Instance:
         """Runs on this instance's executor thread; never touches the event loop."""
         return self.session.run(list(output_names), feeds)
 
-    async def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on this instance's thread; the event loop awaits without blocking."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -20,6 +20,8 @@ class ValidRequest:
     rows: int
     shape_key: tuple
     output_names: tuple[str, ...]
+    priority: int = 0
+    timeout_us: int = 0
 
 
 def validate(request: InferRequest, signature: Signature, model: str) -> ValidRequest:
@@ -63,7 +65,7 @@ def validate(request: InferRequest, signature: Signature, model: str) -> ValidRe
                     f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's {list(model_shape)}"
                 ) from None
         feeds[tensor.name] = array
-        shape_key.append((tensor.name, item_shape))
+        shape_key.append((tensor.name, len(item_shape) if spec.ragged else item_shape))
     missing = [s.name for s in signature.inputs if s.name not in feeds and not s.optional]
     if missing:
         raise InvalidInput(f"model '{model}' expects input(s) {missing}, which the request lacks")
@@ -76,4 +78,13 @@ def validate(request: InferRequest, signature: Signature, model: str) -> ValidRe
                     f"model '{model}' has no output '{name}'; expected outputs: {[s.name for s in signature.outputs]}"
                 )
         output_names = tuple(request.requested_outputs)
-    return ValidRequest(feeds, rows or 1, tuple(sorted(shape_key)), output_names)
+    return ValidRequest(feeds, rows or 1, tuple(sorted(shape_key)), output_names,
+                        _int_parameter(request, "priority"), _int_parameter(request, "timeout"))
+
+
+def _int_parameter(request: InferRequest, key: str) -> int:
+    """The reserved `priority` (uint64) and `timeout` (int64, microseconds) request parameters."""
+    value = request.parameters.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"parameter '{key}': expected a non-negative integer, got {value!r}")
+    return value

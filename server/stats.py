@@ -1,0 +1,43 @@
+"""Exact per-version inference statistics (Triton's ModelStatistics): counts and cumulative durations.
+
+Owned by a ModelVersion; updated on the event loop only (batch results arrive there), so no locking.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+
+@dataclass
+class VersionStats:
+    inference_count: int = 0  # rows computed (a batch of 4 rows counts 4)
+    execution_count: int = 0  # batches run
+    success: Duration = field(default_factory=Duration)  # request received -> response ready
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))  # rows -> compute time
+    last_inference_ms: int = 0
+
+    def record_batch(self, rows: int, requests: int, compute_s: float) -> None:
+        self.inference_count += rows
+        self.execution_count += 1
+        self.batches[rows].add(compute_s)
+
+    def record_request(self, ok: bool, duration_s: float, queue_s: float, compute_s: float, now_ms: int) -> None:
+        (self.success if ok else self.fail).add(duration_s)
+        if ok:
+            self.queue.add(queue_s)
+            self.compute_infer.add(compute_s)
+        self.last_inference_ms = now_ms
