@@ -178,6 +178,10 @@ class Batcher:
         self._deadlines: list[tuple[float, int, WorkItem]] = []
         self._release = _OrderedRelease() if policy.preserve_ordering else None
         self._seq = 0
+        # Inline instances run on the loop: a request that finds the queue empty (and no delay to wait out) runs at
+        # once in its own handler, which is what plan_batch would decide, minus the hand-offs.
+        self._inline = bool(instances) and all(getattr(i, "inline", False) for i in instances)
+        self._immediate = self._inline and (policy.window == 1 or policy.max_queue_delay_s <= 0)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -193,6 +197,21 @@ class Batcher:
         return sum(self._queued_per_level)
 
     # ----- submitting ---------------------------------------------------------------------------------------
+
+    def run_now(self, feeds: dict[str, np.ndarray], rows: int, output_names: tuple[str, ...], priority: int = 0
+                ) -> tuple[list[np.ndarray], float] | None:
+        """(outputs, compute seconds) computed right here when an inline instance may take the request at once;
+        None when it must queue. Runs on the event loop."""
+        if not self._immediate or self._closed or self.queued:
+            return None
+        self.policy.level_index(priority)  # the same check a queued request gets
+        instance = self._instances[0]
+        started = time.perf_counter()
+        outputs = instance.run_sync(feeds, output_names)
+        compute_s = time.perf_counter() - started
+        if self._on_batch is not None:
+            self._on_batch(BatchResult(rows, 1, compute_s))
+        return outputs, compute_s
 
     def submit(self, feeds: dict[str, np.ndarray], rows: int, shape_key: tuple, output_names: tuple[str, ...],
                priority: int = 0, timeout_us: int = 0) -> WorkItem:

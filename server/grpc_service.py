@@ -91,7 +91,7 @@ class InferenceService:
     async def model_infer(self, data: bytes, context: Any) -> bytes:
         request = wire.decode_request(data)
         version = self._registry.route(request.model_name, request.model_version)
-        return wire.encode_response(await version.infer(request))
+        return version.encoder.encode(await version.infer(request))
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently; responses go back in request order, errors in-band."""
@@ -121,7 +121,7 @@ class InferenceService:
             request = wire.decode_request(data)
             request_id, model_name = request.id, request.model_name
             version = self._registry.route(request.model_name, request.model_version)
-            return wire.encode_stream_response(await version.infer(request))
+            return version.encoder.encode_stream(await version.infer(request))
         except Exception as exc:
             _, message = status_of(exc)
             if not isinstance(exc, HotwireError):

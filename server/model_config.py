@@ -234,6 +234,16 @@ class OrtOptions:
 
 
 _GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+EXECUTION_MODES = ("auto", "inline", "thread")
+
+
+def execution_mode(config: mc.ModelConfig) -> str:
+    """Parameter `execution`: `thread` runs ORT on the instance's thread, `inline` on the event loop, `auto`
+    (default) inline when warm-up shows the largest batch computes within runner.INLINE_MAX_COMPUTE_S."""
+    value = config.parameters["execution"].string_value.strip().lower() if "execution" in config.parameters else "auto"
+    if value not in EXECUTION_MODES:
+        raise ModelLoadError(f"parameters 'execution': expected one of {EXECUTION_MODES}, got '{value}'")
+    return value
 
 
 def default_intra_op_threads(instances: int) -> int:

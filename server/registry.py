@@ -22,12 +22,12 @@ from hotwire.kernels import batching as batching_kernels
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
-from hotwire.server.model_config import Signature, complete, graph_tensors, ort_options
+from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
 from hotwire.server.repository import ModelSource
-from hotwire.server.runner import Instance, create_session, placements
+from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
 from hotwire.server.stats import VersionStats
-from hotwire.server.validate import validate
-from hotwire.server.wire import InferRequest, InferResponse
+from hotwire.server.validate import PlanCache
+from hotwire.server.wire import InferRequest, InferResponse, ResponseEncoder
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +56,32 @@ class ModelVersion:
         self.state = VersionState.LOADING
         self.inflight = 0
         self.stats = VersionStats()
+        self.encoder = ResponseEncoder(name, self.version_str)
+        self._plans = PlanCache(signature, name)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         started = time.monotonic()
         self.inflight += 1
         ok = False
-        item = None
+        queue_s = compute_s = 0.0
         try:
-            valid = validate(request, self.signature, self.name)
-            item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
-                                       valid.priority, valid.timeout_us)
-            outputs = await item.future
+            valid = self._plans.validate(request)
+            done = self.batcher.run_now(valid.feeds, valid.rows, valid.output_names, valid.priority)
+            if done is not None:
+                outputs, compute_s = done
+            else:
+                item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
+                                           valid.priority, valid.timeout_us)
+                try:
+                    outputs = await item.future
+                finally:
+                    timings = item.timings
+                    queue_s = timings.get("batched", timings["queued"]) - timings["queued"]
+                    compute_s = timings.get("compute_s", 0.0)
             ok = True
         finally:
             self.inflight -= 1
-            now = time.monotonic()
-            timings = item.timings if item is not None else {}
-            queue_s = timings.get("batched", now) - timings.get("queued", now)
-            self.stats.record_request(ok, now - started, queue_s, timings.get("compute_s", 0.0), int(time.time() * 1e3))
+            self.stats.record_request(ok, time.monotonic() - started, queue_s, compute_s)
         return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs)
 
     async def unload(self) -> None:
@@ -133,9 +141,10 @@ class Registry:
                 continue
             entry.versions[version] = loaded
             log.info(
-                "loaded model %s version %d (%d instance(s) on %s, max_batch_size %d) in %.0f ms",
+                "loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
                 source.name, version, len(loaded.instances),
                 ",".join(sorted({i.placement.label for i in loaded.instances})),
+                ", inline" if any(i.inline for i in loaded.instances) else "",
                 loaded.signature.max_batch_size, (time.monotonic() - started) * 1e3,
             )
         self._on_health_change(source.name, bool(entry.versions))
@@ -162,8 +171,11 @@ class Registry:
             instances = [
                 Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
             ]
-            for instance in instances:
-                _warm(instance, signature)
+            mode = execution_mode(config)
+            compute_s = [_warm(instance, signature) for instance in instances]
+            for instance, seconds in zip(instances, compute_s):
+                tiny = seconds is not None and seconds <= INLINE_MAX_COMPUTE_S
+                instance.inline = instance.placement.kind == "cpu" and (mode == "inline" or (mode == "auto" and tiny))
             if signature.batched:
                 batching_kernels.warm()  # compile or load from cache now, never on a request
             return config, signature, instances
@@ -278,17 +290,26 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
     )
 
 
-def _warm(instance: Instance, signature: Signature) -> None:
-    """Run once on zeros so the first client request doesn't pay ORT's first-run allocations."""
+def _warm(instance: Instance, signature: Signature) -> float | None:
+    """Run on zeros so no client pays ORT's first-run allocations; returns the median compute time of the largest
+    batch (None when the inputs have dynamic dims and no shape to warm with)."""
     if any(d < 0 for spec in signature.inputs for d in spec.model_dims):
-        return  # no shape to warm with; a later model_warmup config can provide one
-    batch = (1,) if signature.batched else ()
-    feeds = {
-        spec.name: (np.full(batch + spec.model_dims, "", dtype=object) if spec.datatype.name == "BYTES"
-                    else np.zeros(batch + spec.model_dims, dtype=spec.datatype.numpy))
-        for spec in signature.inputs
-    }
-    try:
-        instance.run_sync(feeds, [s.name for s in signature.outputs])
-    except Exception as exc:
-        raise ModelLoadError(f"warm-up inference on zeros failed: {exc}") from exc
+        return None
+    timings: list[float] = []
+    for rows in ((1, signature.max_batch_size) if signature.batched else (None,)):
+        batch = (rows,) if rows is not None else ()
+        feeds = {
+            spec.name: (np.full(batch + spec.model_dims, "", dtype=object) if spec.datatype.name == "BYTES"
+                        else np.zeros(batch + spec.model_dims, dtype=spec.datatype.numpy))
+            for spec in signature.inputs
+        }
+        names = [s.name for s in signature.outputs]
+        timings = []
+        try:
+            for _ in range(5):
+                started = time.perf_counter()
+                instance.run_sync(feeds, names)
+                timings.append(time.perf_counter() - started)
+        except Exception as exc:
+            raise ModelLoadError(f"warm-up inference on zeros (batch {rows}) failed: {exc}") from exc
+    return sorted(timings)[len(timings) // 2]

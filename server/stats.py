@@ -5,6 +5,7 @@ Owned by a ModelVersion; updated on the event loop only (batch results arrive th
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -35,9 +36,9 @@ class VersionStats:
         self.execution_count += 1
         self.batches[rows].add(compute_s)
 
-    def record_request(self, ok: bool, duration_s: float, queue_s: float, compute_s: float, now_ms: int) -> None:
+    def record_request(self, ok: bool, duration_s: float, queue_s: float, compute_s: float) -> None:
         (self.success if ok else self.fail).add(duration_s)
         if ok:
             self.queue.add(queue_s)
             self.compute_infer.add(compute_s)
-        self.last_inference_ms = now_ms
+        self.last_inference_ms = int(time.time() * 1e3)

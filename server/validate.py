@@ -1,10 +1,13 @@
 """Check a decoded request against the model's signature; produce what the batcher needs.
 
-Every failure is InvalidInput naming the tensor and what was expected.
+Every failure is InvalidInput naming the tensor and what was expected. The outcome depends only on the request's
+header (names, datatypes, shapes, parameters), so it is a `RequestPlan` that a model version caches per header key
+and binds to each request's arrays.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +15,46 @@ import numpy as np
 from hotwire.server.errors import InvalidInput
 from hotwire.server.model_config import Signature
 from hotwire.server.wire import InferRequest
+
+
+PLAN_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    model_shapes: tuple[tuple[int, ...] | None, ...]  # per request input: the shape the model takes (None: as sent)
+    rows: int
+    shape_key: tuple
+    output_names: tuple[str, ...]
+    priority: int
+    timeout_us: int
+
+    def bind(self, request: InferRequest) -> "ValidRequest":
+        feeds = {
+            tensor.name: tensor.array if shape is None else tensor.array.reshape(shape)
+            for tensor, shape in zip(request.inputs, self.model_shapes)
+        }
+        return ValidRequest(feeds, self.rows, self.shape_key, self.output_names, self.priority, self.timeout_us)
+
+
+class PlanCache:
+    """Request plans by header key, bounded; owned by one model version (plans depend on its signature)."""
+
+    def __init__(self, signature: Signature, model: str) -> None:
+        self._signature = signature
+        self._model = model
+        self._plans: OrderedDict[bytes, RequestPlan] = OrderedDict()
+
+    def validate(self, request: InferRequest) -> "ValidRequest":
+        key = request.header_key
+        plan = self._plans.get(key) if key is not None else None
+        if plan is None:
+            plan = make_plan(request, self._signature, self._model)
+            if key is not None:
+                self._plans[key] = plan
+                if len(self._plans) > PLAN_CACHE_SIZE:
+                    self._plans.popitem(last=False)
+        return plan.bind(request)
 
 
 @dataclass(slots=True)
@@ -25,7 +68,12 @@ class ValidRequest:
 
 
 def validate(request: InferRequest, signature: Signature, model: str) -> ValidRequest:
-    feeds: dict[str, np.ndarray] = {}
+    return make_plan(request, signature, model).bind(request)
+
+
+def make_plan(request: InferRequest, signature: Signature, model: str) -> RequestPlan:
+    seen: set[str] = set()
+    model_shapes: list[tuple[int, ...] | None] = []
     shape_key: list[tuple[str, tuple[int, ...]]] = []
     rows: int | None = None
     batched = signature.batched
@@ -35,8 +83,9 @@ def validate(request: InferRequest, signature: Signature, model: str) -> ValidRe
             raise InvalidInput(
                 f"model '{model}' has no input '{tensor.name}'; expected inputs: {[s.name for s in signature.inputs]}"
             )
-        if tensor.name in feeds:
+        if tensor.name in seen:
             raise InvalidInput(f"input '{tensor.name}' appears more than once")
+        seen.add(tensor.name)
         if tensor.datatype is not spec.datatype:
             raise InvalidInput(
                 f"input '{tensor.name}': datatype {tensor.datatype.name} does not match the model's {spec.datatype.name}"
@@ -55,18 +104,16 @@ def validate(request: InferRequest, signature: Signature, model: str) -> ValidRe
             if rows is not None and shape[0] != rows:
                 raise InvalidInput(f"input '{tensor.name}': batch size {shape[0]} differs from the other inputs' {rows}")
             rows = shape[0]
-        array = tensor.array
+        model_shape: tuple[int, ...] | None = None
         if spec.model_dims != spec.dims:  # config `reshape`: the model takes another shape of the same elements
             model_shape = ((shape[0],) if batched else ()) + tuple(spec.model_dims)
-            try:
-                array = array.reshape(model_shape)
-            except ValueError:
+            if -1 not in model_shape and _count(model_shape) != _count(shape):
                 raise InvalidInput(
                     f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's {list(model_shape)}"
-                ) from None
-        feeds[tensor.name] = array
+                )
+        model_shapes.append(model_shape)
         shape_key.append((tensor.name, len(item_shape) if spec.ragged else item_shape))
-    missing = [s.name for s in signature.inputs if s.name not in feeds and not s.optional]
+    missing = [s.name for s in signature.inputs if s.name not in seen and not s.optional]
     if missing:
         raise InvalidInput(f"model '{model}' expects input(s) {missing}, which the request lacks")
     if request.requested_outputs is None:
@@ -78,8 +125,15 @@ def validate(request: InferRequest, signature: Signature, model: str) -> ValidRe
                     f"model '{model}' has no output '{name}'; expected outputs: {[s.name for s in signature.outputs]}"
                 )
         output_names = tuple(request.requested_outputs)
-    return ValidRequest(feeds, rows or 1, tuple(sorted(shape_key)), output_names,
-                        _int_parameter(request, "priority"), _int_parameter(request, "timeout"))
+    return RequestPlan(tuple(model_shapes), rows or 1, tuple(sorted(shape_key)), output_names,
+                       _int_parameter(request, "priority"), _int_parameter(request, "timeout"))
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
 
 
 def _int_parameter(request: InferRequest, key: str) -> int:

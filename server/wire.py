@@ -10,8 +10,9 @@ into the response bytes.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -41,9 +42,10 @@ class InferRequest:
     model_name: str
     model_version: str
     id: str
-    parameters: dict[str, ParamValue]
+    parameters: dict[str, ParamValue]  # shared with the header cache: read, never mutate
     inputs: list[InputTensor]
     requested_outputs: list[str] | None  # None: every output of the model
+    header_key: bytes | None = None  # the request minus id and tensor data; equal keys validate alike
 
 
 @dataclass(slots=True)
@@ -58,6 +60,9 @@ class InferResponse:
 
 # ---------------------------------------------------------------------------------------------------------------
 # decoding
+
+_REQUEST_ID_FIELD = 3  # ModelInferRequest.id: kept out of the header key so equal requests share one cache entry
+HEADER_CACHE_SIZE = 1024
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -74,11 +79,13 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise InvalidInput("malformed ModelInferRequest: varint too long")
 
 
-def split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]]:
-    """Split a serialized ModelInferRequest into (everything but field 7, the field-7 payloads as views)."""
+def scan_request(data: bytes) -> tuple[bytes, str, list[memoryview]]:
+    """Split a serialized ModelInferRequest into (every field but id and raw_input_contents, the id, the
+    raw_input_contents payloads as views of `data`)."""
     view = memoryview(data)
     raw: list[memoryview] = []
     rest: list[memoryview] = []
+    request_id = ""
     rest_start = 0
     pos = 0
     end_of_data = len(data)
@@ -92,10 +99,14 @@ def split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]]:
                 end = pos + length
                 if end > end_of_data:
                     raise InvalidInput("malformed ModelInferRequest: field runs past the end of the message")
-                if key >> 3 == _RAW_INPUT_FIELD:
+                number = key >> 3
+                if number == _RAW_INPUT_FIELD or number == _REQUEST_ID_FIELD:
                     rest.append(view[rest_start:field_start])
-                    raw.append(view[pos:end])
                     rest_start = end
+                    if number == _RAW_INPUT_FIELD:
+                        raw.append(view[pos:end])
+                    else:
+                        request_id = _utf8("id", view[pos:end])
                 pos = end
             elif wire_type == 0:
                 _, pos = _read_varint(data, pos)
@@ -109,10 +120,10 @@ def split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]]:
         raise InvalidInput("malformed ModelInferRequest: truncated message") from None
     if pos != end_of_data:
         raise InvalidInput("malformed ModelInferRequest: truncated message")
-    if not raw:
-        return data, raw
+    if rest_start == 0:
+        return data, request_id, raw
     rest.append(view[rest_start:])
-    return b"".join(rest), raw
+    return b"".join(rest), request_id, raw
 
 
 def parameter_value(param: pb.InferParameter) -> ParamValue:
@@ -120,32 +131,92 @@ def parameter_value(param: pb.InferParameter) -> ParamValue:
     return getattr(param, kind) if kind else ""
 
 
+@dataclass(frozen=True, slots=True)
+class _RawLayout:
+    """A request header whose tensors all come in raw_input_contents: everything but the data, parsed once."""
+
+    model_name: str
+    model_version: str
+    parameters: dict[str, ParamValue]
+    inputs: tuple[tuple[str, datatypes.Datatype, tuple[int, ...]], ...]
+    requested_outputs: tuple[str, ...] | None
+
+
+_headers: OrderedDict[bytes, _RawLayout] = OrderedDict()
+
+
 def decode_request(data: bytes) -> InferRequest:
-    """Parse a serialized ModelInferRequest; raw numeric inputs become read-only views over `data`."""
-    header_bytes, raw = split_raw_inputs(data)
-    try:
-        header = pb.ModelInferRequest.FromString(header_bytes)
-    except DecodeError as exc:
-        raise InvalidInput(f"malformed ModelInferRequest: {exc}") from None
-    return decode_parsed(header, raw)
+    """Parse a serialized ModelInferRequest; raw numeric inputs become read-only views over `data`.
+
+    Clients send the same header (model, tensor names, datatypes, shapes) again and again: for raw requests it is
+    parsed and checked once and kept in a bounded cache, so a repeat costs a dict lookup plus np.frombuffer.
+    """
+    header_bytes, request_id, raw = scan_request(data)
+    layout = _headers.get(header_bytes) if raw else None
+    if layout is None:
+        try:
+            header = pb.ModelInferRequest.FromString(header_bytes)
+        except DecodeError as exc:
+            raise InvalidInput(f"malformed ModelInferRequest: {exc}") from None
+        if not raw:
+            request = decode_parsed(header, raw)
+            request.id = request_id
+            return request
+        layout = _raw_layout(header)
+        _headers[header_bytes] = layout
+        if len(_headers) > HEADER_CACHE_SIZE:
+            _headers.popitem(last=False)
+    if len(raw) != len(layout.inputs):  # the key leaves the raw entries out: count them on every request
+        raise InvalidInput(
+            f"expected one raw_input_contents entry per input: got {len(raw)} for {len(layout.inputs)} inputs"
+        )
+    inputs = [InputTensor(name, dtype, shape, _array_from_raw(name, dtype, shape, payload))
+              for (name, dtype, shape), payload in zip(layout.inputs, raw)]
+    requested = list(layout.requested_outputs) if layout.requested_outputs is not None else None
+    return InferRequest(layout.model_name, layout.model_version, request_id, layout.parameters, inputs, requested,
+                        header_bytes)
+
+
+def _raw_layout(header: pb.ModelInferRequest) -> _RawLayout:
+    inputs = []
+    for tensor in header.inputs:
+        if tensor.HasField("contents"):
+            raise InvalidInput(
+                f"input '{tensor.name}': typed contents and raw_input_contents must not be mixed in one request"
+            )
+        inputs.append((tensor.name, _datatype(tensor), _shape(tensor)))
+    requested = tuple(out.name for out in header.outputs) if header.outputs else None
+    params = {key: parameter_value(value) for key, value in header.parameters.items()}
+    return _RawLayout(header.model_name, header.model_version, params, tuple(inputs), requested)
+
+
+def _datatype(tensor: pb.ModelInferRequest.InferInputTensor) -> datatypes.Datatype:
+    dtype = datatypes.BY_NAME.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"input '{tensor.name}': unknown datatype '{tensor.datatype}', "
+            f"expected one of {', '.join(datatypes.BY_NAME)}"
+        )
+    return dtype
+
+
+def _shape(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[int, ...]:
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} has a negative dimension")
+    return shape
 
 
 def decode_parsed(header: pb.ModelInferRequest, raw: list[memoryview]) -> InferRequest:
+    """The uncached path: typed contents (or raw, for callers holding a parsed header)."""
     if raw and len(raw) != len(header.inputs):
         raise InvalidInput(
             f"expected one raw_input_contents entry per input: got {len(raw)} for {len(header.inputs)} inputs"
         )
     inputs: list[InputTensor] = []
     for i, tensor in enumerate(header.inputs):
-        dtype = datatypes.BY_NAME.get(tensor.datatype)
-        if dtype is None:
-            raise InvalidInput(
-                f"input '{tensor.name}': unknown datatype '{tensor.datatype}', "
-                f"expected one of {', '.join(datatypes.BY_NAME)}"
-            )
-        shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} has a negative dimension")
+        dtype = _datatype(tensor)
+        shape = _shape(tensor)
         has_contents = tensor.HasField("contents")
         if raw:
             if has_contents:
@@ -281,39 +352,71 @@ def _set_parameter(target: pb.InferParameter, value: ParamValue) -> None:
         target.string_param = str(value)
 
 
-def _response_parts(response: InferResponse) -> tuple[list[bytes | memoryview], int]:
-    header = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
-    for key, value in response.parameters.items():
-        _set_parameter(header.parameters[key], value)
-    parts: list[bytes | memoryview] = []
-    payloads: list[bytes | memoryview] = []
-    for name, array in zip(response.output_names, response.outputs):
-        dtype = datatypes.from_numpy(array.dtype)
-        header.outputs.add(name=name, datatype=dtype.name, shape=array.shape)
-        payloads.append(raw_bytes(array, dtype))
-    parts.append(header.SerializeToString())
-    for payload in payloads:
-        parts.append(_RAW_OUTPUT_TAG + _varint(payload.nbytes if isinstance(payload, memoryview) else len(payload)))
-        parts.append(payload)
-    total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
-    return parts, total
+def _string_field(tag: bytes, value: str) -> bytes:
+    encoded = value.encode("utf-8")
+    return tag + _varint(len(encoded)) + encoded if encoded else b""
+
+
+def _nbytes(part: bytes | memoryview) -> int:
+    return part.nbytes if isinstance(part, memoryview) else len(part)
+
+
+class ResponseEncoder:
+    """Builds ModelInferResponse bytes for one model version, field by field in field-number order.
+
+    model_name and model_version are encoded once; the `outputs` metadata (names, datatypes, shapes) is serialized
+    once per distinct layout and cached; each output's data is framed as a raw_output_contents entry and copied
+    exactly once, into the response.
+    """
+
+    LAYOUT_CACHE_SIZE = 256
+
+    def __init__(self, model_name: str, model_version: str) -> None:
+        self._prefix = _string_field(b"\x0a", model_name) + _string_field(b"\x12", model_version)
+        self._layouts: OrderedDict[tuple, tuple[bytes, tuple[datatypes.Datatype, ...]]] = OrderedDict()
+
+    def _layout(self, names: list[str], outputs: list[np.ndarray]) -> tuple[bytes, tuple[datatypes.Datatype, ...]]:
+        key = tuple((name, a.dtype.str, a.shape) for name, a in zip(names, outputs))
+        cached = self._layouts.get(key)
+        if cached is None:
+            dtypes = tuple(datatypes.from_numpy(a.dtype) for a in outputs)
+            message = pb.ModelInferResponse()
+            for name, array, dtype in zip(names, outputs, dtypes):
+                message.outputs.add(name=name, datatype=dtype.name, shape=array.shape)
+            cached = (message.SerializeToString(), dtypes)
+            self._layouts[key] = cached
+            if len(self._layouts) > self.LAYOUT_CACHE_SIZE:
+                self._layouts.popitem(last=False)
+        return cached
+
+    def parts(self, response: InferResponse) -> list[bytes | memoryview]:
+        layout, dtypes = self._layout(response.output_names, response.outputs)
+        parts: list[bytes | memoryview] = [self._prefix, _string_field(b"\x1a", response.id)]
+        if response.parameters:
+            message = pb.ModelInferResponse()
+            for key, value in response.parameters.items():
+                _set_parameter(message.parameters[key], value)
+            parts.append(message.SerializeToString())
+        parts.append(layout)
+        for array, dtype in zip(response.outputs, dtypes):
+            payload = raw_bytes(array, dtype)
+            parts.append(_RAW_OUTPUT_TAG + _varint(_nbytes(payload)))
+            parts.append(payload)
+        return parts
+
+    def encode(self, response: InferResponse) -> bytes:
+        """A serialized ModelInferResponse: every output in raw_output_contents, one entry per output, in order."""
+        return b"".join(self.parts(response))
+
+    def encode_stream(self, response: InferResponse) -> bytes:
+        """A serialized ModelStreamInferResponse wrapping the response, with the same single copy."""
+        parts = self.parts(response)
+        return b"".join([_STREAM_RESPONSE_TAG, _varint(sum(_nbytes(p) for p in parts)), *parts])
 
 
 def encode_response(response: InferResponse) -> bytes:
-    """A serialized ModelInferResponse with every output in raw_output_contents, one entry per output, in order."""
-    parts, _ = _response_parts(response)
-    return b"".join(parts)
+    return ResponseEncoder(response.model_name, response.model_version).encode(response)
 
 
 def encode_stream_response(response: InferResponse) -> bytes:
-    """A serialized ModelStreamInferResponse wrapping the response, built with the same single copy."""
-    parts, total = _response_parts(response)
-    return b"".join([_STREAM_RESPONSE_TAG, _varint(total), *parts])
-
-
-def encode_stream_error(message: str) -> bytes:
-    return pb.ModelStreamInferResponse(error_message=message).SerializeToString()
-
-
-def join(parts: Iterable[bytes]) -> bytes:
-    return b"".join(parts)
+    return ResponseEncoder(response.model_name, response.model_version).encode_stream(response)

@@ -176,7 +176,8 @@ def test_priority_parameter_out_of_range_is_invalid(tmp_path, running_server, st
 def test_every_instance_of_a_model_takes_batches(tmp_path, running_server, stub_for):
     write_model(tmp_path, "two", matmul_chain(layers=10, width=128),
                 'max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_CPU } ]\n'
-                'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }')
+                'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+                'parameters { key: "execution" value: { string_value: "thread" } }')
     server = running_server(tmp_path)
     stub = stub_for(server)
     version = server.app.registry.route("two")

@@ -38,14 +38,35 @@ def test_raw_inputs_are_views_over_the_request_bytes_not_copies():
     assert decoded.requested_outputs == ["out"]
 
 
-def test_split_keeps_every_non_raw_field_for_protobuf():
+def test_scan_keeps_every_field_but_id_and_raw_for_protobuf():
     data = request_bytes({"a": np.ones((1, 4), np.float32)})
-    header, raw = wire.split_raw_inputs(data)
+    header, request_id, raw = wire.scan_request(data)
     parsed = pb.ModelInferRequest.FromString(header)
-    assert not parsed.raw_input_contents and len(raw) == 1
+    assert not parsed.raw_input_contents and len(raw) == 1 and request_id == "x"
     full = pb.ModelInferRequest.FromString(data)
     full.ClearField("raw_input_contents")
+    full.ClearField("id")
     assert parsed == full
+
+
+def test_repeated_headers_decode_from_the_cache_with_their_own_id_and_data():
+    first = wire.decode_request(request_bytes({"a": np.zeros((2, 3), np.float32)}))
+    again = pb.ModelInferRequest.FromString(request_bytes({"a": np.ones((2, 3), np.float32)}))
+    again.id = "other"
+    second = wire.decode_request(again.SerializeToString())
+    assert first.header_key == second.header_key and first.header_key in wire._headers
+    assert second.id == "other" and first.id == "x"
+    np.testing.assert_array_equal(first.inputs[0].array, np.zeros((2, 3)))
+    np.testing.assert_array_equal(second.inputs[0].array, np.ones((2, 3)))
+    bad = pb.ModelInferRequest.FromString(request_bytes({"a": np.zeros((2, 3), np.float32)}))
+    bad.raw_input_contents[0] = b"\x00" * 5  # same header, wrong size: the byte count is checked every time
+    with pytest.raises(InvalidInput, match="5 bytes"):
+        wire.decode_request(bad.SerializeToString())
+    missing = pb.ModelInferRequest.FromString(request_bytes({"a": np.zeros((2, 3), np.float32), "b": np.zeros(1, np.float32)}))
+    wire.decode_request(missing.SerializeToString())
+    del missing.raw_input_contents[1]  # same cached header, one raw entry short: never silently truncated
+    with pytest.raises(InvalidInput, match="one raw_input_contents entry per input"):
+        wire.decode_request(missing.SerializeToString())
 
 
 @settings(max_examples=200, deadline=None)
