@@ -20,11 +20,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from hotwire.proto import grpc_service_pb2, model_config_pb2
 from hotwire.server.config import ServerConfig
 from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
-from hotwire.server.metrics import start_metrics_server
+from hotwire.server.metrics import Metrics, start_metrics_server
 from hotwire.server.registry import Registry
 
 log = logging.getLogger(__name__)
 
+PUBLISH_INTERVAL_S = 1.0  # how often stats are mirrored into Prometheus (always just before a single-process scrape)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -42,6 +43,9 @@ class App:
         self.config = config
         self.health = health.aio.HealthServicer()
         self.registry = Registry(config.default_max_batch_size, on_health_change=self._set_model_health)
+        self.metrics = Metrics()
+        self.metrics.watch(lambda: [(v.name, v.version_str, v.stats) for v in self.registry.versions()])
+        self._publisher: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.grpc_port = 0
         self.metrics_port = 0
@@ -62,17 +66,20 @@ class App:
 
     async def start(self) -> None:
         if self.config.metrics_port >= 0:
-            self._metrics_server = start_metrics_server(self.config.host, self.config.metrics_port)
+            self._metrics_server = start_metrics_server(self.config.host, self.config.metrics_port,
+                                                        self.metrics.exposition())
             self.metrics_port = self._metrics_server.server_port
         await self.registry.load_repository(self.config.model_repository)
+        self._publisher = asyncio.create_task(self._publish_metrics(), name="metrics-publisher")
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
-            # A single-process server must own its port: two servers silently sharing one is a bug.
-            ("grpc.so_reuseport", 0),
+            # Workers of `--workers N` share the port; a single-process server must own it: two servers silently
+            # sharing one is a bug.
+            ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((InferenceService(self.registry, self.is_ready).generic_handler(),))
+        InferenceService(self.registry, self.is_ready).register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
@@ -98,11 +105,19 @@ class App:
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_s)
         await self.registry.close()
+        if self._publisher is not None:
+            self._publisher.cancel()
+        self.metrics.publish()  # the final numbers, drained requests included
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         log.info("shutdown complete")
         self._stopped.set()
+
+    async def _publish_metrics(self) -> None:
+        while True:
+            self.metrics.publish()
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def run(self, force_exit: Callable[[], None]) -> None:
         """Serve until SIGTERM/SIGINT, then shut down in order; a second signal calls `force_exit`."""

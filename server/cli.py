@@ -20,10 +20,15 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hotwire.server.app import App  # imports ORT and gRPC: only when serving
-
     config = server_config(args)
     _configure_logging(config.log_level)
+    if config.workers > 1:
+        from hotwire.server.workers import Supervisor  # imports no ORT, numba or event loop
+
+        return Supervisor(config).run()
+
+    from hotwire.server.app import App  # imports ORT and gRPC: only in a serving process
+
     app = App(config)
 
     def force_exit() -> None:

@@ -35,6 +35,8 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024  # both directions
     shutdown_grace_s: float = 30.0  # how long in-flight requests may take to finish on SIGTERM
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT)
+    reuse_port: bool = False  # set for the processes of --workers N, never by users
 
 
 def _positive(name: str, minimum: int) -> type:
@@ -64,6 +66,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on shutdown (default 30)")
     parser.add_argument("--default-max-batch-size", type=_positive("--default-max-batch-size", 1),
                         help="max_batch_size for models that leave it out of config.pbtxt (default 32)")
+    parser.add_argument("--workers", type=_positive("--workers", 1),
+                        help="server processes sharing the gRPC port; a crashed one is restarted (default 1)")
+    parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
 
 
 def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -97,6 +102,8 @@ def _from_env(variable: str, text: str, type_name: object) -> object:
         raise ConfigError(f"environment variable {variable}: expected {kind}, got '{text}'") from None
     if kind == "Path":
         return Path(text)
+    if kind == "bool":
+        return text.strip().lower() in ("1", "true", "yes", "on")
     if variable == ENV_PREFIX + "LOG_LEVEL":
         return text.upper()
     return text

@@ -21,7 +21,8 @@ from hotwire.server import repository
 from hotwire.kernels import batching as batching_kernels
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
-from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
+from hotwire.server.errors import (ConfigError, DeadlineExceeded, HotwireError, InvalidInput, ModelLoadError, NotFound,
+                                   ResourceExhausted, Unavailable)
 from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
 from hotwire.server.repository import ModelSource
 from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
@@ -64,6 +65,7 @@ class ModelVersion:
         self.inflight += 1
         ok = False
         queue_s = compute_s = 0.0
+        reason = "OTHER"
         try:
             valid = self._plans.validate(request)
             done = self.batcher.run_now(valid.feeds, valid.rows, valid.output_names, valid.priority)
@@ -79,9 +81,20 @@ class ModelVersion:
                     queue_s = timings.get("batched", timings["queued"]) - timings["queued"]
                     compute_s = timings.get("compute_s", 0.0)
             ok = True
+        except (ResourceExhausted, DeadlineExceeded):
+            reason = "REJECTED"
+            raise
+        except asyncio.CancelledError:
+            reason = "CANCELED"
+            raise
+        except HotwireError:
+            raise
+        except Exception:
+            reason = "BACKEND"  # anything else comes out of ONNX Runtime
+            raise
         finally:
             self.inflight -= 1
-            self.stats.record_request(ok, time.monotonic() - started, queue_s, compute_s)
+            self.stats.record_request(ok, time.monotonic() - started, queue_s, compute_s, reason)
         return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs)
 
     async def unload(self) -> None:
@@ -99,6 +112,11 @@ class ModelEntry:
     name: str
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)  # version -> reason (version -1: the whole model)
+    serving: ModelVersion | None = None  # what an unpinned request gets: the highest ready version
+
+    def refresh_serving(self) -> None:
+        ready = [v for v in self.versions.values() if v.state is VersionState.READY]
+        self.serving = max(ready, key=lambda v: v.version) if ready else None
 
     def reason(self) -> str:
         return "; ".join(
@@ -147,6 +165,7 @@ class Registry:
                 ", inline" if any(i.inline for i in loaded.instances) else "",
                 loaded.signature.max_batch_size, (time.monotonic() - started) * 1e3,
             )
+        entry.refresh_serving()
         self._on_health_change(source.name, bool(entry.versions))
         return entry
 
@@ -211,11 +230,11 @@ class Registry:
         """The ready version serving `name` (the highest ready one when `version` is empty)."""
         entry = self.entry(name)
         if not version:
-            ready = [v for v in entry.versions.values() if v.state is VersionState.READY]
-            if not ready:
+            serving = entry.serving
+            if serving is None or serving.state is not VersionState.READY:
                 reason = entry.reason()
                 raise Unavailable(f"model '{name}' has no ready version" + (f": {reason}" if reason else ""))
-            return max(ready, key=lambda v: v.version)
+            return serving
         if not version.isdigit():
             raise InvalidInput(f"model_version '{version}' is not an integer version")
         loaded = entry.versions.get(int(version))
@@ -235,6 +254,10 @@ class Registry:
             return False
         return True
 
+    def versions(self) -> list[ModelVersion]:
+        """Every loaded version of every model."""
+        return [v for entry in self._models.values() for v in entry.versions.values()]
+
     def models(self) -> list[ModelEntry]:
         return [self._models[name] for name in sorted(self._models)]
 
@@ -248,6 +271,8 @@ class Registry:
         """Drain every batcher (queued requests finish), then release the sessions."""
         versions = [v for entry in self._models.values() for v in entry.versions.values()]
         await asyncio.gather(*(v.unload() for v in versions))
+        for entry in self._models.values():
+            entry.refresh_serving()
         for entry in self._models.values():
             self._on_health_change(entry.name, False)
 

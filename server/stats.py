@@ -26,6 +26,7 @@ class VersionStats:
     execution_count: int = 0  # batches run
     success: Duration = field(default_factory=Duration)  # request received -> response ready
     fail: Duration = field(default_factory=Duration)
+    fail_by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # Triton's failure reasons
     queue: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))  # rows -> compute time
@@ -36,9 +37,16 @@ class VersionStats:
         self.execution_count += 1
         self.batches[rows].add(compute_s)
 
-    def record_request(self, ok: bool, duration_s: float, queue_s: float, compute_s: float) -> None:
-        (self.success if ok else self.fail).add(duration_s)
+    def record_request(self, ok: bool, duration_s: float, queue_s: float, compute_s: float, reason: str = "") -> None:
+        """`reason` (failures): REJECTED (queue full, timed out), CANCELED, BACKEND (ONNX Runtime) or OTHER."""
         if ok:
-            self.queue.add(queue_s)
-            self.compute_infer.add(compute_s)
+            self.success.count += 1
+            self.success.ns += int(duration_s * 1e9)
+            self.queue.count += 1
+            self.queue.ns += int(queue_s * 1e9)
+            self.compute_infer.count += 1
+            self.compute_infer.ns += int(compute_s * 1e9)
+        else:
+            self.fail.add(duration_s)
+            self.fail_by_reason[reason or "OTHER"] += 1
         self.last_inference_ms = int(time.time() * 1e3)

@@ -26,6 +26,7 @@ _RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents: field 6, le
 _STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
 _LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements in raw form: 4-byte little-endian length, then the bytes
 
+_SMALL_OUTPUT_BYTES = 16384
 ParamValue = bool | int | float | str
 
 
@@ -92,10 +93,16 @@ def scan_request(data: bytes) -> tuple[bytes, str, list[memoryview]]:
     try:
         while pos < end_of_data:
             field_start = pos
-            key, pos = _read_varint(data, pos)
+            key = data[pos]  # keys and short lengths are one-byte varints: read those without a call
+            pos += 1
+            if key >= 0x80:
+                key, pos = _read_varint(data, field_start)
             wire_type = key & 7
             if wire_type == 2:
-                length, pos = _read_varint(data, pos)
+                length = data[pos]
+                pos += 1
+                if length >= 0x80:
+                    length, pos = _read_varint(data, pos - 1)
                 end = pos + length
                 if end > end_of_data:
                     raise InvalidInput("malformed ModelInferRequest: field runs past the end of the message")
@@ -336,6 +343,8 @@ def raw_bytes(array: np.ndarray, dtype: datatypes.Datatype) -> bytes | memoryvie
             parts.append(_LENGTH_PREFIX.pack(len(encoded)))
             parts.append(encoded)
         return b"".join(parts)
+    if array.nbytes <= _SMALL_OUTPUT_BYTES:
+        return array.astype(dtype.numpy, copy=False).tobytes()  # one small copy is cheaper than building a view
     contiguous = np.ascontiguousarray(array, dtype=dtype.numpy)
     # A flat uint8 view rather than memoryview.cast, which refuses shapes with a zero dimension.
     return memoryview(contiguous.reshape(-1).view(np.uint8))

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from hotwire.proto import grpc_service_pb2_grpc
-from server_harness import ServerThread
+from server_harness import ServeProcess, ServerThread
 
 StartServer = Callable[..., ServerThread]
 
@@ -41,3 +41,17 @@ def stub_for() -> Iterator[Callable[[ServerThread], grpc_service_pb2_grpc.GRPCIn
     yield make
     for channel in channels:
         channel.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServeProcess]]:
+    processes: list[ServeProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
+        process = ServeProcess(list(args), env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.close()

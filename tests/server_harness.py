@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Coroutine
 
@@ -43,3 +49,68 @@ class ServerThread:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.app.grpc_port}"
+
+
+# The line a server (or, with --workers, the supervisor: its line has no "[worker" prefix) logs once it serves.
+LISTENING = re.compile(r"^(?!\[worker).*hotwire listening on [\d.]+:(\d+)(?:.*metrics on :(\d+))?")
+
+
+class ServeProcess:
+    """`python -m hotwire.server serve ...` with its stderr collected on a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hotwire.server", "serve", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._ready = threading.Event()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                self.port = int(match.group(1))
+                self.metrics_port = int(match.group(2)) if match.group(2) else None
+                self._ready.set()
+        self._ready.set()
+
+    def wait_listening(self, timeout: float = 60) -> int:
+        self._ready.wait(timeout)
+        assert self.port is not None, "server did not start:\n" + self.log
+        return self.port
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        """Wait until a logged line contains `text`."""
+        for _ in range(int(timeout / 0.05)):
+            if any(text in line for line in self.lines):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"never logged {text!r}:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._collector.join(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()

@@ -4,7 +4,6 @@ and a graceful SIGTERM that finishes in-flight requests and exits 0."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,74 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.server.config import ServerConfig, bundled_repository, parse_serve_args
 from onnx_models import write_model
-
-LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
-
-
-class ServeProcess:
-    """`python -m hotwire.server serve ...` with its stderr collected on a thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hotwire.server", "serve", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self.port: int | None = None
-        self._ready = threading.Event()
-        self._collector = threading.Thread(target=self._collect, daemon=True)
-        self._collector.start()
-
-    def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()
-
-    def wait_listening(self, timeout: float = 60) -> int:
-        self._ready.wait(timeout)
-        assert self.port is not None, "server did not start:\n" + self.log
-        return self.port
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._collector.join(10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-
-
-@pytest.fixture
-def serve() -> Iterator:
-    processes: list[ServeProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
-        process = ServeProcess(list(args), env)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.close()
-
+from server_harness import ServeProcess
 
 def slow_model(layers: int = 40, width: int = 512) -> onnx.ModelProto:
     """A MatMul chain: ~0.1 s per call at batch 128 on one core, so requests are surely in flight at SIGTERM."""

@@ -1,0 +1,164 @@
+"""`hotwire serve --workers N`: N server processes sharing one gRPC port (SO_REUSEPORT), under a supervisor.
+
+Workers are started as fresh interpreters (`python -m hotwire.server serve --reuse-port ...`), not forked: a forked
+child inherits the parent's threads' locks, and numpy, ONNX Runtime, numba and gRPC all start threads on import. A
+fresh interpreter has none of those hazards, so the supervisor may restart a crashed worker at any time, and it can
+itself serve the aggregated /metrics. The kernel balances connections (not calls) across the workers.
+
+The supervisor runs no event loop and imports no ONNX Runtime: it waits on its children, forwards their logs with
+a `[worker i]` prefix, restarts any that exits unexpectedly, and on SIGTERM/SIGINT passes the signal on and waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO
+
+from hotwire.server.config import ServerConfig
+
+log = logging.getLogger("hotwire.workers")
+
+RESTART_BACKOFF_S = 1.0  # a worker that dies within RESTART_WINDOW_S of starting is restarted after this pause
+RESTART_WINDOW_S = 10.0
+POLL_S = 0.2
+
+
+@dataclass
+class Worker:
+    index: int
+    process: subprocess.Popen[str]
+    started_at: float
+    listening: threading.Event = field(default_factory=threading.Event)
+
+
+def free_port(host: str) -> int:
+    """A port that is free now (for --grpc-port 0: every worker must bind the same one)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def worker_command(config: ServerConfig, grpc_port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "hotwire.server", "serve", "--reuse-port", "--workers", "1",
+        "--model-repository", str(config.model_repository), "--host", config.host,
+        "--grpc-port", str(grpc_port), "--metrics-port", "-1", "--log-level", config.log_level,
+        "--max-message-bytes", str(config.max_message_bytes), "--shutdown-grace-s", str(config.shutdown_grace_s),
+        "--default-max-batch-size", str(config.default_max_batch_size),
+    ]
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.grpc_port = config.grpc_port or free_port(config.host)
+        self._metrics_dir = tempfile.mkdtemp(prefix="hotwire-metrics-")
+        self._workers: dict[int, Worker] = {}
+        self._stopping = threading.Event()
+        self._signals = 0
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> Worker:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+        process = subprocess.Popen(worker_command(self.config, self.grpc_port), env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        worker = Worker(index, process, time.monotonic())
+        assert process.stdout is not None
+        threading.Thread(target=self._forward, args=(worker, process.stdout), daemon=True).start()
+        log.info("worker %d started (pid %d)", index, process.pid)
+        return worker
+
+    def _forward(self, worker: Worker, stream: IO[str]) -> None:
+        for line in stream:
+            if "hotwire listening on" in line:
+                worker.listening.set()
+            sys.stderr.write(f"[worker {worker.index}] {line}")
+        stream.close()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second %s: killing workers", signal.Signals(signum).name)
+            for worker in self._workers.values():
+                worker.process.kill()
+            os._exit(1)
+        log.info("received %s: stopping %d workers", signal.Signals(signum).name, len(self._workers))
+        self._stopping.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        metrics_server = None
+        try:
+            if self.config.metrics_port >= 0:
+                metrics_server = self._serve_metrics()
+            self._workers = {i: self._spawn(i) for i in range(self.config.workers)}
+            self._announce_when_listening(metrics_server.server_port if metrics_server else None)
+            while not self._stopping.wait(POLL_S):
+                self._restart_exited()
+            return self._stop_all()
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _serve_metrics(self):  # type: ignore[no-untyped-def]
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir  # before prometheus-client is imported
+        from hotwire.server.metrics import Metrics, start_metrics_server
+
+        return start_metrics_server(self.config.host, self.config.metrics_port, Metrics.multiprocess_exposition())
+
+    def _announce_when_listening(self, metrics_port: int | None) -> None:
+        def wait() -> None:
+            for worker in list(self._workers.values()):
+                worker.listening.wait()
+            if not self._stopping.is_set():
+                log.info("hotwire listening on %s:%d (gRPC, %d workers)%s", self.config.host, self.grpc_port,
+                         self.config.workers, f", metrics on :{metrics_port}/metrics" if metrics_port else "")
+
+        threading.Thread(target=wait, daemon=True).start()
+
+    def _restart_exited(self) -> None:
+        for index, worker in list(self._workers.items()):
+            code = worker.process.poll()
+            if code is None or self._stopping.is_set():
+                continue
+            log.error("worker %d (pid %d) exited with %s; restarting it", index, worker.process.pid,
+                      f"signal {-code}" if code < 0 else f"status {code}")
+            self._mark_dead(worker.process.pid)
+            if time.monotonic() - worker.started_at < RESTART_WINDOW_S:
+                time.sleep(RESTART_BACKOFF_S)  # a worker that dies at once must not spin
+            self.restarts += 1
+            self._workers[index] = self._spawn(index)
+
+    def _mark_dead(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self._metrics_dir)
+
+    def _stop_all(self) -> int:
+        for worker in self._workers.values():
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_grace_s + 15
+        failed = False
+        for worker in self._workers.values():
+            try:
+                code = worker.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                code = worker.process.wait()
+            failed |= code != 0
+        log.info("all workers stopped")
+        return 1 if failed else 0

@@ -1,0 +1,70 @@
+"""`hotwire serve --workers 2`: two processes share the port, a killed worker is restarted, and /metrics sums
+every worker's counts (prometheus-client multiprocess mode)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as triton
+
+from hotwire.server.config import bundled_repository
+
+
+def metric(port: int, name: str, model: str = "classifier") -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert f"# TYPE {name} counter" in body
+    match = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', body, re.MULTILINE)
+    assert match, body
+    return float(match.group(1))
+
+
+def infer_on_new_connections(port: int, count: int) -> None:
+    x = np.random.default_rng(3).random((1, 16), dtype=np.float32)
+    session = ort.InferenceSession(str(bundled_repository() / "classifier" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input": x})[0]
+    for _ in range(count):  # the kernel spreads connections, not calls, across workers: one client each
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("input", [1, 16], "FP32")
+        tensor.set_data_from_numpy(x)
+        np.testing.assert_allclose(client.infer("classifier", [tensor]).as_numpy("probabilities"), expected, rtol=1e-6)
+        client.close()
+
+
+def worker_pids(log: str) -> dict[int, int]:
+    return {int(i): int(pid) for i, pid in re.findall(r"worker (\d) started \(pid (\d+)\)", log)}
+
+
+def test_two_workers_serve_one_port_restart_when_killed_and_sum_their_metrics(serve):
+    process = serve("--workers", "2", "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1")
+    port = process.wait_listening(timeout=120)
+    assert process.metrics_port is not None
+    first = worker_pids(process.log)
+    assert len(first) == 2 and len(set(first.values())) == 2
+    infer_on_new_connections(port, 40)
+    time.sleep(2.5)  # workers publish their counts every second
+    assert metric(process.metrics_port, "nv_inference_request_success") == 40
+    assert metric(process.metrics_port, "nv_inference_count") == 40
+
+    os.kill(first[0], signal.SIGKILL)
+    process.wait_for("worker 0 (pid %d) exited with signal 9; restarting it" % first[0])
+    infer_on_new_connections(port, 10)  # the surviving worker serves meanwhile
+    process.wait_for("[worker 0]", timeout=5)
+    for _ in range(200):
+        if len(re.findall(r"\[worker 0\].*hotwire listening", process.log)) == 2:
+            break
+        time.sleep(0.1)
+    restarted = worker_pids(process.log)
+    assert restarted[0] != first[0] and restarted[1] == first[1]
+    infer_on_new_connections(port, 10)
+    time.sleep(2.5)
+    # the killed worker's last published counts are kept, so the sum never goes down
+    assert metric(process.metrics_port, "nv_inference_request_success") == 60
+    assert process.stop() == 0
+    assert "all workers stopped" in process.log
