@@ -92,6 +92,7 @@ START_MARKER = "<!-- bench:run:start -->"
 END_MARKER = "<!-- bench:run:end -->"
 HOST = "127.0.0.1"  # servers and clients stay on loopback
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+METRICS_PORT = re.compile(r"metrics on :(\d+)")
 SERVER_START_TIMEOUT_S = 120.0
 SERVER_STOP_TIMEOUT_S = 15.0
 # perf_analyzer: stable when the last 3 windows agree within PA_STABILITY %, else up to PA_MAX_TRIALS windows. On a
@@ -117,6 +118,7 @@ class ChildServer:
                                      stdin=subprocess.DEVNULL)
         self.lines: list[str] = []
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"{label}-log", daemon=True)
         self._reader.start()
@@ -127,8 +129,10 @@ class ChildServer:
             if len(self.lines) < 10_000:
                 self.lines.append(line)
             match = LISTENING.search(line)
-            if match and self.port is None:
+            if match and self.port is None and not line.startswith("[worker"):
                 self.port = int(match.group(1))
+                metrics = METRICS_PORT.search(line)
+                self.metrics_port = int(metrics.group(1)) if metrics else None
                 self._ready.set()
         self._ready.set()  # EOF: the process is gone
 
@@ -155,7 +159,7 @@ class ChildServer:
 
 def hotwire_argv(repository: Path, extra: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "hotwire.server", "serve", "--model-repository", str(repository), "--host", HOST,
-            "--grpc-port", "0", "--metrics-port", "-1", *extra]
+            "--grpc-port", "0", "--metrics-port", "0", *extra]
 
 
 def reference_argv(kind: str, model_file: Path, name: str, threads: int) -> list[str]:
@@ -262,6 +266,45 @@ def ort_p50_us(model_file: Path, bench: BenchModel, threads: int, min_calls: int
     return statistics.median(times) * 1e6
 
 
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """hotwire's /metrics as {(family, model): value}, summed over versions."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10).read().decode()
+    values: dict[tuple[str, str], float] = {}
+    for name, model, value in re.findall(r'^(\w+)\{model="([^"]+)",version="[^"]+"\} (\S+)$', body, re.MULTILINE):
+        values[(name, model)] = values.get((name, model), 0.0) + float(value)
+    return values
+
+
+def server_overhead_us(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
+                       model: str) -> float | None:
+    """Mean (request bytes in -> response bytes out) minus mean ORT compute, per request, over a window."""
+    def delta(name: str) -> float:
+        return after.get((name, model), 0.0) - before.get((name, model), 0.0)
+
+    count, success = delta("hotwire_request_handler_count"), delta("nv_inference_request_success")
+    if count <= 0 or success <= 0:
+        return None
+    return delta("hotwire_request_handler_duration_us") / count - delta("nv_inference_compute_infer_duration_us") / success
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process and its children (the --workers supervisor's workers), MiB."""
+    total = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+        for p in pids:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return total
+
+
 def default_threads() -> int:
     """hotwire's default intra-op threads for one instance: half the cores."""
     return max(1, (os.cpu_count() or 1) // 2)
@@ -308,9 +351,11 @@ def _ratio(a: float | None, b: float | None) -> str:
 def render_section(info: dict[str, str], command: str, client: str, window_ms: int, repeats: int,
                    inline_threads: int, hotwire_args: Sequence[str], ort_p50: dict[str, float],
                    cells: dict[tuple[str, int, str], Cell], model_names: Sequence[str],
-                   concurrencies: Sequence[int]) -> str:
+                   concurrencies: Sequence[int], overhead: dict[str, list[float]] | None = None,
+                   memory: dict[str, float | None] | None = None, section: str = "") -> str:
+    start_marker, end_marker = markers(section)
     lines = [
-        START_MARKER,
+        start_marker,
         "## Side by side: hotwire vs. inline vs. echo",
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores; {info['date']}",
@@ -357,18 +402,32 @@ def render_section(info: dict[str, str], command: str, client: str, window_ms: i
                 errors += [f"{name} c={c} {s}: {e}" for e in cells[(name, c, s)].errors]
     if unstable:
         lines += ["", "`~`: perf_analyzer could not stabilise within the trials; measured over 3 windows anyway."]
+    if overhead:
+        lines += ["", "Server-side overhead at concurrency 1, measured inside hotwire (request bytes in → response "
+                  "bytes out, minus ORT compute; median over repeats of each window's mean): "
+                  + ", ".join(f"{m} {_num(statistics.median(v), 0)} µs" for m, v in overhead.items() if v)]
+    if memory:
+        lines += ["", "hotwire resident memory (MiB, workers included): "
+                  + ", ".join(f"{k} {_num(v, 0)}" for k, v in memory.items())]
     if errors:
         lines += ["", "Failed measurements:", ""] + [f"- {e}" for e in errors]
-    lines.append(END_MARKER)
+    lines.append(end_marker)
     return "\n".join(lines) + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
+def markers(section: str) -> tuple[str, str]:
+    if not section:
+        return START_MARKER, END_MARKER
+    return f"<!-- bench:run:{section}:start -->", f"<!-- bench:run:{section}:end -->"
+
+
+def replace_section(path: Path, section: str, name: str = "") -> None:
     """Replace the marked section of ``path`` (creating the file if missing); the rest of the file is kept."""
+    start_marker, end_marker = markers(name)
     text = path.read_text() if path.exists() else "# hotwire benchmark results\n\n"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start != -1 and end != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END_MARKER):]
+        text = text[:start] + section.rstrip("\n") + text[end + len(end_marker):]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     if not text.endswith("\n"):
@@ -408,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="intra-op threads of the inline server (default: hotwire's default, half the cores)")
     parser.add_argument("--warmup-s", type=float, default=0.5,
                         help="loadgen warm-up per server and model before measuring (0 turns it off)")
+    parser.add_argument("--section", default="", help="name of the results section (several runs side by side)")
     parser.add_argument("--hotwire-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for `hotwire serve`, e.g. --hotwire-arg=--log-level=WARNING")
     return parser
@@ -438,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells: dict[tuple[str, int, str], Cell] = {
         (m, c, s): Cell() for m in args.models for c in args.concurrency for s in SERVERS}
     ort_p50: dict[str, float] = {}
+    overhead: dict[str, list[float]] = {name: [] for name in args.models}
+    memory: dict[str, float | None] = {}
     children: list[ChildServer] = []
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -454,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             children.append(hotwire)
             hotwire_url = hotwire.wait_listening()
             log(f"hotwire listening on {hotwire_url}")
+            time.sleep(1.0)
+            memory["idle"] = rss_mib(hotwire.proc.pid)
             for name in args.models:
                 refs = {kind: ChildServer(f"{kind}[{name}]", reference_argv(kind, files[name], name,
                                                                              args.inline_threads))
@@ -470,8 +534,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         order = SERVERS[repeat % 3:] + SERVERS[:repeat % 3]
                         for server in order:
                             cell = cells[(name, c, server)]
+                            watch = server == "hotwire" and c == 1 and hotwire.metrics_port is not None
                             try:
+                                if watch:
+                                    time.sleep(1.2)  # multiprocess workers publish every second
+                                    before = scrape(hotwire.metrics_port)  # type: ignore[arg-type]
                                 sample = client.measure(name, urls[server], c, bench)
+                                if watch:
+                                    time.sleep(1.2)
+                                    measured = server_overhead_us(before, scrape(hotwire.metrics_port), name)  # type: ignore[arg-type]
+                                    if measured is not None:
+                                        overhead[name].append(measured)
                             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                                 message = str(exc).strip().splitlines()
                                 cell.errors.append(message[0] if message else type(exc).__name__)
@@ -483,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 + (" (unstable)" if sample.unstable else ""))
                 for ref in refs.values():
                     ref.stop()
+                memory[f"after {name}"] = rss_mib(hotwire.proc.pid)
     except (KeyboardInterrupt, _Terminated):
         log("interrupted; stopping servers")
         return 130
@@ -498,8 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
     section = render_section(info, command, client.describe(), args.window_ms, args.repeats, args.inline_threads,
-                             args.hotwire_arg, ort_p50, cells, args.models, args.concurrency)
-    replace_section(args.output, section)
+                             args.hotwire_arg, ort_p50, cells, args.models, args.concurrency, overhead, memory,
+                             args.section)
+    replace_section(args.output, section, args.section)
     print(section)
     log(f"wrote {args.output}")
     return 0

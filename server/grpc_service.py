@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from importlib import metadata
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -89,9 +90,12 @@ class InferenceService:
     # ----- inference ----------------------------------------------------------------------------------------
 
     async def model_infer(self, data: bytes, context: Any) -> bytes:
+        received = time.perf_counter()
         request = wire.decode_request(data)
         version = self._registry.route(request.model_name, request.model_version)
-        return version.encoder.encode(await version.infer(request))
+        response = version.encoder.encode(await version.infer(request))
+        version.stats.handler.add(time.perf_counter() - received)
+        return response
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently; responses go back in request order, errors in-band."""

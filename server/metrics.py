@@ -47,6 +47,11 @@ COUNTERS: tuple[Family, ...] = (
            lambda s: s.queue.ns / 1e3),
     Family("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
            lambda s: s.compute_infer.ns / 1e3),
+    Family("hotwire_request_handler_duration_us",
+           "Cumulative time from request bytes in to response bytes out (ModelInfer, successes), microseconds",
+           lambda s: s.handler.ns / 1e3),
+    Family("hotwire_request_handler_count", "ModelInfer successes timed by hotwire_request_handler_duration_us",
+           lambda s: s.handler.count),
 )
 FAILURES = "nv_inference_request_failure"
 COUNTER_NAMES = frozenset({f.name for f in COUNTERS} | {FAILURES})

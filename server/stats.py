@@ -29,6 +29,7 @@ class VersionStats:
     fail_by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # Triton's failure reasons
     queue: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
+    handler: Duration = field(default_factory=Duration)  # request bytes in -> response bytes out, successes only
     batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))  # rows -> compute time
     last_inference_ms: int = 0
 
