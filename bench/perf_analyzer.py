@@ -74,8 +74,9 @@ def measure(tool: PerfAnalyzer, model: str, url: str, concurrency: list[int], wi
         if result.returncode != 0:
             raise RuntimeError(f"perf_analyzer failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         rows = list(csv.DictReader(io.StringIO(report.read_text())))
-    return [Measurement(int(r["Concurrency"]), float(r["Inferences/Second"]), float(r["p50 latency"]),
-                        float(r["p90 latency"]), float(r["p99 latency"])) for r in rows]
+    measured = [Measurement(int(r["Concurrency"]), float(r["Inferences/Second"]), float(r["p50 latency"]),
+                            float(r["p90 latency"]), float(r["p99 latency"])) for r in rows]
+    return sorted(measured, key=lambda m: m.concurrency)  # perf_analyzer's CSV is not in concurrency order
 
 
 def _step(levels: list[int]) -> int:

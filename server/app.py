@@ -21,6 +21,7 @@ from hotwire.proto import grpc_service_pb2, model_config_pb2
 from hotwire.server.config import ServerConfig
 from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
 from hotwire.server.metrics import Metrics, start_metrics_server
+from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class App:
         self.config = config
         self.health = health.aio.HealthServicer()
         self.registry = Registry(config.default_max_batch_size, on_health_change=self._set_model_health)
+        self.control = ModelControl(self.registry, config.model_repository, config.model_control_mode,
+                                    config.repository_poll_secs, config.load_model)
         self.metrics = Metrics()
         self.metrics.watch(lambda: [(v.name, v.version_str, v.stats) for v in self.registry.versions()])
         self._publisher: asyncio.Task[None] | None = None
@@ -69,7 +72,7 @@ class App:
             self._metrics_server = start_metrics_server(self.config.host, self.config.metrics_port,
                                                         self.metrics.exposition())
             self.metrics_port = self._metrics_server.server_port
-        await self.registry.load_repository(self.config.model_repository)
+        await self.control.start()
         self._publisher = asyncio.create_task(self._publish_metrics(), name="metrics-publisher")
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
@@ -79,7 +82,7 @@ class App:
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        InferenceService(self.registry, self.is_ready).register(server)
+        InferenceService(self.registry, self.control, self.is_ready).register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
@@ -104,6 +107,7 @@ class App:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_s)
+        await self.control.stop()
         await self.registry.close()
         if self._publisher is not None:
             self._publisher.cancel()

@@ -35,6 +35,9 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024  # both directions
     shutdown_grace_s: float = 30.0  # how long in-flight requests may take to finish on SIGTERM
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    model_control_mode: str = "none"  # none | poll | explicit
+    repository_poll_secs: float = 15.0
+    load_model: tuple[str, ...] = ()  # explicit mode: the models loaded at start
     workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT)
     reuse_port: bool = False  # set for the processes of --workers N, never by users
 
@@ -66,6 +69,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on shutdown (default 30)")
     parser.add_argument("--default-max-batch-size", type=_positive("--default-max-batch-size", 1),
                         help="max_batch_size for models that leave it out of config.pbtxt (default 32)")
+    parser.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
+                        help="none: load all at start (default); poll: also rescan the repository; explicit: "
+                             "only --load-model at start, then RepositoryModelLoad/Unload")
+    parser.add_argument("--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)")
+    parser.add_argument("--load-model", action="append", help="explicit mode: a model to load at start (repeatable)")
     parser.add_argument("--workers", type=_positive("--workers", 1),
                         help="server processes sharing the gRPC port; a crashed one is restarted (default 1)")
     parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
@@ -78,7 +86,7 @@ def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     for f in fields(ServerConfig):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = given
+            values[f.name] = tuple(given) if isinstance(given, list) else given
             continue
         variable = ENV_PREFIX + f.name.upper()
         if variable in env:
@@ -88,6 +96,10 @@ def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     config = ServerConfig(**values)  # type: ignore[arg-type]
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log level '{config.log_level}': expected one of {LOG_LEVELS}")
+    if config.model_control_mode not in ("none", "poll", "explicit"):
+        raise ConfigError(f"model control mode '{config.model_control_mode}': expected none, poll or explicit")
+    if config.load_model and config.model_control_mode != "explicit":
+        raise ConfigError("--load-model needs --model-control-mode explicit")
     return config
 
 
@@ -102,6 +114,8 @@ def _from_env(variable: str, text: str, type_name: object) -> object:
         raise ConfigError(f"environment variable {variable}: expected {kind}, got '{text}'") from None
     if kind == "Path":
         return Path(text)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     if kind == "bool":
         return text.strip().lower() in ("1", "true", "yes", "on")
     if variable == ENV_PREFIX + "LOG_LEVEL":

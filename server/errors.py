@@ -28,6 +28,12 @@ class Unavailable(HotwireError):
     status = grpc.StatusCode.UNAVAILABLE
 
 
+class FailedPrecondition(HotwireError):
+    """The server is not in a state that allows the call (e.g. loading models outside explicit mode)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(HotwireError):
     """Queue full or rate limited: fail fast rather than queue without bound."""
 

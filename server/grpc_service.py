@@ -18,13 +18,14 @@ import grpc
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import wire
 from hotwire.server.errors import HotwireError, Unimplemented, status_of
+from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 # Extensions advertised in ServerMetadata: only what really works (perf_analyzer acts on them).
-EXTENSIONS = ("model_configuration",)
+EXTENSIONS = ("model_configuration", "model_repository")
 STREAM_WINDOW = 64  # requests of one stream in flight at once; the reader waits beyond that
 
 try:
@@ -52,8 +53,9 @@ def _unary(handler: Handler) -> Handler:
 
 
 class InferenceService:
-    def __init__(self, registry: Registry, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, registry: Registry, control: ModelControl, is_ready: Callable[[], bool]) -> None:
         self._registry = registry
+        self._control = control
         self._is_ready = is_ready
 
     # ----- health and metadata ------------------------------------------------------------------------------
@@ -92,10 +94,17 @@ class InferenceService:
     async def model_infer(self, data: bytes, context: Any) -> bytes:
         received = time.perf_counter()
         request = wire.decode_request(data)
-        version = self._registry.route(request.model_name, request.model_version)
-        response = version.encoder.encode(await version.infer(request))
-        version.stats.handler.add(time.perf_counter() - received)
-        return response
+        version = self._registry.route(request.model_name, request.model_version, request)
+        try:
+            response = await version.infer(request)
+        except Exception:
+            self._registry.after_response(version, request, None, time.perf_counter() - received, False)
+            raise
+        encoded = version.encoder.encode(response)
+        elapsed = time.perf_counter() - received
+        version.stats.handler.add(elapsed)
+        self._registry.after_response(version, request, response, elapsed, True)
+        return encoded
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently; responses go back in request order, errors in-band."""
@@ -124,8 +133,10 @@ class InferenceService:
         try:
             request = wire.decode_request(data)
             request_id, model_name = request.id, request.model_name
-            version = self._registry.route(request.model_name, request.model_version)
-            return version.encoder.encode_stream(await version.infer(request))
+            version = self._registry.route(request.model_name, request.model_version, request)
+            response = await version.infer(request)
+            self._registry.after_response(version, request, response, 0.0, True)
+            return version.encoder.encode_stream(response)
         except Exception as exc:
             _, message = status_of(exc)
             if not isinstance(exc, HotwireError):
@@ -133,6 +144,31 @@ class InferenceService:
             return pb.ModelStreamInferResponse(
                 error_message=message, infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name)
             ).SerializeToString()
+
+    # ----- model repository -------------------------------------------------------------------------------
+
+    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(name=name, version=version, state=state, reason=reason)
+            for name, version, state, reason in self._control.index(request.ready)
+        ])
+
+    async def repository_model_load(self, request: pb.RepositoryModelLoadRequest,
+                                    context: Any) -> pb.RepositoryModelLoadResponse:
+        params = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                  for key, value in request.parameters.items()}
+        result = await self._control.load(request.model_name, params)
+        context.set_trailing_metadata((
+            ("hotwire-action", result.action),
+            ("hotwire-version", "" if result.version is None else str(result.version)),
+            ("hotwire-elapsed-ms", f"{result.elapsed_ms:.3f}"),
+        ))
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,
+                                      context: Any) -> pb.RepositoryModelUnloadResponse:
+        await self._control.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     # ----- generic handler ----------------------------------------------------------------------------------
 
@@ -157,6 +193,11 @@ class InferenceService:
             "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+            "RepositoryModelLoad": unary(self.repository_model_load, pb.RepositoryModelLoadRequest,
+                                         pb.RepositoryModelLoadResponse),
+            "RepositoryModelUnload": unary(self.repository_model_unload, pb.RepositoryModelUnloadRequest,
+                                           pb.RepositoryModelUnloadResponse),
             # raw bytes both ways: no deserializer, no serializer (wire.py does both without copying tensors)
             "ModelInfer": grpc.unary_unary_rpc_method_handler(_unary(self.model_infer)),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),

@@ -36,6 +36,18 @@ def read_config(path: Path, model_name: str) -> tuple[mc.ModelConfig, bool]:
             text_format.Parse(text, config)
         except text_format.ParseError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    without_comments = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return _checked(config, model_name, str(path)), bool(_MAX_BATCH_SIZE_KEY.search(without_comments))
+
+
+def override_config(config: mc.ModelConfig, model_name: str) -> tuple[mc.ModelConfig, bool]:
+    """A config given with RepositoryModelLoad's `config` parameter (JSON): its max_batch_size counts as given."""
+    copy = mc.ModelConfig()
+    copy.CopyFrom(config)
+    return _checked(copy, model_name, "parameter 'config'"), True
+
+
+def _checked(config: mc.ModelConfig, model_name: str, path: str) -> mc.ModelConfig:
     if config.name and config.name != model_name:
         raise ConfigError(f"{path}: name '{config.name}' does not match the model directory '{model_name}'")
     config.name = model_name
@@ -47,8 +59,7 @@ def read_config(path: Path, model_name: str) -> tuple[mc.ModelConfig, bool]:
     config.backend = ONNX_BACKEND
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_MODEL_FILENAME
-    without_comments = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    return config, bool(_MAX_BATCH_SIZE_KEY.search(without_comments))
+    return config
 
 
 # ---------------------------------------------------------------------------------------------------------------

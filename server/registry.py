@@ -1,222 +1,276 @@
 """Every loaded model version, its state, and the routing of requests to it.
 
-The Registry is the only owner of `ModelVersion`s and of the routing table; it runs on the event loop, and blocking
-load work (session creation, warm-up) goes to a thread.
+The Registry is the only owner of ModelVersions and of each model's routing table (stable, canary, shadow and
+standby versions). It runs on the event loop; blocking load work happens in `loader` on a thread.
+
+Swaps are lossless: a new version loads and warms while the old one serves, then one assignment flips the routing
+table. Routing and submitting a request happen without an await in between, so after a flip no request can reach
+the old version; the requests it already holds finish on it (drain), and its sessions are released at in-flight 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
+import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import repository
-from hotwire.kernels import batching as batching_kernels
-from hotwire.server.assembly import BatchAssembler
-from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
-from hotwire.server.errors import (ConfigError, DeadlineExceeded, HotwireError, InvalidInput, ModelLoadError, NotFound,
-                                   ResourceExhausted, Unavailable)
-from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
+from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
+from hotwire.server.loader import SERVING_STATES, Inflight, ModelVersion, VersionState, load_version
 from hotwire.server.repository import ModelSource
-from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
-from hotwire.server.stats import VersionStats
-from hotwire.server.validate import PlanCache
-from hotwire.server.wire import InferRequest, InferResponse, ResponseEncoder
+from hotwire.server.traffic import (GuardWindow, ShadowComparison, TrafficPolicy, apply_update, compare,
+                                    goes_to_canary, policy_from_config)
+from hotwire.server.wire import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
 
-class VersionState(enum.Enum):
-    LOADING = "LOADING"
-    WARMING = "WARMING"
-    READY = "READY"
-    DRAINING = "DRAINING"
-    UNLOADED = "UNLOADED"
-    FAILED = "FAILED"
-
-
-class ModelVersion:
-    """One loaded version: owns its signature, batcher, instances and in-flight count."""
-
-    def __init__(self, name: str, version: int, config: mc.ModelConfig, signature: Signature,
-                 instances: list[Instance], batcher: Batcher) -> None:
-        self.name = name
-        self.version = version
-        self.version_str = str(version)
-        self.config = config
-        self.signature = signature
-        self.instances = instances
-        self.batcher = batcher
-        self.state = VersionState.LOADING
-        self.inflight = 0
-        self.stats = VersionStats()
-        self.encoder = ResponseEncoder(name, self.version_str)
-        self._plans = PlanCache(signature, name)
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        started = time.monotonic()
-        self.inflight += 1
-        ok = False
-        queue_s = compute_s = 0.0
-        reason = "OTHER"
-        try:
-            valid = self._plans.validate(request)
-            done = self.batcher.run_now(valid.feeds, valid.rows, valid.output_names, valid.priority)
-            if done is not None:
-                outputs, compute_s = done
-            else:
-                item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
-                                           valid.priority, valid.timeout_us)
-                try:
-                    outputs = await item.future
-                finally:
-                    timings = item.timings
-                    queue_s = timings.get("batched", timings["queued"]) - timings["queued"]
-                    compute_s = timings.get("compute_s", 0.0)
-            ok = True
-        except (ResourceExhausted, DeadlineExceeded):
-            reason = "REJECTED"
-            raise
-        except asyncio.CancelledError:
-            reason = "CANCELED"
-            raise
-        except HotwireError:
-            raise
-        except Exception:
-            reason = "BACKEND"  # anything else comes out of ONNX Runtime
-            raise
-        finally:
-            self.inflight -= 1
-            self.stats.record_request(ok, time.monotonic() - started, queue_s, compute_s, reason)
-        return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs)
-
-    async def unload(self) -> None:
-        self.state = VersionState.DRAINING
-        await self.batcher.close()
-        for instance in self.instances:
-            await asyncio.to_thread(instance.close)
-        self.state = VersionState.UNLOADED
+@dataclass
+class LifecycleEvents:
+    swaps: int = 0
+    rollbacks: int = 0
+    guard_rollbacks: int = 0
+    load_failures: int = 0
 
 
 @dataclass
 class ModelEntry:
-    """A model name in the repository: its ready versions, and the reason when it (or a version) failed to load."""
+    """One model name: its loaded versions, its routing table, and why it (or a version) failed to load."""
 
     name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    versions: dict[int, ModelVersion] = field(default_factory=dict)  # READY and STANDBY versions
     failures: dict[int, str] = field(default_factory=dict)  # version -> reason (version -1: the whole model)
-    serving: ModelVersion | None = None  # what an unpinned request gets: the highest ready version
-
-    def refresh_serving(self) -> None:
-        ready = [v for v in self.versions.values() if v.state is VersionState.READY]
-        self.serving = max(ready, key=lambda v: v.version) if ready else None
+    policy: TrafficPolicy = TrafficPolicy()
+    stable: ModelVersion | None = None  # what an unpinned request gets, unless the canary takes it
+    canary: ModelVersion | None = None
+    shadow: ModelVersion | None = None
+    rollback_to: int | None = None  # set by rollback: stable stays there until the next load
+    guard: GuardWindow = field(default_factory=GuardWindow)
+    source_path: Path | None = None
+    fingerprint: tuple = ()  # of the repository directory it was loaded from (poll mode compares)
 
     def reason(self) -> str:
-        return "; ".join(
-            (f"version {v}: {msg}" if v >= 0 else msg) for v, msg in sorted(self.failures.items())
-        )
+        return "; ".join((f"version {v}: {msg}" if v >= 0 else msg) for v, msg in sorted(self.failures.items()))
+
+    def resolve_routes(self) -> None:
+        """Point stable/canary/shadow at loaded versions, from the policy (and a rollback, if any)."""
+        ready = {v: m for v, m in self.versions.items() if m.state in SERVING_STATES}
+        active = sorted(v for v, m in ready.items() if m.state is VersionState.READY)
+        wanted = self.rollback_to if self.rollback_to is not None else self.policy.stable
+        stable = wanted if wanted in ready else (active[-1] if active else None)
+        self.stable = ready.get(stable) if stable is not None else None
+        if self.stable is not None:
+            self.stable.state = VersionState.READY
+        canary = self.policy.canary
+        self.canary = ready.get(canary) if canary is not None and canary != stable and self.rollback_to is None else None
+        shadow = self.policy.shadow
+        self.shadow = ready.get(shadow) if shadow is not None and shadow != stable else None
 
 
 HealthCallback = Callable[[str, bool], None]
 
 
 class Registry:
-    def __init__(self, default_max_batch_size: int, on_health_change: HealthCallback | None = None) -> None:
+    def __init__(self, default_max_batch_size: int, on_health_change: HealthCallback | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._models: dict[str, ModelEntry] = {}
         self._default_max_batch_size = default_max_batch_size
         self._on_health_change = on_health_change or (lambda name, serving: None)
+        self._clock = clock
+        self._rng = random.Random()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._uploads: list[tempfile.TemporaryDirectory[str]] = []
+        self.inflight = Inflight()
+        self.events = LifecycleEvents()
+        self.shadow_results: dict[str, list[ShadowComparison]] = {}  # model -> recent comparisons (bounded)
+        self.on_shadow: Callable[[str, int, ShadowComparison], None] = lambda model, version, result: None
 
     # ----- loading -------------------------------------------------------------------------------------------
 
-    async def load_repository(self, root: Path) -> None:
-        """Load every model of the repository; a model that fails is recorded and never stops the others."""
+    async def load_repository(self, root: Path, only: list[str] | None = None) -> None:
+        """Load the repository's models (or only those named); one that fails never stops the others."""
         sources = repository.scan(root)
-        for source in sources.values():
-            await self.load_model(source)
-
-    async def load_model(self, source: ModelSource) -> ModelEntry:
-        entry = ModelEntry(source.name)
-        self._models[source.name] = entry
-        if source.error or source.config is None:
-            entry.failures[-1] = source.error or "no configuration"
-            log.error("model %s failed to load: %s", source.name, entry.failures[-1])
-            self._on_health_change(source.name, False)
-            return entry
-        for version, model_file in sorted(source.versions.items()):
-            started = time.monotonic()
-            try:
-                loaded = await self._load_version(source, version, model_file)
-            except (ModelLoadError, ConfigError) as exc:
-                entry.failures[version] = str(exc)
-                log.error("model %s version %d failed to load: %s", source.name, version, exc)
+        for name in only if only is not None else list(sources):
+            if name not in sources:
+                log.error("model %s: not in the repository %s", name, root)
+                self._entry_for(name).failures[-1] = f"no directory '{name}' in the model repository"
                 continue
-            entry.versions[version] = loaded
-            log.info(
-                "loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
-                source.name, version, len(loaded.instances),
-                ",".join(sorted({i.placement.label for i in loaded.instances})),
-                ", inline" if any(i.inline for i in loaded.instances) else "",
-                loaded.signature.max_batch_size, (time.monotonic() - started) * 1e3,
-            )
-        entry.refresh_serving()
-        self._on_health_change(source.name, bool(entry.versions))
+            await self.load(sources[name])
+
+    def _entry_for(self, name: str) -> ModelEntry:
+        entry = self._models.get(name)
+        if entry is None:
+            entry = self._models[name] = ModelEntry(name)
         return entry
 
-    async def _load_version(self, source: ModelSource, version: int, model_file: Path) -> ModelVersion:
-        assert source.config is not None
-        declared = source.config
-        if not declared.instance_group:
-            declared = mc.ModelConfig()
-            declared.CopyFrom(source.config)
-            declared.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
-        options = ort_options(declared)
-        where = [p for group in declared.instance_group for p in placements(group)]
+    async def load(self, source: ModelSource) -> ModelEntry:
+        """(Re)load a model. New or changed versions load and warm while the current ones keep serving; then the
+        routing table flips in one step. On any failure the current versions stay as they were."""
+        lock = self._locks.setdefault(source.name, asyncio.Lock())
+        async with lock:
+            return await self._load_locked(source)
 
-        def build() -> tuple[mc.ModelConfig, Signature, list[Instance]]:
-            # Runs on a worker thread: session creation holds the GIL for long stretches.
-            sessions = [create_session(model_file, options, p) for p in where]
-            config, signature = complete(
-                declared, source.max_batch_size_given,
-                graph_tensors(sessions[0].get_inputs()), graph_tensors(sessions[0].get_outputs()),
-                self._default_max_batch_size,
-            )
-            instances = [
-                Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
-            ]
-            mode = execution_mode(config)
-            compute_s = [_warm(instance, signature) for instance in instances]
-            for instance, seconds in zip(instances, compute_s):
-                tiny = seconds is not None and seconds <= INLINE_MAX_COMPUTE_S
-                instance.inline = instance.placement.kind == "cpu" and (mode == "inline" or (mode == "auto" and tiny))
-            if signature.batched:
-                batching_kernels.warm()  # compile or load from cache now, never on a request
-            return config, signature, instances
-
-        config, signature, instances = await asyncio.to_thread(build)
+    async def _load_locked(self, source: ModelSource) -> ModelEntry:
+        entry = self._entry_for(source.name)
+        entry.source_path = source.path
+        entry.fingerprint = repository.fingerprint(source.path) if source.path.exists() else ()
+        if source.error or source.config is None:
+            return self._load_failed(entry, -1, source.error or "no configuration")
         try:
-            policy = batching_policy(config)
-        except ModelLoadError:
-            for instance in instances:
-                instance.close()
-            raise
-        ragged = [s.name for s in signature.inputs if s.ragged]
-        dynamic_axes = {s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs}
-        assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes) for _ in instances]
-        stats = VersionStats()
-        batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
-                          on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.compute_s))
-        batcher.start()
-        loaded = ModelVersion(source.name, version, config, signature, instances, batcher)
-        loaded.stats = stats
-        loaded.state = VersionState.READY
-        return loaded
+            policy = policy_from_config(source.config)
+        except InvalidInput as exc:
+            return self._load_failed(entry, -1, f"config parameters: {exc}")
+        started = time.monotonic()
+        fresh: dict[int, ModelVersion] = {}
+        for version, model_file in sorted(source.versions.items()):
+            fingerprint = repository.version_fingerprint(source, version)
+            current = entry.versions.get(version)
+            if current is not None and current.fingerprint == fingerprint:
+                fresh[version] = current  # unchanged: keep the loaded, warm one
+                continue
+            try:
+                loaded = await load_version(source, version, model_file, self._default_max_batch_size)
+            except (ModelLoadError, ConfigError) as exc:
+                for version_loaded in fresh.values():
+                    if version_loaded not in entry.versions.values():
+                        await version_loaded.unload()
+                return self._load_failed(entry, version, str(exc))
+            loaded.fingerprint = fingerprint
+            loaded.inflight_total = self.inflight
+            fresh[version] = loaded
+            log.info("loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
+                     source.name, version, len(loaded.instances),
+                     ",".join(sorted({i.placement.label for i in loaded.instances})),
+                     ", inline" if any(i.inline for i in loaded.instances) else "",
+                     loaded.signature.max_batch_size, (time.monotonic() - started) * 1e3)
+        self._flip(entry, fresh, policy)
+        return entry
+
+    def _load_failed(self, entry: ModelEntry, version: int, reason: str) -> ModelEntry:
+        entry.failures[version] = reason
+        self.events.load_failures += 1
+        if entry.versions:
+            log.error("model %s%s failed to load, the loaded versions %s keep serving: %s", entry.name,
+                      f" version {version}" if version >= 0 else "", sorted(entry.versions), reason)
+        else:
+            log.error("model %s%s failed to load: %s", entry.name, f" version {version}" if version >= 0 else "",
+                      reason)
+            self._on_health_change(entry.name, False)
+        return entry
+
+    def _flip(self, entry: ModelEntry, fresh: dict[int, ModelVersion], policy: TrafficPolicy) -> None:
+        """Make `fresh` the model's versions in one step; superseded ones go to standby or drain and unload."""
+        before = entry.stable
+        superseded = [v for number, v in entry.versions.items() if fresh.get(number) is not v]
+        for version in fresh.values():
+            if version.state is not VersionState.STANDBY:
+                version.state = VersionState.READY
+        kept = sorted((v for v in superseded if v.version not in fresh), key=lambda v: v.version)[-policy.standby:] \
+            if policy.standby > 0 else []
+        for version in kept:
+            version.state = VersionState.STANDBY
+        entry.versions = {**{v.version: v for v in kept}, **fresh}
+        entry.failures = {}
+        entry.policy = policy
+        entry.rollback_to = None
+        entry.guard.clear()
+        entry.resolve_routes()
+        for version in superseded:
+            if version not in kept:
+                self._drain(version)
+        if before is not None and entry.stable is not before:
+            self.events.swaps += 1
+            log.info("model %s: traffic flipped from version %d to %d", entry.name, before.version,
+                     entry.stable.version if entry.stable else -1)
+        self._on_health_change(entry.name, entry.stable is not None)
+
+    def _drain(self, version: ModelVersion) -> None:
+        version.state = VersionState.DRAINING
+        task = asyncio.get_running_loop().create_task(self._unload_logged(version))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _unload_logged(self, version: ModelVersion) -> None:
+        await version.unload()
+        log.info("model %s version %d drained and unloaded", version.name, version.version)
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to every version of the model, drain them, release their sessions."""
+        entry = self.entry(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            versions = list(entry.versions.values())
+            entry.versions = {}
+            entry.stable = entry.canary = entry.shadow = None
+            entry.failures = {-1: "unloaded"}
+            self._on_health_change(name, False)
+            await asyncio.gather(*(v.unload() for v in versions))
+            log.info("model %s unloaded", name)
+
+    # ----- rollback and traffic ------------------------------------------------------------------------------
+
+    async def rollback(self, name: str, to: int | None = None, reload: Callable[[int], ModelSource] | None = None
+                       ) -> tuple[int, str]:
+        """Send a model's traffic back to an earlier version: (version, "standby" | "reloaded").
+
+        A version kept in standby is flipped to at once; otherwise it is loaded again from the repository."""
+        entry = self.entry(name)
+        current = entry.stable.version if entry.stable else None
+        standby = sorted(v for v, m in entry.versions.items() if m.state is VersionState.STANDBY)
+        if to is None:
+            older = [v for v in sorted(entry.versions) if current is None or v < current]
+            if not older and reload is None:
+                raise Unavailable(f"model '{name}': no earlier version loaded to roll back to")
+            to = older[-1] if older else (current - 1 if current else None)
+            if to is None:
+                raise Unavailable(f"model '{name}': no earlier version to roll back to")
+        if to in entry.versions:
+            entry.rollback_to = to
+            entry.resolve_routes()
+            if entry.stable is not None and current is not None and current != to:
+                previous = entry.versions.get(current)
+                if previous is not None:
+                    previous.state = VersionState.STANDBY
+            self.events.rollbacks += 1
+            log.info("model %s: rolled back from version %s to %d (%s)", name, current, to,
+                     "standby" if to in standby else "loaded")
+            return to, "standby"
+        if reload is None:
+            raise NotFound(f"model '{name}' has no version {to} loaded and none to reload")
+        source = reload(to)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if to not in source.versions:
+                raise NotFound(f"model '{name}': version {to} is not in the repository")
+            loaded = await load_version(source, to, source.versions[to], self._default_max_batch_size)
+            loaded.fingerprint = repository.version_fingerprint(source, to)
+            loaded.inflight_total = self.inflight
+            loaded.state = VersionState.READY
+            entry.versions[to] = loaded
+            entry.rollback_to = to
+            entry.resolve_routes()
+            if current is not None and current in entry.versions:
+                entry.versions[current].state = VersionState.STANDBY
+        self.events.rollbacks += 1
+        log.info("model %s: rolled back from version %s to %d (reloaded: no standby copy)", name, current, to)
+        return to, "reloaded"
+
+    def set_traffic(self, name: str, values: dict) -> TrafficPolicy:
+        entry = self.entry(name)
+        entry.policy = apply_update(entry.policy, values)
+        for version in (entry.policy.canary, entry.policy.shadow, entry.policy.stable):
+            if version is not None and version not in entry.versions:
+                raise InvalidInput(f"model '{name}': version {version} is not loaded; loaded: {sorted(entry.versions)}")
+        entry.rollback_to = None
+        entry.guard.clear()
+        entry.resolve_routes()
+        log.info("model %s: traffic policy %s", name, entry.policy)
+        return entry.policy
 
     # ----- routing -------------------------------------------------------------------------------------------
 
@@ -226,14 +280,17 @@ class Registry:
             raise NotFound(f"unknown model '{name}'")
         return entry
 
-    def route(self, name: str, version: str = "") -> ModelVersion:
-        """The ready version serving `name` (the highest ready one when `version` is empty)."""
+    def route(self, name: str, version: str = "", request: InferRequest | None = None) -> ModelVersion:
+        """The version serving a request: pinned, or by the traffic policy (stable, or the canary's share)."""
         entry = self.entry(name)
         if not version:
-            serving = entry.serving
-            if serving is None or serving.state is not VersionState.READY:
+            serving = entry.stable
+            if serving is None:
                 reason = entry.reason()
                 raise Unavailable(f"model '{name}' has no ready version" + (f": {reason}" if reason else ""))
+            canary = entry.canary
+            if canary is not None and goes_to_canary(entry.policy, request.parameters if request else {}, self._rng):
+                return canary
             return serving
         if not version.isdigit():
             raise InvalidInput(f"model_version '{version}' is not an integer version")
@@ -243,9 +300,47 @@ class Registry:
             if failure:
                 raise Unavailable(f"model '{name}' version {version} failed to load: {failure}")
             raise NotFound(f"model '{name}' has no version {version}; loaded: {sorted(entry.versions)}")
-        if loaded.state is not VersionState.READY:
+        if loaded.state not in SERVING_STATES:
             raise Unavailable(f"model '{name}' version {version} is {loaded.state.value}")
         return loaded
+
+    def after_response(self, version: ModelVersion, request: InferRequest, response: InferResponse | None,
+                       latency_s: float, ok: bool) -> None:
+        """Feed the canary guard, and mirror to the shadow version. Never delays the response: both run after it."""
+        entry = self._models.get(version.name)
+        if entry is None:
+            return
+        if version is entry.canary and entry.policy.guard.enabled:
+            now = self._clock()
+            entry.guard.add(now, latency_s, ok)
+            breach = entry.guard.breach(entry.policy.guard, now)
+            if breach:
+                self.events.guard_rollbacks += 1
+                log.warning("model %s: canary version %d breached its guard (%s); all traffic back to stable "
+                            "version %d", entry.name, version.version, breach, entry.stable.version if entry.stable else -1)
+                entry.canary = None
+                entry.policy = apply_update(entry.policy, {"canary": None, "canary_weight": 0.0})
+                entry.guard.clear()
+        shadow = entry.shadow
+        if ok and response is not None and shadow is not None and shadow is not version \
+                and self._rng.random() < entry.policy.shadow_fraction:
+            task = asyncio.get_running_loop().create_task(self._shadow(shadow, request, response))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, shadow: ModelVersion, request: InferRequest, served: InferResponse) -> None:
+        await asyncio.sleep(0)  # let the served response go out first
+        try:
+            mirrored = await shadow.infer(request)
+        except Exception as exc:  # a failing shadow must never touch the served traffic
+            log.debug("shadow version %d of %s failed: %s", shadow.version, shadow.name, exc)
+            return
+        served_by_name = dict(zip(served.output_names, served.outputs))
+        result = compare([served_by_name[n] for n in mirrored.output_names if n in served_by_name], mirrored.outputs)
+        results = self.shadow_results.setdefault(shadow.name, [])
+        results.append(result)
+        del results[:-1000]
+        self.on_shadow(shadow.name, shadow.version, result)
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -262,79 +357,19 @@ class Registry:
         return [self._models[name] for name in sorted(self._models)]
 
     def all_ready(self) -> bool:
-        """Server readiness: every model in the repository has a ready version."""
-        return all(entry.versions for entry in self._models.values())
+        """Server readiness: every model asked for has a ready version."""
+        return all(entry.stable is not None for entry in self._models.values())
 
     # ----- shutdown ------------------------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Drain every batcher (queued requests finish), then release the sessions."""
-        versions = [v for entry in self._models.values() for v in entry.versions.values()]
-        await asyncio.gather(*(v.unload() for v in versions))
+        versions = self.versions()
         for entry in self._models.values():
-            entry.refresh_serving()
+            entry.versions = {}
+            entry.stable = entry.canary = entry.shadow = None
+        await asyncio.gather(*(v.unload() for v in versions), *list(self._background), return_exceptions=True)
         for entry in self._models.values():
             self._on_health_change(entry.name, False)
-
-
-def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
-    """Triton's dynamic_batching settings as a frozen policy (no dynamic_batching: every request runs alone)."""
-    batching = config.dynamic_batching
-    levels = max(1, batching.priority_levels)
-
-    def queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
-        return QueuePolicy(
-            max_queue_size=policy.max_queue_size if policy.max_queue_size > 0 else DEFAULT_MAX_QUEUE_SIZE,
-            default_timeout_s=policy.default_timeout_microseconds / 1e6,
-            allow_timeout_override=policy.allow_timeout_override,
-            delay_on_timeout=policy.timeout_action == mc.ModelQueuePolicy.DELAY,
-        )
-
-    default = queue_policy(batching.default_queue_policy)
-    per_level = tuple(
-        queue_policy(batching.priority_queue_policy[level]) if level in batching.priority_queue_policy else default
-        for level in range(1, levels + 1)
-    )
-    if batching.default_priority_level > levels:
-        raise ModelLoadError(
-            f"dynamic_batching: default_priority_level {batching.default_priority_level} exceeds priority_levels {levels}"
-        )
-    preferred = tuple(batching.preferred_batch_size)
-    too_big = [size for size in preferred if size > config.max_batch_size or size < 1]
-    if too_big and config.max_batch_size > 0:
-        raise ModelLoadError(f"dynamic_batching: preferred_batch_size {too_big} outside 1..{config.max_batch_size}")
-    return BatchingPolicy(
-        max_batch_size=config.max_batch_size,
-        preferred_batch_sizes=preferred,
-        max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
-        enabled=config.HasField("dynamic_batching"),
-        preserve_ordering=batching.preserve_ordering,
-        priority_levels=batching.priority_levels,
-        default_priority_level=batching.default_priority_level,
-        queue_policies=per_level,
-    )
-
-
-def _warm(instance: Instance, signature: Signature) -> float | None:
-    """Run on zeros so no client pays ORT's first-run allocations; returns the median compute time of the largest
-    batch (None when the inputs have dynamic dims and no shape to warm with)."""
-    if any(d < 0 for spec in signature.inputs for d in spec.model_dims):
-        return None
-    timings: list[float] = []
-    for rows in ((1, signature.max_batch_size) if signature.batched else (None,)):
-        batch = (rows,) if rows is not None else ()
-        feeds = {
-            spec.name: (np.full(batch + spec.model_dims, "", dtype=object) if spec.datatype.name == "BYTES"
-                        else np.zeros(batch + spec.model_dims, dtype=spec.datatype.numpy))
-            for spec in signature.inputs
-        }
-        names = [s.name for s in signature.outputs]
-        timings = []
-        try:
-            for _ in range(5):
-                started = time.perf_counter()
-                instance.run_sync(feeds, names)
-                timings.append(time.perf_counter() - started)
-        except Exception as exc:
-            raise ModelLoadError(f"warm-up inference on zeros (batch {rows}) failed: {exc}") from exc
-    return sorted(timings)[len(timings) // 2]
+        for upload in self._uploads:
+            upload.cleanup()

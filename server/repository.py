@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.errors import ConfigError
-from hotwire.server.model_config import read_config
+from hotwire.server.model_config import override_config, read_config
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,14 @@ def scan(root: Path) -> dict[str, ModelSource]:
     return {entry.name: read_model(entry) for entry in sorted(root.iterdir()) if entry.is_dir() and not entry.name.startswith(".")}
 
 
-def read_model(path: Path) -> ModelSource:
+def read_model(path: Path, config_override: mc.ModelConfig | None = None) -> ModelSource:
+    """A model directory; `config_override` (RepositoryModelLoad's `config`) replaces its config.pbtxt."""
     source = ModelSource(name=path.name, path=path)
     try:
-        config, given = read_config(path / CONFIG_FILENAME, path.name)
+        if config_override is not None:
+            config, given = override_config(config_override, path.name)
+        else:
+            config, given = read_config(path / CONFIG_FILENAME, path.name)
     except ConfigError as exc:
         source.error = str(exc)
         return source
@@ -60,6 +64,24 @@ def read_model(path: Path) -> ModelSource:
             f"policy selects: {selected or 'none'}, model file: {config.default_model_filename})"
         )
     return source
+
+
+def fingerprint(path: Path) -> tuple:
+    """What poll mode compares: the config and every version directory's files (name, size, mtime)."""
+    entries = []
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts):
+            stat = file.stat()
+            entries.append((str(file.relative_to(path)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+def version_fingerprint(source: ModelSource, version: int) -> tuple:
+    """A version's identity for reloads: its model file and the config it loads with."""
+    model_file = source.versions[version]
+    stat = model_file.stat()
+    config = source.config.SerializeToString(deterministic=True) if source.config is not None else b""
+    return (str(model_file), stat.st_size, stat.st_mtime_ns, config)
 
 
 def _version_dirs(path: Path) -> dict[int, Path]:

@@ -55,6 +55,8 @@ def worker_command(config: ServerConfig, grpc_port: int) -> list[str]:
         "--grpc-port", str(grpc_port), "--metrics-port", "-1", "--log-level", config.log_level,
         "--max-message-bytes", str(config.max_message_bytes), "--shutdown-grace-s", str(config.shutdown_grace_s),
         "--default-max-batch-size", str(config.default_max_batch_size),
+        "--model-control-mode", config.model_control_mode, "--repository-poll-secs", str(config.repository_poll_secs),
+        *[arg for name in config.load_model for arg in ("--load-model", name)],
     ]
 
 

@@ -149,7 +149,12 @@ dynamic_batching { default_queue_policy { allow_timeout_override: true } }
     big = np.ones((64, 512), np.float32)
     with ThreadPoolExecutor(8) as pool:
         busy = [pool.submit(infer, stub, "slow", big) for _ in range(8)]  # keep the one instance busy a while
-        time.sleep(0.05)
+        batcher = server.app.registry.route("slow").batcher
+        for _ in range(500):  # the probes must arrive behind queued work
+            if batcher.queued >= 2:
+                break
+            time.sleep(0.01)
+        assert batcher.queued >= 2
         with pytest.raises(grpc.RpcError) as caught:
             infer(stub, "slow", np.ones((1, 512), np.float32), timeout=1000)  # µs
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

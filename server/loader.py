@@ -1,0 +1,283 @@
+"""Build a ready model version from a repository source: sessions, completed config, warm-up, batcher.
+
+Runs the blocking parts (session creation, warm-up runs, kernel compiles) on a worker thread; only the finished
+ModelVersion reaches the event loop, so a loading model never slows the ones already serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hotwire.kernels import batching as batching_kernels
+from hotwire.proto import model_config_pb2 as mc
+from hotwire.server.assembly import BatchAssembler
+from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
+from hotwire.server.errors import DeadlineExceeded, HotwireError, ModelLoadError, ResourceExhausted
+from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
+from hotwire.server.repository import ModelSource
+from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
+from hotwire.server.stats import VersionStats
+from hotwire.server.validate import PlanCache
+from hotwire.server.wire import InferRequest, InferResponse, ResponseEncoder
+
+log = logging.getLogger(__name__)
+
+
+class VersionState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"  # receives traffic (stable, canary or shadow) and pinned requests
+    STANDBY = "STANDBY"  # superseded but kept loaded and warm: rollback flips to it at once; pinned requests served
+    DRAINING = "DRAINING"  # no new requests; queued and running ones finish on it
+    UNLOADED = "UNLOADED"
+    FAILED = "FAILED"
+
+
+SERVING_STATES = (VersionState.READY, VersionState.STANDBY)
+
+
+class Inflight:
+    """Requests in flight on the whole server, shared by every version (for drain and metrics)."""
+
+    count = 0
+
+
+class ModelVersion:
+    """One loaded version: owns its signature, batcher, instances and in-flight count."""
+
+    def __init__(self, name: str, version: int, config: mc.ModelConfig, signature: Signature,
+                 instances: list[Instance], batcher: Batcher) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.config = config
+        self.signature = signature
+        self.instances = instances
+        self.batcher = batcher
+        self.state = VersionState.LOADING
+        self.fingerprint: tuple = ()  # what it was loaded from: an unchanged reload keeps it
+        self.inflight_total = Inflight()  # the registry's shared counter replaces this one
+        self.inflight = 0
+        self.stats = VersionStats()
+        self.encoder = ResponseEncoder(name, self.version_str)
+        self._plans = PlanCache(signature, name)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        started = time.monotonic()
+        self.inflight += 1
+        self.inflight_total.count += 1
+        ok = False
+        queue_s = compute_s = 0.0
+        reason = "OTHER"
+        try:
+            valid = self._plans.validate(request)
+            done = self.batcher.run_now(valid.feeds, valid.rows, valid.output_names, valid.priority)
+            if done is not None:
+                outputs, compute_s = done
+            else:
+                item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
+                                           valid.priority, valid.timeout_us)
+                try:
+                    outputs = await item.future
+                finally:
+                    timings = item.timings
+                    queue_s = timings.get("batched", timings["queued"]) - timings["queued"]
+                    compute_s = timings.get("compute_s", 0.0)
+            ok = True
+        except (ResourceExhausted, DeadlineExceeded):
+            reason = "REJECTED"
+            raise
+        except asyncio.CancelledError:
+            reason = "CANCELED"
+            raise
+        except HotwireError:
+            raise
+        except Exception:
+            reason = "BACKEND"  # anything else comes out of ONNX Runtime
+            raise
+        finally:
+            self.inflight -= 1
+            self.inflight_total.count -= 1
+            self.stats.record_request(ok, time.monotonic() - started, queue_s, compute_s, reason)
+        return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs)
+
+    async def unload(self) -> None:
+        """Drain (queued and running requests finish here), then release the sessions once in-flight is 0."""
+        self.state = VersionState.DRAINING
+        await self.batcher.close()
+        while self.inflight:  # handlers still encoding their responses
+            await asyncio.sleep(0.001)
+        for instance in self.instances:
+            await asyncio.to_thread(instance.close)
+        self.state = VersionState.UNLOADED
+
+
+
+
+async def load_version(source: ModelSource, version: int, model_file: Path, default_max_batch_size: int
+                       ) -> ModelVersion:
+        assert source.config is not None
+        declared = source.config
+        if not declared.instance_group:
+            declared = mc.ModelConfig()
+            declared.CopyFrom(source.config)
+            declared.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
+        options = ort_options(declared)
+        where = [p for group in declared.instance_group for p in placements(group)]
+
+        def build() -> tuple[mc.ModelConfig, Signature, list[Instance]]:
+            # Runs on a worker thread: session creation holds the GIL for long stretches.
+            sessions = [create_session(model_file, options, p) for p in where]
+            config, signature = complete(
+                declared, source.max_batch_size_given,
+                graph_tensors(sessions[0].get_inputs()), graph_tensors(sessions[0].get_outputs()),
+                default_max_batch_size,
+            )
+            instances = [
+                Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
+            ]
+            mode = execution_mode(config)
+            compute_s = [warm(instance, signature, config, source.path) for instance in instances]
+            for instance, seconds in zip(instances, compute_s):
+                tiny = seconds is not None and seconds <= INLINE_MAX_COMPUTE_S
+                instance.inline = instance.placement.kind == "cpu" and (mode == "inline" or (mode == "auto" and tiny))
+            if signature.batched:
+                batching_kernels.warm()  # compile or load from cache now, never on a request
+            return config, signature, instances
+
+        config, signature, instances = await asyncio.to_thread(build)
+        try:
+            policy = batching_policy(config)
+        except ModelLoadError:
+            for instance in instances:
+                instance.close()
+            raise
+        ragged = [s.name for s in signature.inputs if s.ragged]
+        dynamic_axes = {s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs}
+        assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes) for _ in instances]
+        stats = VersionStats()
+        batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
+                          on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.compute_s),
+                          )
+        batcher.start()
+        loaded = ModelVersion(source.name, version, config, signature, instances, batcher)
+        loaded.stats = stats
+        loaded.state = VersionState.READY
+        return loaded
+
+
+
+def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
+    """Triton's dynamic_batching settings as a frozen policy (no dynamic_batching: every request runs alone)."""
+    batching = config.dynamic_batching
+    levels = max(1, batching.priority_levels)
+
+    def queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
+        return QueuePolicy(
+            max_queue_size=policy.max_queue_size if policy.max_queue_size > 0 else DEFAULT_MAX_QUEUE_SIZE,
+            default_timeout_s=policy.default_timeout_microseconds / 1e6,
+            allow_timeout_override=policy.allow_timeout_override,
+            delay_on_timeout=policy.timeout_action == mc.ModelQueuePolicy.DELAY,
+        )
+
+    default = queue_policy(batching.default_queue_policy)
+    per_level = tuple(
+        queue_policy(batching.priority_queue_policy[level]) if level in batching.priority_queue_policy else default
+        for level in range(1, levels + 1)
+    )
+    if batching.default_priority_level > levels:
+        raise ModelLoadError(
+            f"dynamic_batching: default_priority_level {batching.default_priority_level} exceeds priority_levels {levels}"
+        )
+    preferred = tuple(batching.preferred_batch_size)
+    too_big = [size for size in preferred if size > config.max_batch_size or size < 1]
+    if too_big and config.max_batch_size > 0:
+        raise ModelLoadError(f"dynamic_batching: preferred_batch_size {too_big} outside 1..{config.max_batch_size}")
+    return BatchingPolicy(
+        max_batch_size=config.max_batch_size,
+        preferred_batch_sizes=preferred,
+        max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
+        enabled=config.HasField("dynamic_batching"),
+        preserve_ordering=batching.preserve_ordering,
+        priority_levels=batching.priority_levels,
+        default_priority_level=batching.default_priority_level,
+        queue_policies=per_level,
+    )
+
+
+def warm(instance: Instance, signature: Signature, config: mc.ModelConfig, model_dir: Path) -> float | None:
+    """Run the warm-up inputs so no client pays first-run costs (ORT allocations, per-shape kernel selection);
+    returns the median compute time of the largest batch, or None when there was nothing to warm with.
+
+    `model_warmup` in the config is honoured (zero_data, random_data, input_data_file under <model>/warmup/);
+    otherwise zeros for every batch-size bucket (1, the preferred sizes, max_batch_size) when the dims are known.
+    """
+    samples: list[tuple[int, dict[str, np.ndarray], int]] = []  # (rows, feeds, repeats)
+    if config.model_warmup:
+        for entry in config.model_warmup:
+            feeds = {name: _warmup_tensor(name, spec, entry.batch_size, signature, model_dir)
+                     for name, spec in entry.inputs.items()}
+            samples.append((max(1, entry.batch_size), feeds, max(1, entry.count)))
+    elif not any(d < 0 for spec in signature.inputs for d in spec.model_dims):
+        buckets = sorted({1, *config.dynamic_batching.preferred_batch_size, signature.max_batch_size}) \
+            if signature.batched else [0]
+        for rows in buckets:
+            batch = (rows,) if rows else ()
+            samples.append((rows, {spec.name: _filled(batch + spec.model_dims, spec.datatype.numpy, "zero")
+                                   for spec in signature.inputs}, 1))
+    if not samples:
+        return None
+    names = [s.name for s in signature.outputs]
+    largest: list[float] = []
+    for rows, feeds, repeats in sorted(samples, key=lambda sample: sample[0]):
+        timings = []
+        try:
+            for _ in range(max(repeats, 5)):
+                started = time.perf_counter()
+                instance.run_sync(feeds, names)
+                timings.append(time.perf_counter() - started)
+        except Exception as exc:
+            raise ModelLoadError(f"warm-up inference (batch {rows}) failed: {exc}") from exc
+        largest = timings
+    return sorted(largest)[len(largest) // 2]
+
+
+def _filled(shape: tuple[int, ...], dtype: np.dtype, kind: str) -> np.ndarray:
+    if dtype == object:
+        return np.full(shape, "", dtype=object)
+    if kind == "zero":
+        return np.zeros(shape, dtype=dtype)
+    rng = np.random.default_rng(0)
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.integers(0, min(np.iinfo(dtype).max, 127), shape, endpoint=True).astype(dtype)
+
+
+def _warmup_tensor(name: str, spec: mc.ModelWarmup.Input, batch_size: int, signature: Signature,
+                   model_dir: Path) -> np.ndarray:
+    tensor = signature.input(name)
+    if tensor is None:
+        raise ModelLoadError(f"model_warmup input '{name}' is not an input of the model")
+    shape = ((max(1, batch_size),) if signature.batched else ()) + tuple(spec.dims)
+    dtype = tensor.datatype.numpy
+    kind = spec.WhichOneof("input_data_type")
+    if kind == "input_data_file":
+        path = model_dir / "warmup" / spec.input_data_file
+        try:
+            data = np.fromfile(path, dtype=dtype)
+        except OSError as exc:
+            raise ModelLoadError(f"model_warmup input '{name}': cannot read {path}: {exc}") from None
+        count = int(np.prod(shape))
+        if data.size != count // max(1, shape[0] if signature.batched else 1) and data.size != count:
+            raise ModelLoadError(f"model_warmup input '{name}': {path} holds {data.size} elements for shape {list(shape)}")
+        return np.broadcast_to(data.reshape(shape[1:] if data.size != count else shape), shape).copy()
+    return _filled(shape, dtype, "random" if kind == "random_data" else "zero")

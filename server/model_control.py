@@ -1,0 +1,197 @@
+"""Model control: what gets loaded when (`--model-control-mode none|poll|explicit`), the repository RPCs' logic,
+and hotwire's admin operations carried in RepositoryModelLoad parameters.
+
+- none: every model is loaded at start; the repository is never looked at again; load/unload RPCs are refused.
+- poll: as none, then the repository is rescanned every `--repository-poll-secs`: new models and versions load,
+  removed ones drain and unload, changed ones reload (losslessly: see registry).
+- explicit: only `--load-model` models at start; RepositoryModelLoad / RepositoryModelUnload do the rest.
+
+RepositoryModelLoad also takes Triton's `config` (a JSON ModelConfig that replaces config.pbtxt) and
+`file:<version>/<name>` (bytes: the model files themselves, e.g. `file:1/model.onnx`), as tritonclient's
+load_model sends them; and hotwire's `hotwire.rollback` (string: "" for the previous version, or a version) and
+`hotwire.traffic` (a JSON object: stable, canary, canary_weight, sticky_parameter, shadow, shadow_fraction,
+standby and the canary guard keys), which are allowed in every mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from hotwire.proto import model_config_pb2 as mc
+from hotwire.server import repository
+from hotwire.server.errors import FailedPrecondition, InvalidInput, NotFound
+from hotwire.server.loader import VersionState
+from hotwire.server.registry import Registry
+from hotwire.server.traffic import parse_update
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "poll", "explicit")
+ROLLBACK_PARAMETER = "hotwire.rollback"
+TRAFFIC_PARAMETER = "hotwire.traffic"
+
+
+@dataclass(frozen=True)
+class AdminResult:
+    """What a RepositoryModelLoad did, sent back as trailing metadata (the response message has no fields)."""
+
+    action: str  # "loaded" | "rollback:standby" | "rollback:reloaded" | "traffic"
+    version: int | None = None
+    elapsed_ms: float = 0.0
+
+
+class ModelControl:
+    def __init__(self, registry: Registry, root: Path, mode: str = "none", poll_secs: float = 15.0,
+                 load_models: tuple[str, ...] = ()) -> None:
+        if mode not in MODES:
+            raise ValueError(f"model control mode '{mode}': expected one of {MODES}")
+        self.registry = registry
+        self.root = root
+        self.mode = mode
+        self.poll_secs = poll_secs
+        self.load_models = load_models
+        self._poller: asyncio.Task[None] | None = None
+        self._uploads: dict[str, Path] = {}  # model -> temporary repository holding uploaded files
+
+    async def start(self) -> None:
+        if self.mode == "explicit":
+            await self.registry.load_repository(self.root, only=list(self.load_models))
+        else:
+            await self.registry.load_repository(self.root)
+        if self.mode == "poll":
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="repository-poll")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for path in self._uploads.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+    # ----- poll mode -----------------------------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_secs)
+            try:
+                await self.poll_once()
+            except Exception:  # a broken repository scan must not end polling
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        """Load what is new or changed, unload what is gone."""
+        sources = repository.scan(self.root)
+        known = {entry.name: entry for entry in self.registry.models()}
+        for name, source in sources.items():
+            entry = known.get(name)
+            if entry is None or entry.fingerprint != repository.fingerprint(source.path):
+                log.info("repository poll: model %s %s", name, "added" if entry is None else "changed")
+                await self.registry.load(source)
+        for name, entry in known.items():
+            if name not in sources and entry.versions:
+                log.info("repository poll: model %s removed", name)
+                await self.registry.unload(name)
+
+    # ----- RPCs ----------------------------------------------------------------------------------------------
+
+    def index(self, ready_only: bool) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model in the repository and every loaded version."""
+        rows: list[tuple[str, str, str, str]] = []
+        loaded = {entry.name: entry for entry in self.registry.models()}
+        names = sorted(set(loaded) | {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+                       if self.root.is_dir() else set(loaded))
+        for name in names:
+            entry = loaded.get(name)
+            if entry is None:
+                if not ready_only:
+                    rows.append((name, "", "UNAVAILABLE", "not loaded"))
+                continue
+            for number, version in sorted(entry.versions.items()):
+                role = "stable" if version is entry.stable else "canary" if version is entry.canary \
+                    else "shadow" if version is entry.shadow else ""
+                rows.append((name, str(number), version.state.value, role))
+            if not ready_only:
+                for number, reason in sorted(entry.failures.items()):
+                    rows.append((name, str(number) if number >= 0 else "", VersionState.FAILED.value
+                                 if reason != "unloaded" else "UNAVAILABLE", reason))
+        return [row for row in rows if not ready_only or row[2] == VersionState.READY.value]
+
+    async def load(self, name: str, parameters: dict[str, Any]) -> AdminResult:
+        started = time.perf_counter()
+        if ROLLBACK_PARAMETER in parameters:
+            target = str(parameters[ROLLBACK_PARAMETER]).strip()
+            if target and not target.isdigit():
+                raise InvalidInput(f"parameter '{ROLLBACK_PARAMETER}': expected a version number or empty")
+            version, how = await self.registry.rollback(name, int(target) if target else None, self._reload_source(name))
+            return AdminResult(f"rollback:{how}", version, (time.perf_counter() - started) * 1e3)
+        if TRAFFIC_PARAMETER in parameters:
+            self.registry.set_traffic(name, parse_update(str(parameters[TRAFFIC_PARAMETER])))
+            return AdminResult("traffic", None, (time.perf_counter() - started) * 1e3)
+        if self.mode != "explicit":
+            raise FailedPrecondition(f"loading models is only allowed with --model-control-mode explicit (now: {self.mode})")
+        source = self._source(name, parameters)
+        entry = await self.registry.load(source)
+        if entry.stable is None or entry.failures:
+            raise InvalidInput(f"failed to load '{name}': {entry.reason()}")
+        return AdminResult("loaded", entry.stable.version, (time.perf_counter() - started) * 1e3)
+
+    async def unload(self, name: str) -> None:
+        if self.mode != "explicit":
+            raise FailedPrecondition(f"unloading models is only allowed with --model-control-mode explicit (now: {self.mode})")
+        self.registry.entry(name)
+        await self.registry.unload(name)
+
+    def _reload_source(self, name: str):  # type: ignore[no-untyped-def]
+        def source_with_version(version: int) -> repository.ModelSource:
+            directory = self._uploads.get(name, self.root) / name
+            source = repository.read_model(directory)
+            if version not in source.versions and (directory / str(version)).is_dir() and source.config is not None:
+                model_file = directory / str(version) / source.config.default_model_filename
+                if model_file.is_file():  # outside the version policy, but on disk: rollback may use it
+                    source.versions[version] = model_file
+            return source
+
+        return source_with_version
+
+    def _source(self, name: str, parameters: dict[str, Any]) -> repository.ModelSource:
+        """The model as the repository has it, or as the request's `config` / `file:` parameters give it."""
+        files = {key[len("file:"):]: value for key, value in parameters.items() if key.startswith("file:")}
+        config_json = parameters.get("config")
+        if files and config_json is None:
+            raise InvalidInput("model files were given without a 'config' parameter to go with them")
+        if config_json is None:
+            directory = self.root / name
+            if not directory.is_dir():
+                raise NotFound(f"model '{name}' is not in the repository {self.root}")
+            return repository.read_model(directory)
+        config = mc.ModelConfig()
+        try:
+            json_format.Parse(str(config_json), config)
+        except json_format.ParseError as exc:
+            raise InvalidInput(f"parameter 'config': not a valid ModelConfig JSON: {exc}") from None
+        if files:
+            base = Path(tempfile.mkdtemp(prefix=f"hotwire-upload-{name}-"))
+            old = self._uploads.pop(name, None)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            self._uploads[name] = base
+            for relative, content in files.items():
+                target = (base / name / relative).resolve()
+                if not str(target).startswith(str((base / name).resolve())):
+                    raise InvalidInput(f"parameter 'file:{relative}': path leaves the model directory")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content if isinstance(content, bytes) else str(content).encode())
+            directory = base / name
+        else:
+            directory = self._uploads.get(name, self.root) / name
+        (directory).mkdir(parents=True, exist_ok=True)
+        source = repository.read_model(directory, config_override=config)
+        return source
