@@ -43,12 +43,64 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(model: str, url: str, parameters: dict[str, str]) -> tuple[str, str, str]:
+    """RepositoryModelLoad carrying an admin parameter; returns the server's (action, version, elapsed ms)."""
+    import grpc
+
+    from hotwire.proto import grpc_service_pb2 as pb
+    from hotwire.proto import grpc_service_pb2_grpc
+
+    request = pb.RepositoryModelLoadRequest(model_name=model)
+    for key, value in parameters.items():
+        request.parameters[key].string_param = value
+    with grpc.insecure_channel(url) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        _, call = stub.RepositoryModelLoad.with_call(request, timeout=300)
+    trailers = dict(call.trailing_metadata() or ())
+    return trailers.get("hotwire-action", ""), trailers.get("hotwire-version", ""), trailers.get("hotwire-elapsed-ms", "")
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    action, version, elapsed = _admin(args.model, args.url, {"hotwire.rollback": "" if args.to is None else str(args.to)})
+    how = "from standby" if action == "rollback:standby" else "reloaded from the repository (no standby copy)"
+    print(f"{args.model}: traffic now on version {version}, {how}, in {float(elapsed or 0):.1f} ms")
+    return 0
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    import json
+
+    update = {key: value for key, value in (("stable", args.stable), ("canary", args.canary),
+                                            ("canary_weight", args.weight), ("sticky_parameter", args.sticky),
+                                            ("shadow", args.shadow), ("shadow_fraction", args.fraction),
+                                            ("standby", args.standby)) if value is not None}
+    _admin(args.model, args.url, {"hotwire.traffic": json.dumps(update)})
+    print(f"{args.model}: traffic policy updated: {update}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hotwire", description="High-performance ONNX model server (KServe V2 gRPC)")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository over gRPC")
     add_serve_arguments(serve)
     serve.set_defaults(run=_serve)
+    rollback = commands.add_parser("rollback", help="send a model's traffic back to an earlier version")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", type=int, help="the version (default: the previous one)")
+    rollback.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
+    rollback.set_defaults(run=_rollback)
+    traffic = commands.add_parser("traffic", help="set a model's traffic policy (canary, shadow, standby)")
+    traffic.add_argument("model")
+    traffic.add_argument("--stable", type=int)
+    traffic.add_argument("--canary", type=int)
+    traffic.add_argument("--weight", type=float, help="canary share of unpinned requests, 0..1")
+    traffic.add_argument("--sticky", help="request parameter that pins a client to one side")
+    traffic.add_argument("--shadow", type=int)
+    traffic.add_argument("--fraction", type=float, help="share of requests mirrored to the shadow, 0..1")
+    traffic.add_argument("--standby", type=int, help="superseded versions kept loaded for instant rollback")
+    traffic.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
+    traffic.set_defaults(run=_traffic)
     return parser
 
 
@@ -62,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"hotwire: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # grpc.RpcError from the admin commands: show the server's message
+        details = getattr(exc, "details", None)
+        if callable(details):
+            print(f"hotwire: {exc.code().name}: {details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+        raise
 
 
 if __name__ == "__main__":

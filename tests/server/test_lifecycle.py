@@ -1,0 +1,328 @@
+"""Model lifecycle through the real server: lossless swaps and rollbacks under load, poll mode, failed loads that
+leave the old version serving, canary split, sticky routing, shadow traffic, the canary guard, uploads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+import tritonclient.grpc as triton
+from google.protobuf import json_format
+from onnx import TensorProto, helper, numpy_helper
+
+from hotwire.proto import grpc_service_pb2 as pb
+from hotwire.proto import model_config_pb2 as mc
+from onnx_models import write_model
+
+WIDTH = 4
+
+
+def offset_model(offset: float) -> onnx.ModelProto:
+    """y = x + offset: every version's outputs name the version that computed them."""
+    const = numpy_helper.from_array(np.array(offset, np.float32), "offset")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "offset"], ["y"])], "offset",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])], [const])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def config(**params: str) -> str:
+    text = "max_batch_size: 8\ndynamic_batching { }\n"
+    text += "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items())
+    return text
+
+
+def infer(stub, x: np.ndarray, model: str = "m", version: str = "", **params: str) -> tuple[str, np.ndarray]:
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    for key, value in params.items():
+        request.parameters[key].string_param = value
+    response = stub.ModelInfer(request, timeout=30)
+    return response.model_version, np.frombuffer(response.raw_output_contents[0], np.float32).reshape(x.shape)
+
+
+def admin(stub, model: str, **parameters: str) -> dict[str, str]:
+    request = pb.RepositoryModelLoadRequest(model_name=model)
+    for key, value in parameters.items():
+        request.parameters[key].string_param = value
+    _, call = stub.RepositoryModelLoad.with_call(request, timeout=120)
+    return dict(call.trailing_metadata())
+
+
+def load(stub, model: str = "m") -> None:
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=model), timeout=120)
+
+
+def index(stub) -> list[tuple[str, str, str, str]]:
+    response = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30)
+    return [(m.name, m.version, m.state, m.reason) for m in response.models]
+
+
+class Load:
+    """Clients sending requests until stopped; every response is checked against the version it names."""
+
+    def __init__(self, address: str, clients: int = 4) -> None:
+        self.failures: list[str] = []
+        self.mismatches: list[str] = []
+        self.by_version: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(address, i), daemon=True) for i in range(clients)]
+
+    def _run(self, address: str, seed: int) -> None:
+        channel = grpc.insecure_channel(address)
+        from hotwire.proto import grpc_service_pb2_grpc
+
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        rng = np.random.default_rng(seed)
+        deadline = time.monotonic() + 120  # bounded even if the test forgets to stop it
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            x = rng.random((1 + int(rng.integers(0, 3)), WIDTH), dtype=np.float32)
+            try:
+                version, y = infer(stub, x)
+            except grpc.RpcError as exc:
+                self.failures.append(f"{exc.code()}: {exc.details()}")
+                continue
+            self.by_version[version] += 1
+            if not np.allclose(y, x + float(version)):
+                self.mismatches.append(version)
+        channel.close()
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def test_twenty_swaps_and_rollbacks_under_load_fail_no_request(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "m", offset_model(1.0), config(standby_versions="2"), version=1)
+    server = running_server(tmp_path, model_control_mode="explicit", load_model=("m",))
+    stub = stub_for(server)
+    with Load(server.address) as load_:
+        time.sleep(0.2)
+        for step in range(10):
+            version = step + 2
+            write_model(tmp_path, "m", offset_model(float(version)), version=version)
+            load(stub)  # swap: the new version loads, warms, then traffic flips
+            assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == str(version)
+            time.sleep(0.05)
+            trailers = admin(stub, "m", **{"hotwire.rollback": ""})  # and straight back, from standby
+            assert trailers["hotwire-action"] == "rollback:standby"
+            assert trailers["hotwire-version"] == str(version - 1)
+            assert float(trailers["hotwire-elapsed-ms"]) < 10
+            assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == str(version - 1)
+            time.sleep(0.05)
+    assert load_.failures == []
+    assert load_.mismatches == []
+    assert sum(load_.by_version.values()) > 100 and len(load_.by_version) >= 5
+    assert server.app.registry.events.swaps >= 10 and server.app.registry.events.rollbacks == 10
+    states = {(v, state) for name, v, state, _ in index(stub) if name == "m"}
+    assert ("10", "READY") in states and ("11", "STANDBY") in states  # standby keeps the superseded versions
+
+
+def test_rollback_without_a_standby_copy_reloads_and_says_so(tmp_path, running_server, stub_for):
+    for version in (1, 2):
+        write_model(tmp_path, "m", offset_model(float(version)), config(), version=version)
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "2"
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "rollback", "m", "--url", server.address],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "version 1" in result.stdout and "reloaded" in result.stdout
+    assert infer(stub, np.ones((1, WIDTH), np.float32)) [0] == "1"
+
+
+def test_a_corrupt_new_version_leaves_the_old_one_serving(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "m", offset_model(1.0), config(), version=1)
+    server = running_server(tmp_path, model_control_mode="explicit", load_model=("m",))
+    stub = stub_for(server)
+    write_model(tmp_path, "m", b"\x08\x07corrupt", version=2)
+    with pytest.raises(grpc.RpcError) as caught:
+        load(stub)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "version 2" in caught.value.details()
+    assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "1"
+    rows = index(stub)
+    assert ("m", "1", "READY", "stable") in rows
+    assert any(v == "2" and state == "FAILED" and "could not load" in reason for _, v, state, reason in rows)
+    shutil.rmtree(tmp_path / "m" / "2")
+    load(stub)  # fixed: loads cleanly again
+    assert all(state != "FAILED" for _, _, state, _ in index(stub))
+
+
+def test_poll_mode_picks_up_added_and_removed_versions_and_models(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "m", offset_model(1.0), config(), version=1)
+    server = running_server(tmp_path, model_control_mode="poll", repository_poll_secs=0.1)
+    stub = stub_for(server)
+
+    def wait_for_version(expected: str) -> None:
+        for _ in range(300):
+            if infer(stub, np.zeros((1, WIDTH), np.float32))[0] == expected:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"version {expected} never served")
+
+    write_model(tmp_path, "m", offset_model(2.0), version=2)
+    wait_for_version("2")
+    shutil.rmtree(tmp_path / "m" / "2")
+    wait_for_version("1")
+    write_model(tmp_path, "other", offset_model(5.0), config(), version=1)
+    for _ in range(300):
+        if server.app.registry.is_ready("other"):
+            break
+        time.sleep(0.05)
+    assert infer(stub, np.zeros((1, WIDTH), np.float32), model="other")[0] == "1"
+    shutil.rmtree(tmp_path / "other")
+    for _ in range(300):
+        if not server.app.registry.is_ready("other"):
+            break
+        time.sleep(0.05)
+    assert not server.app.registry.is_ready("other")
+    with pytest.raises(grpc.RpcError):
+        load(stub)  # load/unload RPCs belong to explicit mode
+
+
+def test_canary_split_is_within_three_points_and_sticky_keys_stay_put(tmp_path, running_server, stub_for):
+    for version in (1, 2):
+        write_model(tmp_path, "m", offset_model(float(version)),
+                    config(canary_version="2", canary_weight="0.2", stable_version="1", sticky_parameter="user")
+                    + "version_policy { all { } }\n", version=version)
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    registry = server.app.registry
+    counts = Counter(registry.route("m").version for _ in range(5000))
+    assert abs(counts[2] / 5000 - 0.2) <= 0.03, counts
+    through_server = Counter(infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(1000))
+    assert abs(through_server["2"] / 1000 - 0.2) <= 0.05, through_server
+    for user in ("alice", "bob", "carol", "dave"):
+        seen = {infer(stub, np.zeros((1, WIDTH), np.float32), user=user)[0] for _ in range(20)}
+        assert len(seen) == 1, (user, seen)
+
+
+def test_shadow_traffic_is_compared_but_never_returned(tmp_path, running_server, stub_for):
+    for version in (1, 3):
+        write_model(tmp_path, "m", offset_model(float(version)),
+                    config(stable_version="1", shadow_version="3", shadow_fraction="1.0") + "version_policy { all { } }\n",
+                    version=version)
+    server = running_server(tmp_path, metrics_port=0)
+    stub = stub_for(server)
+    for _ in range(50):
+        x = np.random.default_rng(0).random((2, WIDTH), dtype=np.float32)
+        version, y = infer(stub, x)
+        assert version == "1" and np.allclose(y, x + 1)
+    for _ in range(100):
+        if len(server.app.registry.shadow_results.get("m", [])) >= 50:
+            break
+        time.sleep(0.02)
+    results = server.app.registry.shadow_results["m"]
+    assert len(results) >= 50
+    assert all(abs(r.max_abs_diff - 2.0) < 1e-5 for r in results)
+
+
+def test_canary_guard_sends_traffic_back_to_stable_on_errors(tmp_path, running_server, stub_for, caplog):
+    write_model(tmp_path, "m", offset_model(1.0), config(stable_version="1") + "version_policy { all { } }\n", version=1)
+    # the canary rejects every request: its config pins the input to 3 columns
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / "model.onnx").write_bytes(offset_model(2.0).SerializeToString())
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    registry = server.app.registry
+    registry.set_traffic("m", {"canary": 2, "canary_weight": 0.5, "canary_max_error_rate": 0.1,
+                               "canary_guard_min_requests": 10})
+    entry = registry.entry("m")
+    entry.canary.signature = entry.canary.signature.__class__(  # a canary whose every request fails validation
+        tuple(s.__class__(s.name, s.datatype, (3,), (3,)) for s in entry.canary.signature.inputs),
+        entry.canary.signature.outputs, entry.canary.signature.max_batch_size)
+    entry.canary._plans = entry.canary._plans.__class__(entry.canary.signature, "m")
+    outcomes = Counter()
+    for _ in range(200):
+        try:
+            outcomes[infer(stub, np.zeros((1, WIDTH), np.float32))[0]] += 1
+        except grpc.RpcError:
+            outcomes["error"] += 1
+    assert registry.events.guard_rollbacks == 1
+    assert entry.canary is None and entry.stable.version == 1
+    assert outcomes["error"] < 60 and outcomes["1"] > 140  # errors stopped once the guard tripped
+    assert "breached its guard" in caplog.text
+
+
+def test_tritonclient_load_model_with_config_and_files_and_unload(tmp_path, running_server):
+    (tmp_path / "placeholder").mkdir()
+    server = running_server(tmp_path, model_control_mode="explicit")
+    client = triton.InferenceServerClient(server.address)
+    config_json = json.dumps({"name": "uploaded", "max_batch_size": 4,
+                              "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [WIDTH]}]})
+    json_format.Parse(config_json, mc.ModelConfig())  # the JSON is a valid ModelConfig
+    client.load_model("uploaded", config=config_json, files={"file:1/model.onnx": offset_model(7.0).SerializeToString()})
+    assert client.is_model_ready("uploaded")
+    x = triton.InferInput("x", [1, WIDTH], "FP32")
+    x.set_data_from_numpy(np.ones((1, WIDTH), np.float32))
+    assert np.allclose(client.infer("uploaded", [x]).as_numpy("y"), 8.0)
+    assert client.get_model_config("uploaded").config.max_batch_size == 4
+    index_names = {m.name for m in client.get_model_repository_index().models}
+    assert {"uploaded", "placeholder"} <= index_names
+    client.unload_model("uploaded")
+    assert not client.is_model_ready("uploaded")
+    client.close()
+
+
+def test_load_of_an_unchanged_model_keeps_its_warm_sessions(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "m", offset_model(1.0), config(), version=1)
+    server = running_server(tmp_path, model_control_mode="explicit", load_model=("m",))
+    stub = stub_for(server)
+    before = server.app.registry.route("m")
+    load(stub)
+    assert server.app.registry.route("m") is before
+    (tmp_path / "m" / "config.pbtxt").write_text(config(intra_op_thread_count="1"))
+    load(stub)  # a changed config reloads
+    assert server.app.registry.route("m") is not before
+    for _ in range(200):
+        if before.state.value == "UNLOADED":
+            break
+        time.sleep(0.01)
+    assert before.state.value == "UNLOADED"  # drained and released
+
+
+def test_traffic_command_sets_a_canary(tmp_path, running_server, stub_for):
+    for version in (1, 2):
+        write_model(tmp_path, "m", offset_model(float(version)), config() + "version_policy { all { } }\n",
+                    version=version)
+    server = running_server(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "traffic", "m", "--stable", "1", "--canary", "2",
+                             "--weight", "1.0", "--url", server.address], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    stub = stub_for(server)
+    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(20)} == {"2"}
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "traffic", "m", "--canary", "9", "--url",
+                             server.address], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "version 9 is not loaded" in result.stderr
+
+
+def test_model_directory_path_is_left_alone_by_uploads(tmp_path):
+    # an upload's file names can't escape the model directory
+    from hotwire.server.errors import InvalidInput
+    from hotwire.server.model_control import ModelControl
+    from hotwire.server.registry import Registry
+
+    control = ModelControl(Registry(8), tmp_path, "explicit")
+    with pytest.raises(InvalidInput, match="leaves the model directory"):
+        control._source("evil", {"config": "{}", "file:../../escape": b"x"})
+    assert not (tmp_path.parent / "escape").exists()
+    assert isinstance(Path(tmp_path), Path)
