@@ -169,9 +169,8 @@ class Registry:
         """Make `fresh` the model's versions in one step; superseded ones go to standby or drain and unload."""
         before = entry.stable
         superseded = [v for number, v in entry.versions.items() if fresh.get(number) is not v]
-        for version in fresh.values():
-            if version.state is not VersionState.STANDBY:
-                version.state = VersionState.READY
+        for version in fresh.values():  # what the version policy selects serves, even one a rollback set aside
+            version.state = VersionState.READY
         kept = sorted((v for v in superseded if v.version not in fresh), key=lambda v: v.version)[-policy.standby:] \
             if policy.standby > 0 else []
         for version in kept:

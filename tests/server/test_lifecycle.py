@@ -129,12 +129,14 @@ def test_twenty_swaps_and_rollbacks_under_load_fail_no_request(tmp_path, running
             assert float(trailers["hotwire-elapsed-ms"]) < 10
             assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == str(version - 1)
             time.sleep(0.05)
+        load(stub)  # after a rollback, loading again returns to the newest version (kept warm in standby)
+        assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "11"
     assert load_.failures == []
     assert load_.mismatches == []
     assert sum(load_.by_version.values()) > 100 and len(load_.by_version) >= 5
     assert server.app.registry.events.swaps >= 10 and server.app.registry.events.rollbacks == 10
     states = {(v, state) for name, v, state, _ in index(stub) if name == "m"}
-    assert ("10", "READY") in states and ("11", "STANDBY") in states  # standby keeps the superseded versions
+    assert ("11", "READY") in states and ("10", "STANDBY") in states  # standby keeps the superseded versions
 
 
 def test_rollback_without_a_standby_copy_reloads_and_says_so(tmp_path, running_server, stub_for):
