@@ -40,6 +40,8 @@ __all__ = [
     "PRODUCER_NAME",
     "CLASSIFIER_CONFIG",
     "IMAGE_CLASSIFIER_CONFIG",
+    "IMAGE_CLASSIFIER_PIPELINE",
+    "image_classifier_nchw",
     "small_classifier",
     "image_classifier_uint8",
     "wide_mlp",
@@ -174,6 +176,24 @@ def image_classifier_uint8(height: int = 64, width: int = 64, seed: int = 1) -> 
     )
 
 
+def image_classifier_nchw(height: int = 64, width: int = 64, seed: int = 1) -> onnx.ModelProto:
+    """``input`` FP32 [batch, 3, H, W] (normalized NCHW, as the bundled preprocessing pipeline produces it)
+    -> Conv(3->8, k3 s2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->10) -> Softmax -> ``probabilities``."""
+    g = _Graph(seed)
+    x = g.conv("input", 3, 8, "conv1", kernel=3, stride=2, pad=1)
+    x = g.node("Relu", [x])
+    x = g.node("GlobalAveragePool", [x])
+    x = g.node("Flatten", [x], axis=1)
+    x = g.gemm(x, 8, 10, "fc")
+    g.node("Softmax", [x], "probabilities", axis=-1)
+    return g.model(
+        "image_classifier",
+        [_tensor("input", TensorProto.FLOAT, [3, height, width])],
+        [_tensor("probabilities", TensorProto.FLOAT, [10])],
+        f"Normalized FP32 NCHW {height}x{width} image classifier with 10 classes and softmax output.",
+    )
+
+
 def wide_mlp(seed: int = 2) -> onnx.ModelProto:
     """``input`` FP32 [batch, 512] -> Gemm(512->2048) -> Relu -> Gemm(2048->2048) -> Relu -> Gemm(2048->10)
     -> ``logits`` FP32 [batch, 10]. About 5.2 M parameters (~21 MB); compute-heavy benchmark model."""
@@ -256,9 +276,9 @@ platform: "onnxruntime_onnx"
 max_batch_size: 32
 input [
   {
-    name: "image"
-    data_type: TYPE_UINT8
-    dims: [ 64, 64, 3 ]
+    name: "input"
+    data_type: TYPE_FP32
+    dims: [ 3, 64, 64 ]
   }
 ]
 output [
@@ -277,6 +297,23 @@ instance_group [
 ]
 """
 
+# Clients send a uint8 RGB image of any size; the server resizes and normalizes it (hotwire.server.preprocess).
+IMAGE_CLASSIFIER_PIPELINE = """\
+{
+  "inputs": {
+    "image": {
+      "datatype": "UINT8",
+      "dims": [-1, -1, 3],
+      "feeds": "input",
+      "steps": [
+        {"op": "resize", "height": 64, "width": 64},
+        {"op": "normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+      ]
+    }
+  }
+}
+"""
+
 
 def serialize_model(model: onnx.ModelProto) -> bytes:
     """Deterministic serialisation used for every ``model.onnx`` written by this module."""
@@ -287,7 +324,7 @@ def example_models() -> dict[str, tuple[onnx.ModelProto, str]]:
     """The bundled example models, keyed by model name, with their ``config.pbtxt`` text."""
     return {
         "classifier": (small_classifier(), CLASSIFIER_CONFIG),
-        "image_classifier": (image_classifier_uint8(), IMAGE_CLASSIFIER_CONFIG),
+        "image_classifier": (image_classifier_nchw(), IMAGE_CLASSIFIER_CONFIG),
     }
 
 
@@ -302,8 +339,10 @@ def write_model_repository(root: pathlib.Path, models: dict[str, tuple[onnx.Mode
 
 
 def write_example_repository(root: pathlib.Path) -> None:
-    """Write the bundled example repository (``classifier`` and ``image_classifier``) under ``root``."""
+    """Write the bundled example repository (``classifier`` and ``image_classifier``, the latter with its
+    preprocessing pipeline in ``preprocess.json``) under ``root``."""
     write_model_repository(pathlib.Path(root), example_models())
+    (pathlib.Path(root) / "image_classifier" / "preprocess.json").write_bytes(IMAGE_CLASSIFIER_PIPELINE.encode())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

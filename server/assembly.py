@@ -17,14 +17,18 @@ from typing import Sequence
 import numpy as np
 
 from hotwire.kernels import batching
+from hotwire.server.preprocess import Preprocessor
 
 _BUFFERS_PER_INSTANCE = 16  # distinct (input, shape, dtype) buffers kept; least recently used dropped beyond
 
 
 class BatchAssembler:
     def __init__(self, max_batch_size: int, ragged_inputs: Sequence[str] = (),
-                 dynamic_output_axes: dict[str, frozenset[int]] | None = None) -> None:
-        """`dynamic_output_axes`: per output, the axes (batch axis = 0) the model declares dynamic."""
+                 dynamic_output_axes: dict[str, frozenset[int]] | None = None,
+                 preprocessor: Preprocessor | None = None) -> None:
+        """`dynamic_output_axes`: per output, the axes (batch axis = 0) the model declares dynamic;
+        `preprocessor`: the model's declared pipelines, run for every batch (a batch of one too)."""
+        self._preprocessor = preprocessor
         self._max_rows = max(1, max_batch_size)
         self._ragged = tuple(ragged_inputs)
         self._dynamic_output_axes = dynamic_output_axes or {}
@@ -45,6 +49,13 @@ class BatchAssembler:
     def assemble(self, parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
         """(one feed per input holding every part's rows in order, the padded item shape of the first ragged
         input or ()). Runs on the instance's thread."""
+        if self._preprocessor is not None:
+            return self._preprocessor.prepare(parts, lambda plain: self._gather(plain)[0]), ()
+        if len(parts) == 1:
+            return parts[0], ()  # a batch of one feeds the request's own (zero-copy) arrays
+        return self._gather(parts)
+
+    def _gather(self, parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
         feeds: dict[str, np.ndarray] = {}
         padded: tuple[int, ...] = ()
         for name in parts[0]:

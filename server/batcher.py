@@ -205,10 +205,7 @@ class Batcher:
         if not self._immediate or self._closed or self.queued:
             return None
         self.policy.level_index(priority)  # the same check a queued request gets
-        instance = self._instances[0]
-        started = time.perf_counter()
-        outputs = instance.run_sync(feeds, output_names)
-        compute_s = time.perf_counter() - started
+        outputs, _, compute_s = _assemble_and_run(self._instances[0], self._assemblers[0], [feeds], output_names)
         if self._on_batch is not None:
             self._on_batch(BatchResult(rows, 1, compute_s))
         return outputs, compute_s
@@ -364,7 +361,7 @@ class Batcher:
 def _assemble_and_run(instance: Instance, assembler: BatchAssembler, parts: list[dict[str, np.ndarray]],
                       output_names: Sequence[str]) -> tuple[list[np.ndarray], tuple[int, ...], float]:
     """Runs on the instance's thread: gather the batch (numba, nogil), run ORT (releases the GIL)."""
-    feeds, padded = (parts[0], ()) if len(parts) == 1 else assembler.assemble(parts)
+    feeds, padded = assembler.assemble(parts)
     started = time.perf_counter()
     outputs = instance.run_sync(feeds, output_names)
     return outputs, padded, time.perf_counter() - started

@@ -22,6 +22,9 @@ def _configure_logging(level: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     config = server_config(args)
     _configure_logging(config.log_level)
+    if config.kernel_cache_dir is not None:
+        # numba reads it when first imported, which happens below (and in every worker, which inherits it)
+        os.environ["NUMBA_CACHE_DIR"] = str(config.kernel_cache_dir)
     if config.workers > 1:
         from hotwire.server.workers import Supervisor  # imports no ORT, numba or event loop
 

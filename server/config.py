@@ -38,6 +38,7 @@ class ServerConfig:
     model_control_mode: str = "none"  # none | poll | explicit
     repository_poll_secs: float = 15.0
     load_model: tuple[str, ...] = ()  # explicit mode: the models loaded at start
+    kernel_cache_dir: Path | None = None  # numba's on-disk kernel cache (NUMBA_CACHE_DIR); None: numba's default
     workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT)
     reuse_port: bool = False  # set for the processes of --workers N, never by users
 
@@ -74,6 +75,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "only --load-model at start, then RepositoryModelLoad/Unload")
     parser.add_argument("--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)")
     parser.add_argument("--load-model", action="append", help="explicit mode: a model to load at start (repeatable)")
+    parser.add_argument("--kernel-cache-dir", type=Path,
+                        help="where compiled numba kernels are cached; warm it once (e.g. at image build) and it "
+                             "can be read-only afterwards")
     parser.add_argument("--workers", type=_positive("--workers", 1),
                         help="server processes sharing the gRPC port; a crashed one is restarted (default 1)")
     parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
@@ -112,7 +116,7 @@ def _from_env(variable: str, text: str, type_name: object) -> object:
             return float(text)
     except ValueError:
         raise ConfigError(f"environment variable {variable}: expected {kind}, got '{text}'") from None
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
         return Path(text)
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -21,7 +21,9 @@ from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.errors import DeadlineExceeded, HotwireError, ModelLoadError, ResourceExhausted
+from hotwire.server import preprocess
 from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
+from hotwire.server.preprocess import Preprocessor
 from hotwire.server.repository import ModelSource
 from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
 from hotwire.server.stats import VersionStats
@@ -132,7 +134,7 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
         options = ort_options(declared)
         where = [p for group in declared.instance_group for p in placements(group)]
 
-        def build() -> tuple[mc.ModelConfig, Signature, list[Instance]]:
+        def build() -> tuple[mc.ModelConfig, Signature, list[Instance], Preprocessor | None]:
             # Runs on a worker thread: session creation holds the GIL for long stretches.
             sessions = [create_session(model_file, options, p) for p in where]
             config, signature = complete(
@@ -140,6 +142,12 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
                 graph_tensors(sessions[0].get_inputs()), graph_tensors(sessions[0].get_outputs()),
                 default_max_batch_size,
             )
+            preprocessor, client_signature = None, signature
+            pipelines = preprocess.declaration(config, source.path)
+            if pipelines is not None:
+                preprocess.warm()  # compile or load from cache before the end-to-end check runs them
+                preprocessor, client_signature = preprocess.build(pipelines, signature)
+                _show_client_inputs(config, client_signature, preprocessor.fed_inputs())
             instances = [
                 Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
             ]
@@ -150,9 +158,9 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
                 instance.inline = instance.placement.kind == "cpu" and (mode == "inline" or (mode == "auto" and tiny))
             if signature.batched:
                 batching_kernels.warm()  # compile or load from cache now, never on a request
-            return config, signature, instances
+            return config, client_signature, instances, preprocessor
 
-        config, signature, instances = await asyncio.to_thread(build)
+        config, signature, instances, preprocessor = await asyncio.to_thread(build)
         try:
             policy = batching_policy(config)
         except ModelLoadError:
@@ -161,7 +169,7 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
             raise
         ragged = [s.name for s in signature.inputs if s.ragged]
         dynamic_axes = {s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs}
-        assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes) for _ in instances]
+        assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes, preprocessor) for _ in instances]
         stats = VersionStats()
         batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
                           on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.compute_s),
@@ -210,6 +218,16 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
         default_priority_level=batching.default_priority_level,
         queue_policies=per_level,
     )
+
+
+def _show_client_inputs(config: mc.ModelConfig, signature: Signature, fed: set[str]) -> None:
+    """ModelConfig shows what clients send: pipeline inputs replace the ONNX inputs they feed."""
+    kept = [entry for entry in config.input if entry.name not in fed]
+    del config.input[:]
+    config.input.extend(kept)
+    for spec in signature.inputs:
+        if spec.name not in {entry.name for entry in config.input}:
+            config.input.add(name=spec.name, data_type=mc.DataType.Value(spec.datatype.config), dims=spec.dims)
 
 
 def warm(instance: Instance, signature: Signature, config: mc.ModelConfig, model_dir: Path) -> float | None:

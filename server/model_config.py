@@ -74,6 +74,7 @@ class TensorSpec:
     model_dims: tuple[int, ...]  # the ONNX tensor's dims (batch excluded): differs from dims under `reshape`
     optional: bool = False
     ragged: bool = False  # allow_ragged_batch: batches with other shapes of this input, padded
+    resized: bool = False  # a preprocessing pipeline makes every request's shape equal: any shapes batch
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
                     f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's {list(model_shape)}"
                 )
         model_shapes.append(model_shape)
-        shape_key.append((tensor.name, len(item_shape) if spec.ragged else item_shape))
+        shape_key.append((tensor.name, len(item_shape) if spec.ragged or spec.resized else item_shape))
     missing = [s.name for s in signature.inputs if s.name not in seen and not s.optional]
     if missing:
         raise InvalidInput(f"model '{model}' expects input(s) {missing}, which the request lacks")

@@ -57,6 +57,7 @@ def worker_command(config: ServerConfig, grpc_port: int) -> list[str]:
         "--default-max-batch-size", str(config.default_max_batch_size),
         "--model-control-mode", config.model_control_mode, "--repository-poll-secs", str(config.repository_poll_secs),
         *[arg for name in config.load_model for arg in ("--load-model", name)],
+        *(["--kernel-cache-dir", str(config.kernel_cache_dir)] if config.kernel_cache_dir else []),
     ]
 
 

@@ -29,6 +29,7 @@ CASES: dict[str, Case] = {
         (10,),
         True,
     ),
+    "image_classifier_nchw": (models.image_classifier_nchw, "input", np.float32, (3, 64, 64), "probabilities", (10,), True),
     "wide_mlp": (models.wide_mlp, "input", np.float32, (512,), "logits", (10,), False),
     "convnet": (models.convnet, "input", np.float32, (3, 224, 224), "logits", (1000,), False),
 }
@@ -133,6 +134,7 @@ def test_committed_example_repository_is_up_to_date(tmp_path: pathlib.Path) -> N
         "classifier/config.pbtxt",
         "image_classifier/1/model.onnx",
         "image_classifier/config.pbtxt",
+        "image_classifier/preprocess.json",
     ]
     committed = _files(EXAMPLE_REPOSITORY)
     for rel, data in generated.items():
@@ -157,7 +159,7 @@ def test_main_writes_example_repository(tmp_path: pathlib.Path, capsys: pytest.C
     ("name", "max_batch", "input_name", "input_type", "input_dims", "output_dims"),
     [
         ("classifier", 64, "input", "TYPE_FP32", [16], [4]),
-        ("image_classifier", 32, "image", "TYPE_UINT8", [64, 64, 3], [10]),
+        ("image_classifier", 32, "input", "TYPE_FP32", [3, 64, 64], [10]),
     ],
 )
 def test_example_configs_parse_as_triton_model_config(

@@ -1,0 +1,274 @@
+"""Preprocessing pipelines declared per model: client-facing inputs mapped onto the ONNX inputs by numba kernels.
+
+Declared in `<model>/preprocess.json` next to config.pbtxt (or the same JSON in a config parameter `preprocess`):
+
+    {"inputs": {
+        "image": {                                   # the input clients send
+            "datatype": "UINT8", "dims": [-1, -1, 3],   # per item (batch dimension excluded); -1: any size
+            "feeds": "input",                          # the ONNX input it becomes
+            "steps": [
+                {"op": "resize", "height": 224, "width": 224},
+                {"op": "normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+            ]}}}
+
+Steps, in order. Per request (each request's images may have their own size): `resize {height, width}`
+(bilinear, OpenCV INTER_LINEAR convention), `center_crop {height, width}`, `letterbox {height, width, pad_value}`.
+Then per batch: `normalize {mean, std, dtype: FP32|FP16, channel_order, model_channel_order}` or
+`scale {scale, dtype, ...}` (uint8 HWC -> NCHW); tabular FP32 [F] inputs: `fill_nan {fill}`, `clip {lo, hi}`,
+`standardize {mean, std}`, `min_max {lo, hi, clip}`; integer category inputs (dims []): `one_hot {num_classes}`;
+token ids INT64 [-1]: `pad_truncate {length, pad_id, truncation_side, padding_side, mask_feeds}` (mask_feeds: the
+ONNX input that gets the attention mask).
+
+Clients see the client-facing inputs in ModelMetadata and ModelConfig, and validation applies to them. A pipeline
+runs on the instance's thread as part of its batch; requests whose images differ in size batch together once the
+per-request steps make them equal. At load the pipeline runs on a synthetic input and must produce exactly what the
+ONNX input takes, or the model fails to load with the reason (other models are not affected).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hotwire.kernels import image as image_kernels
+from hotwire.kernels import sequence as sequence_kernels
+from hotwire.kernels import tabular as tabular_kernels
+from hotwire.proto import model_config_pb2 as mc
+from hotwire.server import datatypes
+from hotwire.server.errors import ModelLoadError
+from hotwire.server.model_config import Signature, TensorSpec
+
+SIDECAR = "preprocess.json"
+PER_REQUEST_OPS = ("resize", "center_crop", "letterbox")
+IMAGE_OPS = ("normalize", "scale")
+TABULAR_OPS = ("fill_nan", "clip", "standardize", "min_max", "one_hot")
+SEQUENCE_OPS = ("pad_truncate",)
+
+Step = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class InputPipeline:
+    client: TensorSpec  # what clients send (dims exclude the batch dimension)
+    feeds: str  # ONNX input produced
+    mask_feeds: str | None = None  # pad_truncate's attention mask target
+    per_request: list[Step] = field(default_factory=list)  # on each request's [rows, ...] array
+    per_batch: list[Step] = field(default_factory=list)  # on the gathered batch
+    sized_by_steps: bool = False  # per-request steps give every request the same item shape
+    pad_args: dict[str, Any] = field(default_factory=dict)  # pad_truncate's arguments
+
+    def run(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch: arrays are the requests' client tensors [rows, ...]. Runs on an instance thread."""
+        parts = arrays
+        for step in self.per_request:
+            parts = [step(part) for part in parts]
+        if self.per_batch and self.per_batch[0] is _SEQUENCE_MARK:
+            return self._pad_truncate(parts)
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        for step in self.per_batch:
+            batch = step(batch)
+        return {self.feeds: batch}
+
+
+    def _pad_truncate(self, parts: list[np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [row for part in parts for row in part]
+        ids, mask = sequence_kernels.pad_truncate(rows, **self.pad_args)
+        result = {self.feeds: ids}
+        if self.mask_feeds:
+            result[self.mask_feeds] = mask
+        return result
+
+
+def _sequence_mark(batch: np.ndarray) -> np.ndarray:  # pragma: no cover - a marker, never called
+    return batch
+
+
+_SEQUENCE_MARK: Step = _sequence_mark
+
+
+@dataclass
+class Preprocessor:
+    pipelines: dict[str, InputPipeline]  # by client input name
+
+    def prepare(self, parts: list[dict[str, np.ndarray]], gather: Callable[[list[dict[str, np.ndarray]]], dict]
+                ) -> dict[str, np.ndarray]:
+        """The model's feeds for a batch of requests: pipelines for their inputs, `gather` for the rest."""
+        feeds: dict[str, np.ndarray] = {}
+        plain = [{k: v for k, v in part.items() if k not in self.pipelines} for part in parts]
+        if plain and plain[0]:
+            feeds.update(plain[0] if len(plain) == 1 else gather(plain))
+        for name, pipeline in self.pipelines.items():
+            if name in parts[0]:
+                feeds.update(pipeline.run([part[name] for part in parts]))
+        return feeds
+
+    def fed_inputs(self) -> set[str]:
+        return {t for p in self.pipelines.values() for t in (p.feeds, p.mask_feeds) if t is not None}
+
+
+def declaration(config: mc.ModelConfig, model_dir: Path) -> dict[str, Any] | None:
+    """The model's pipeline declaration, from preprocess.json or the `preprocess` config parameter."""
+    text = None
+    source = ""
+    if "preprocess" in config.parameters:
+        text, source = config.parameters["preprocess"].string_value, "config parameter 'preprocess'"
+    elif (model_dir / SIDECAR).is_file():
+        text, source = (model_dir / SIDECAR).read_text(), str(model_dir / SIDECAR)
+    if text is None:
+        return None
+    try:
+        declared = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(declared, dict) or not isinstance(declared.get("inputs"), dict) or not declared["inputs"]:
+        raise ModelLoadError(f"{source}: expected {{\"inputs\": {{<client input>: {{...}}}}}}")
+    declared["_source"] = source
+    return declared
+
+
+def build(declared: dict[str, Any], signature: Signature) -> tuple[Preprocessor, Signature]:
+    """The preprocessor and the client-facing signature; checks every pipeline end to end on a synthetic batch."""
+    source = declared.pop("_source", "preprocess declaration")
+    pipelines: dict[str, InputPipeline] = {}
+    fed: set[str] = set()
+    for name, spec in declared["inputs"].items():
+        where = f"{source}: input '{name}'"
+        try:
+            pipeline = _pipeline(name, spec, signature, where)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{where}: {exc}") from None
+        for target in (pipeline.feeds, pipeline.mask_feeds):
+            if target is not None and target in fed:
+                raise ModelLoadError(f"{where}: ONNX input '{target}' is fed by two pipelines")
+            if target is not None:
+                fed.add(target)
+        pipelines[name] = pipeline
+    for pipeline in pipelines.values():
+        if pipeline.sized_by_steps:  # requests of any size batch together: the steps make them equal
+            pipeline.client = replace(pipeline.client, resized=True)
+    inputs = [s for s in signature.inputs if s.name not in fed] + [p.client for p in pipelines.values()]
+    client_signature = Signature(tuple(inputs), signature.outputs, signature.max_batch_size)
+    preprocessor = Preprocessor(pipelines)
+    for name, pipeline in pipelines.items():
+        _check_end_to_end(pipeline, signature, f"{source}: input '{name}'")
+    return preprocessor, client_signature
+
+
+def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str) -> InputPipeline:
+    unknown = set(spec) - {"datatype", "dims", "feeds", "steps"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}")
+    dtype = datatypes.BY_NAME.get(str(spec.get("datatype", "")))
+    if dtype is None:
+        raise ValueError(f"datatype '{spec.get('datatype')}' is not one of {list(datatypes.BY_NAME)}")
+    dims = tuple(int(d) for d in spec.get("dims", ()))
+    feeds = str(spec["feeds"])
+    if signature.input(feeds) is None:
+        raise ValueError(f"feeds '{feeds}', which is not an input of the model ({[s.name for s in signature.inputs]})")
+    steps = spec.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise ValueError("'steps' must be a non-empty list")
+    pipeline = InputPipeline(TensorSpec(name, dtype, dims, dims), feeds)
+    for index, step in enumerate(steps):
+        op = step.get("op") if isinstance(step, dict) else None
+        args = {k: v for k, v in step.items() if k != "op"} if isinstance(step, dict) else {}
+        try:
+            _add_step(pipeline, str(op), args)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"step {index} ({op}): {exc}") from None
+    return pipeline
+
+
+def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any]) -> None:
+    if op in PER_REQUEST_OPS:
+        if pipeline.per_batch:
+            raise ValueError(f"'{op}' must come before the batch steps")
+        height, width = int(args.pop("height")), int(args.pop("width"))
+        if op == "resize":
+            pipeline.per_request.append(lambda x: image_kernels.resize_bilinear(x, height, width))
+        elif op == "center_crop":
+            pipeline.per_request.append(lambda x: image_kernels.center_crop(x, height, width))
+        else:
+            pad = args.pop("pad_value", 114)
+            pipeline.per_request.append(lambda x: image_kernels.letterbox(x, height, width, pad)[0])
+        pipeline.sized_by_steps = op != "center_crop" or pipeline.sized_by_steps
+    elif op in IMAGE_OPS:
+        out_dtype = {"FP32": np.float32, "FP16": np.float16}[str(args.pop("dtype", "FP32"))]
+        order = str(args.pop("channel_order", "RGB"))
+        model_order = str(args.pop("model_channel_order", order))
+        if op == "normalize":
+            mean, std = args.pop("mean"), args.pop("std")
+            pipeline.per_batch.append(lambda x: image_kernels.normalize_hwc_to_nchw(
+                x, mean, std, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order))
+        else:
+            scale = args.pop("scale")
+            pipeline.per_batch.append(lambda x: image_kernels.scale_hwc_to_nchw(
+                x, scale, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order))
+    elif op in TABULAR_OPS:
+        if op == "fill_nan":
+            fill = args.pop("fill")
+            pipeline.per_batch.append(lambda x: tabular_kernels.fill_nan(x, fill))
+        elif op == "clip":
+            lo, hi = args.pop("lo"), args.pop("hi")
+            pipeline.per_batch.append(lambda x: tabular_kernels.clip(x, lo, hi))
+        elif op == "standardize":
+            mean, std = args.pop("mean"), args.pop("std")
+            pipeline.per_batch.append(lambda x: tabular_kernels.standardize(x, mean, std))
+        elif op == "min_max":
+            lo, hi, clip = args.pop("lo"), args.pop("hi"), bool(args.pop("clip", False))
+            pipeline.per_batch.append(lambda x: tabular_kernels.min_max(x, lo, hi, clip=clip))
+        else:
+            classes = int(args.pop("num_classes"))
+            pipeline.per_batch.append(lambda x: tabular_kernels.one_hot(x.reshape(-1), classes))
+    elif op in SEQUENCE_OPS:
+        if pipeline.per_request or pipeline.per_batch:
+            raise ValueError("'pad_truncate' must be the only step")
+        pipeline.mask_feeds = args.pop("mask_feeds", None)
+        pipeline.pad_args = {"length": int(args.pop("length")), "pad_id": int(args.pop("pad_id", 0)),
+                         "truncation_side": str(args.pop("truncation_side", "right")),
+                         "padding_side": str(args.pop("padding_side", "right"))}
+        pipeline.per_batch.append(_SEQUENCE_MARK)
+        pipeline.sized_by_steps = True
+    else:
+        raise ValueError(f"unknown op '{op}'; known: {PER_REQUEST_OPS + IMAGE_OPS + TABULAR_OPS + SEQUENCE_OPS}")
+    if args:
+        raise ValueError(f"unknown arguments {sorted(args)}")
+
+
+def _synthetic(spec: TensorSpec, rows: int) -> np.ndarray:
+    dims = tuple(37 if d < 0 else d for d in spec.dims)  # odd sizes: resize and crop must cope
+    if spec.datatype.name == "BYTES":
+        return np.full((rows, *dims), "", dtype=object)
+    return np.ones((rows, *dims), dtype=spec.datatype.numpy)
+
+
+def _check_end_to_end(pipeline: InputPipeline, signature: Signature, where: str) -> None:
+    """Run the pipeline on two synthetic requests; what it produces must be what the ONNX input takes."""
+    try:
+        produced = pipeline.run([_synthetic(pipeline.client, 2), _synthetic(pipeline.client, 1)])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(f"{where}: the pipeline fails on a {pipeline.client.datatype.name} input of dims "
+                             f"{list(pipeline.client.dims)}: {exc}") from None
+    for target, array in produced.items():
+        spec = signature.input(target)
+        if spec is None:
+            raise ModelLoadError(f"{where}: produces '{target}', which is not an input of the model")
+        expected_dtype = spec.datatype.numpy
+        if array.dtype != expected_dtype:
+            raise ModelLoadError(f"{where}: produces {array.dtype} for '{target}', the model takes {spec.datatype.name}")
+        item = array.shape[1:] if signature.batched else array.shape
+        model_dims = spec.model_dims
+        if len(item) != len(model_dims) or any(m >= 0 and m != i for m, i in zip(model_dims, item)):
+            raise ModelLoadError(f"{where}: produces '{target}' of item shape {list(item)}, the model takes "
+                                 f"{list(model_dims)}")
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) every preprocessing kernel: at model load, never on a request."""
+    image_kernels.warm()
+    tabular_kernels.warm()
+    sequence_kernels.warm()
