@@ -20,13 +20,15 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from hotwire.proto import grpc_service_pb2, model_config_pb2
 from hotwire.server.config import ServerConfig
 from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
-from hotwire.server.metrics import Metrics, start_metrics_server
+from hotwire.server.metrics import Metrics, VersionView, start_metrics_server
+from hotwire.server.logs import RequestLogger
 from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
 
 log = logging.getLogger(__name__)
 
 PUBLISH_INTERVAL_S = 1.0  # how often stats are mirrored into Prometheus (always just before a single-process scrape)
+DRIFT_EVERY = 5  # drift reports are recomputed every DRIFT_EVERY publishes
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -47,7 +49,15 @@ class App:
         self.control = ModelControl(self.registry, config.model_repository, config.model_control_mode,
                                     config.repository_poll_secs, config.load_model)
         self.metrics = Metrics()
-        self.metrics.watch(lambda: [(v.name, v.version_str, v.stats) for v in self.registry.versions()])
+        self.metrics.watch(
+            versions=lambda: [VersionView(v.name, v.version_str, v.stats, v.batcher.queued, v.load_seconds)
+                              for v in self.registry.versions()],
+            events=self.registry.event_counts,
+            shadow=self.registry.shadow_summary,
+            drift=lambda: [(v.name, v.version_str, f.feature, f.ks, f.ks_pvalue, f.psi)
+                           for v in self.registry.versions() if v.drift_report is not None
+                           for f in v.drift_report.features],
+        )
         self._publisher: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -82,7 +92,8 @@ class App:
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        InferenceService(self.registry, self.control, self.is_ready).register(server)
+        InferenceService(self.registry, self.control, self.is_ready,
+                         RequestLogger(self.config.request_log_rate, self.config.slow_request_ms)).register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
@@ -119,8 +130,15 @@ class App:
         self._stopped.set()
 
     async def _publish_metrics(self) -> None:
+        published = 0
         while True:
+            if published % DRIFT_EVERY == 0:
+                try:
+                    await self.registry.compute_drift()
+                except Exception:  # drift is advisory: a failure must never stop metrics
+                    log.exception("drift computation failed")
             self.metrics.publish()
+            published += 1
             await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def run(self, force_exit: Callable[[], None]) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, Unavailable
 from hotwire.server.runner import Instance
+from hotwire.server.stats import ComputeTimes
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class WorkItem:
     deadline: float  # monotonic; inf: none
     delay_on_timeout: bool
     seq: int
+    times: ComputeTimes = ComputeTimes()
     queued: bool = True  # False once taken, expired or cancelled
     delayed: bool = False  # timed out under DELAY: runs after every other request
     released: bool = False
@@ -138,11 +140,11 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What a dispatch loop reports per executed batch (for metrics)."""
+    """What a dispatch loop reports per executed batch (for statistics)."""
 
     rows: int
     requests: int
-    compute_s: float
+    times: ComputeTimes
 
 
 class _OrderedRelease:
@@ -199,16 +201,17 @@ class Batcher:
     # ----- submitting ---------------------------------------------------------------------------------------
 
     def run_now(self, feeds: dict[str, np.ndarray], rows: int, output_names: tuple[str, ...], priority: int = 0
-                ) -> tuple[list[np.ndarray], float] | None:
-        """(outputs, compute seconds) computed right here when an inline instance may take the request at once;
+                ) -> tuple[list[np.ndarray], ComputeTimes] | None:
+        """(outputs, compute times) computed right here when an inline instance may take the request at once;
         None when it must queue. Runs on the event loop."""
         if not self._immediate or self._closed or self.queued:
             return None
         self.policy.level_index(priority)  # the same check a queued request gets
-        outputs, _, compute_s = _assemble_and_run(self._instances[0], self._assemblers[0], [feeds], output_names)
+        outputs, _, input_s, infer_s = _assemble_and_run(self._instances[0], self._assemblers[0], [feeds], output_names)
+        times = ComputeTimes(input_s, infer_s, 0.0)
         if self._on_batch is not None:
-            self._on_batch(BatchResult(rows, 1, compute_s))
-        return outputs, compute_s
+            self._on_batch(BatchResult(rows, 1, times))
+        return outputs, times
 
     def submit(self, feeds: dict[str, np.ndarray], rows: int, shape_key: tuple, output_names: tuple[str, ...],
                priority: int = 0, timeout_us: int = 0) -> WorkItem:
@@ -327,28 +330,30 @@ class Batcher:
         parts = [item.feeds for item in batch]
         names = batch[0].output_names if len(batch) == 1 else self._all_outputs
         try:
-            outputs, padded, compute_s = await instance.call(_assemble_and_run, instance, assembler, parts, names)
+            outputs, padded, input_s, infer_s = await instance.call(_assemble_and_run, instance, assembler, parts, names)
         except Exception as exc:  # an ORT failure fails this batch only, never the loop
             log.warning("model %s: inference failed on %s: %s", self.name, instance.name, exc)
             for item in batch:
                 self._settle(item, lambda item=item, exc=exc: _fail(item.future, exc))
             return
-        if self._on_batch is not None:
-            self._on_batch(BatchResult(sum(i.pending.rows for i in batch), len(batch), compute_s))
+        started = time.perf_counter()
         if len(batch) == 1:
-            item = batch[0]
-            item.timings["compute_s"] = compute_s
-            self._settle(item, lambda: _resolve(item.future, outputs))
-            return
-        by_name = dict(zip(names, outputs))
-        start = 0
-        for item in batch:
-            stop = start + item.pending.rows
-            result = [assembler.slice_output(name, by_name[name], start, stop, item.feeds, padded)
-                      for name in item.output_names]
-            item.timings["compute_s"] = compute_s
+            results = [outputs]
+        else:
+            by_name = dict(zip(names, outputs))
+            results = []
+            start = 0
+            for item in batch:
+                stop = start + item.pending.rows
+                results.append([assembler.slice_output(name, by_name[name], start, stop, item.feeds, padded)
+                                for name in item.output_names])
+                start = stop
+        times = ComputeTimes(input_s, infer_s, time.perf_counter() - started)
+        if self._on_batch is not None:
+            self._on_batch(BatchResult(sum(i.pending.rows for i in batch), len(batch), times))
+        for item, result in zip(batch, results):
+            item.times = times
             self._settle(item, lambda item=item, result=result: _resolve(item.future, result))
-            start = stop
 
     async def close(self) -> None:
         """Stop taking work; queued requests still run to completion (drain), then the loops end."""
@@ -359,12 +364,14 @@ class Batcher:
 
 
 def _assemble_and_run(instance: Instance, assembler: BatchAssembler, parts: list[dict[str, np.ndarray]],
-                      output_names: Sequence[str]) -> tuple[list[np.ndarray], tuple[int, ...], float]:
-    """Runs on the instance's thread: gather the batch (numba, nogil), run ORT (releases the GIL)."""
-    feeds, padded = assembler.assemble(parts)
+                      output_names: Sequence[str]) -> tuple[list[np.ndarray], tuple[int, ...], float, float]:
+    """Runs on the instance's thread: gather and preprocess the batch (numba, nogil), run ORT (releases the GIL).
+    Returns (outputs, padded item shape, input seconds, inference seconds)."""
     started = time.perf_counter()
+    feeds, padded = assembler.assemble(parts)
+    assembled = time.perf_counter()
     outputs = instance.run_sync(feeds, output_names)
-    return outputs, padded, time.perf_counter() - started
+    return outputs, padded, assembled - started, time.perf_counter() - assembled
 
 
 def _resolve(future: asyncio.Future[Any], outputs: list[np.ndarray]) -> None:

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
+import asyncio
 import os
 import sys
 from typing import Sequence
 
 from hotwire.server.config import add_serve_arguments, server_config
+from hotwire.server import logs
 from hotwire.server.errors import ConfigError
 
 log = logging.getLogger("hotwire")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
 def _serve(args: argparse.Namespace) -> int:
     config = server_config(args)
-    _configure_logging(config.log_level)
+    logs.configure(config.log_level, config.log_format)
     if config.kernel_cache_dir is not None:
         # numba reads it when first imported, which happens below (and in every worker, which inherits it)
         os.environ["NUMBA_CACHE_DIR"] = str(config.kernel_cache_dir)

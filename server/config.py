@@ -32,6 +32,9 @@ class ServerConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002  # -1 disables the metrics endpoint
     log_level: str = "INFO"
+    log_format: str = "plain"  # plain | json
+    request_log_rate: float = 0.0  # fraction of requests logged with their stage breakdown
+    slow_request_ms: float = 0.0  # requests slower than this are logged (warning) with their breakdown; 0: off
     max_message_bytes: int = 64 * 1024 * 1024  # both directions
     shutdown_grace_s: float = 30.0  # how long in-flight requests may take to finish on SIGTERM
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
@@ -65,6 +68,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=_positive("--metrics-port", -1),
                         help="Prometheus /metrics port, 0 = any free, -1 = off (default 8002)")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
+    parser.add_argument("--log-format", choices=("plain", "json"), help="default plain")
+    parser.add_argument("--request-log-rate", type=float, help="fraction of requests logged (default 0)")
+    parser.add_argument("--slow-request-ms", type=float, help="log requests slower than this (default 0: off)")
     parser.add_argument("--max-message-bytes", type=_positive("--max-message-bytes", 1),
                         help="largest gRPC message accepted or sent (default 64 MiB)")
     parser.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on shutdown (default 30)")

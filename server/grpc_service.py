@@ -17,7 +17,10 @@ import grpc
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import wire
-from hotwire.server.errors import HotwireError, Unimplemented, status_of
+from hotwire.server.errors import HotwireError, NotFound, Unimplemented, status_of
+from hotwire.server.loader import ModelVersion
+from hotwire.server.logs import RequestLogger
+from hotwire.server.stats import Duration
 from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
 
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 # Extensions advertised in ServerMetadata: only what really works (perf_analyzer acts on them).
-EXTENSIONS = ("model_configuration", "model_repository")
+EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 STREAM_WINDOW = 64  # requests of one stream in flight at once; the reader waits beyond that
 
 try:
@@ -53,10 +56,12 @@ def _unary(handler: Handler) -> Handler:
 
 
 class InferenceService:
-    def __init__(self, registry: Registry, control: ModelControl, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, registry: Registry, control: ModelControl, is_ready: Callable[[], bool],
+                 request_logger: RequestLogger | None = None) -> None:
         self._registry = registry
         self._control = control
         self._is_ready = is_ready
+        self._request_logger = request_logger or RequestLogger()
 
     # ----- health and metadata ------------------------------------------------------------------------------
 
@@ -95,15 +100,21 @@ class InferenceService:
         received = time.perf_counter()
         request = wire.decode_request(data)
         version = self._registry.route(request.model_name, request.model_version, request)
+        decoded = time.perf_counter()
         try:
             response = await version.infer(request)
         except Exception:
             self._registry.after_response(version, request, None, time.perf_counter() - received, False)
             raise
+        computed = time.perf_counter()
         encoded = version.encoder.encode(response)
-        elapsed = time.perf_counter() - received
+        done = time.perf_counter()
+        elapsed = done - received
         version.stats.handler.add(elapsed)
         self._registry.after_response(version, request, response, elapsed, True)
+        self._request_logger.observe(version.name, version.version_str, request.id, elapsed, {
+            "decode": decoded - received, "queue": response.queue_s, "preprocess": response.compute_input_s,
+            "compute": response.compute_infer_s, "encode": done - computed})
         return encoded
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
@@ -144,6 +155,21 @@ class InferenceService:
             return pb.ModelStreamInferResponse(
                 error_message=message, infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name)
             ).SerializeToString()
+
+    # ----- statistics -------------------------------------------------------------------------------------
+
+    async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        """Exact counts and cumulative durations per loaded version (Triton's statistics extension)."""
+        entries = [self._registry.entry(request.name)] if request.name else self._registry.models()
+        found = [
+            _statistics(version)
+            for entry in entries
+            for number, version in sorted(entry.versions.items())
+            if not request.version or request.version == str(number)
+        ]
+        if request.name and request.version and not found:
+            raise NotFound(f"model '{request.name}' has no version {request.version} loaded")
+        return pb.ModelStatisticsResponse(model_stats=found)
 
     # ----- model repository -------------------------------------------------------------------------------
 
@@ -193,6 +219,7 @@ class InferenceService:
             "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
             "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
             "RepositoryModelLoad": unary(self.repository_model_load, pb.RepositoryModelLoadRequest,
                                          pb.RepositoryModelLoadResponse),
@@ -206,6 +233,29 @@ class InferenceService:
             if method.name not in handlers:
                 handlers[method.name] = _unimplemented(method.name, method.client_streaming, method.server_streaming)
         return handlers
+
+
+def _duration(value: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=value.count, ns=value.ns)
+
+
+def _statistics(version: ModelVersion) -> pb.ModelStatistics:
+    stats = version.stats
+    return pb.ModelStatistics(
+        name=version.name, version=version.version_str, last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count, execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(stats.success), fail=_duration(stats.fail), queue=_duration(stats.queue),
+            compute_input=_duration(stats.compute_input), compute_infer=_duration(stats.compute_infer),
+            compute_output=_duration(stats.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=rows, compute_input=_duration(batch.compute_input),
+                                    compute_infer=_duration(batch.compute_infer),
+                                    compute_output=_duration(batch.compute_output))
+            for rows, batch in sorted(stats.batches.items())
+        ],
+    )
 
 
 def _unimplemented(name: str, client_streaming: bool, server_streaming: bool) -> grpc.RpcMethodHandler:

@@ -20,13 +20,14 @@ from hotwire.kernels import batching as batching_kernels
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
+from hotwire.server.drift import DriftMonitor, DriftReport, ReferenceProfile
 from hotwire.server.errors import DeadlineExceeded, HotwireError, ModelLoadError, ResourceExhausted
 from hotwire.server import preprocess
 from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
 from hotwire.server.preprocess import Preprocessor
 from hotwire.server.repository import ModelSource
 from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
-from hotwire.server.stats import VersionStats
+from hotwire.server.stats import ComputeTimes, VersionStats
 from hotwire.server.validate import PlanCache
 from hotwire.server.wire import InferRequest, InferResponse, ResponseEncoder
 
@@ -66,6 +67,9 @@ class ModelVersion:
         self.state = VersionState.LOADING
         self.fingerprint: tuple = ()  # what it was loaded from: an unchanged reload keeps it
         self.inflight_total = Inflight()  # the registry's shared counter replaces this one
+        self.load_seconds = 0.0
+        self.drift: DriftMonitor | None = None  # input/prediction drift monitoring, when the model asks for it
+        self.drift_report: DriftReport | None = None  # the latest, computed off the request path
         self.inflight = 0
         self.stats = VersionStats()
         self.encoder = ResponseEncoder(name, self.version_str)
@@ -76,13 +80,14 @@ class ModelVersion:
         self.inflight += 1
         self.inflight_total.count += 1
         ok = False
-        queue_s = compute_s = 0.0
+        queue_s = 0.0
+        times = ComputeTimes()
         reason = "OTHER"
         try:
             valid = self._plans.validate(request)
             done = self.batcher.run_now(valid.feeds, valid.rows, valid.output_names, valid.priority)
             if done is not None:
-                outputs, compute_s = done
+                outputs, times = done
             else:
                 item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
                                            valid.priority, valid.timeout_us)
@@ -91,7 +96,7 @@ class ModelVersion:
                 finally:
                     timings = item.timings
                     queue_s = timings.get("batched", timings["queued"]) - timings["queued"]
-                    compute_s = timings.get("compute_s", 0.0)
+                    times = item.times
             ok = True
         except (ResourceExhausted, DeadlineExceeded):
             reason = "REJECTED"
@@ -107,8 +112,9 @@ class ModelVersion:
         finally:
             self.inflight -= 1
             self.inflight_total.count -= 1
-            self.stats.record_request(ok, time.monotonic() - started, queue_s, compute_s, reason)
-        return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs)
+            self.stats.record_request(ok, time.monotonic() - started, queue_s, times, reason)
+        return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs,
+                             queue_s=queue_s, compute_input_s=times.input_s, compute_infer_s=times.infer_s)
 
     async def unload(self) -> None:
         """Drain (queued and running requests finish here), then release the sessions once in-flight is 0."""
@@ -172,10 +178,11 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
         assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes, preprocessor) for _ in instances]
         stats = VersionStats()
         batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
-                          on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.compute_s),
+                          on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.times),
                           )
         batcher.start()
         loaded = ModelVersion(source.name, version, config, signature, instances, batcher)
+        loaded.drift = drift_monitor(config, signature, source.path)
         loaded.stats = stats
         loaded.state = VersionState.READY
         return loaded
@@ -218,6 +225,26 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
         default_priority_level=batching.default_priority_level,
         queue_policies=per_level,
     )
+
+
+def drift_monitor(config: mc.ModelConfig, signature: Signature, model_dir: Path) -> DriftMonitor | None:
+    """A drift monitor when config parameter `drift_monitoring` is true or `drift_reference.npz` exists in the
+    model's directory (the reference; else it is captured from the first `drift_reference_rows` rows).
+    Parameters `drift_window_rows` and `drift_reference_rows` size the windows (default 1000 each)."""
+    params = {key: value.string_value.strip().lower() for key, value in config.parameters.items()}
+    try:
+        reference = ReferenceProfile.for_model(model_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"drift reference in {model_dir}: {exc}") from None
+    if reference is None and params.get("drift_monitoring", "false") not in ("1", "true", "yes", "on"):
+        return None
+    try:
+        window = int(params.get("drift_window_rows", 1000))
+        reference_rows = int(params.get("drift_reference_rows", 1000))
+    except ValueError as exc:
+        raise ModelLoadError(f"parameters 'drift_window_rows'/'drift_reference_rows': {exc}") from None
+    return DriftMonitor([s.name for s in signature.inputs], [s.name for s in signature.outputs], window_rows=window,
+                        reference_rows=reference_rows, reference=reference)
 
 
 def _show_client_inputs(config: mc.ModelConfig, signature: Signature, fed: set[str]) -> None:

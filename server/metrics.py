@@ -6,22 +6,26 @@ the event loop about once a second, and again just before each scrape in a singl
 
 With `--workers N` every worker writes its values into prometheus-client's multiprocess files (gauges in `sum`
 mode, which keeps a dead worker's last values so counters never go down) and the supervisor's /metrics adds them
-up. Counter-like families are re-typed `counter` at exposition, named exactly as Triton names them (no `_total`).
+up. At exposition, counter-like families are typed `counter` under Triton's exact names (no `_total` added), and
+the `_bucket` / `_sum` / `_count` series of hotwire's histograms are put back together as histogram families.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import resource
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
-from hotwire.server.stats import VersionStats
+from hotwire.server.stats import Histogram, VersionStats
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client reads it at import: set before importing
 
@@ -33,8 +37,20 @@ class Family:
     read: Callable[[VersionStats], float]
 
 
-FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+@dataclass(frozen=True)
+class VersionView:
+    """What publish needs of one loaded version."""
 
+    model: str
+    version: str
+    stats: VersionStats
+    pending: int
+    load_seconds: float
+
+
+# (model, version, feature, ks or None, ks p-value or None, psi)
+DriftRow = tuple[str, str, str, "float | None", "float | None", float]
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 COUNTERS: tuple[Family, ...] = (
     Family("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
            lambda s: s.success.count),
@@ -45,8 +61,12 @@ COUNTERS: tuple[Family, ...] = (
            lambda s: (s.success.ns + s.fail.ns) / 1e3),
     Family("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
            lambda s: s.queue.ns / 1e3),
+    Family("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
+           lambda s: s.compute_input.ns / 1e3),
     Family("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
            lambda s: s.compute_infer.ns / 1e3),
+    Family("nv_inference_compute_output_duration_us", "Cumulative compute output duration in microseconds",
+           lambda s: s.compute_output.ns / 1e3),
     Family("hotwire_request_handler_duration_us",
            "Cumulative time from request bytes in to response bytes out (ModelInfer, successes), microseconds",
            lambda s: s.handler.ns / 1e3),
@@ -54,7 +74,16 @@ COUNTERS: tuple[Family, ...] = (
            lambda s: s.handler.count),
 )
 FAILURES = "nv_inference_request_failure"
-COUNTER_NAMES = frozenset({f.name for f in COUNTERS} | {FAILURES})
+HISTOGRAMS: tuple[tuple[str, str, Callable[[VersionStats], Histogram]], ...] = (
+    ("hotwire_request_duration_us", "Inference request latency (received to response ready), microseconds",
+     lambda s: s.latency_us),
+    ("hotwire_queue_duration_us", "Time requests waited in the batcher's queue, microseconds", lambda s: s.queue_us),
+    ("hotwire_batch_size", "Rows per executed batch", lambda s: s.batch_rows),
+)
+LIFECYCLE_EVENTS = ("swap", "rollback", "guard_rollback", "load_failure")
+COUNTER_NAMES = frozenset({f.name for f in COUNTERS} | {FAILURES, "hotwire_lifecycle_events_total",
+                                                        "hotwire_shadow_comparisons_total"})
+HISTOGRAM_NAMES = frozenset(name for name, _, _ in HISTOGRAMS)
 
 
 def multiprocess_dir() -> str | None:
@@ -67,34 +96,95 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()  # publish runs on the loop and, before a scrape, on the HTTP thread
-        self._sources: Callable[[], Iterable[tuple[str, str, VersionStats]]] = lambda: ()
-        if multiprocess_dir() is None:
+        self._versions: Callable[[], Iterable[VersionView]] = lambda: ()
+        self._events: Callable[[], dict[str, int]] = dict
+        self._shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: ()
+        self._drift: Callable[[], Iterable[DriftRow]] = lambda: ()
+        self._multiprocess = multiprocess_dir() is not None
+        if not self._multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             self.registry.register(_PublishBeforeScrape(self.publish))
-        self._gauges = {
-            f.name: Gauge(f.name, f.doc, ["model", "version"], registry=self.registry, multiprocess_mode="sum")
-            for f in COUNTERS
+        else:  # each worker's own process numbers, labelled by pid in the supervisor's sum
+            self._rss = Gauge("process_resident_memory_bytes", "Resident memory size in bytes, per worker",
+                              registry=self.registry, multiprocess_mode="liveall")
+            self._cpu = Gauge("process_cpu_seconds_total", "User and system CPU time in seconds, per worker",
+                              registry=self.registry, multiprocess_mode="liveall")
+        self.registry.register(_GpuCollector())
+        labels = ["model", "version"]
+        gauge = lambda name, doc, extra=(), mode="sum": Gauge(  # noqa: E731
+            name, doc, labels + list(extra), registry=self.registry, multiprocess_mode=mode)
+        self._counters = {f.name: gauge(f.name, f.doc) for f in COUNTERS}
+        self._failures = gauge(FAILURES, "Number of failed inference requests, all batch sizes", ["reason"])
+        self._pending = gauge("nv_inference_pending_request_count",
+                              "Instantaneous number of requests waiting in the queue", mode="livesum")
+        self._load = gauge("nv_model_load_duration_secs", "Time the model's version took to load and warm, seconds",
+                           mode="max")
+        self._histograms = {
+            name: (gauge(f"{name}_bucket", doc, ["le"]), gauge(f"{name}_sum", doc), gauge(f"{name}_count", doc), read)
+            for name, doc, read in HISTOGRAMS
         }
-        self._failures = Gauge(FAILURES, "Number of failed inference requests, all batch sizes",
-                               ["model", "version", "reason"], registry=self.registry, multiprocess_mode="sum")
+        self._lifecycle = Gauge("hotwire_lifecycle_events_total", "Model lifecycle events: swaps, rollbacks, "
+                                "canary guard rollbacks, failed loads", ["event"], registry=self.registry,
+                                multiprocess_mode="sum")
+        self._shadow_count = gauge("hotwire_shadow_comparisons_total", "Requests mirrored to the shadow and compared")
+        self._shadow_diff = gauge("hotwire_shadow_max_abs_diff", "Largest |served - shadow| output difference in the "
+                                  "recent comparisons", mode="max")
+        self._shadow_agreement = gauge("hotwire_shadow_argmax_agreement", "Fraction of recent shadow comparisons "
+                                       "whose argmax agreed with the served response", mode="livesum")
+        self._drift_ks = gauge("hotwire_drift_ks", "Kolmogorov-Smirnov statistic, current window vs reference",
+                               ["feature"], mode="liveall")
+        self._drift_p = gauge("hotwire_drift_ks_pvalue", "KS test p-value, current window vs reference", ["feature"],
+                              mode="liveall")
+        self._drift_psi = gauge("hotwire_drift_psi", "Population stability index, current window vs reference",
+                                ["feature"], mode="liveall")
 
-    def watch(self, sources: Callable[[], Iterable[tuple[str, str, VersionStats]]]) -> None:
-        """What to publish: (model, version, stats) for every loaded version."""
-        self._sources = sources
+    def watch(self, versions: Callable[[], Iterable[VersionView]], events: Callable[[], dict[str, int]] = dict,
+              shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: (),
+              drift: Callable[[], Iterable[DriftRow]] = lambda: ()) -> None:
+        """What to publish: every loaded version; lifecycle event counts; shadow comparisons as (model, version,
+        count, max abs diff, argmax agreement); drift as (model, version, feature, ks, p-value, psi)."""
+        self._versions, self._events, self._shadow, self._drift = versions, events, shadow, drift
 
     def publish(self) -> None:
         with self._lock:
-            for model, version, stats in list(self._sources()):
+            for view in list(self._versions()):
+                labels = (view.model, view.version)
+                stats = view.stats
                 for family in COUNTERS:
-                    self._gauges[family.name].labels(model, version).set(family.read(stats))
+                    self._counters[family.name].labels(*labels).set(family.read(stats))
                 for reason in FAILURE_REASONS:
-                    self._failures.labels(model, version, reason).set(stats.fail_by_reason.get(reason, 0))
+                    self._failures.labels(*labels, reason).set(stats.fail_by_reason.get(reason, 0))
+                self._pending.labels(*labels).set(view.pending)
+                self._load.labels(*labels).set(view.load_seconds)
+                for bucket, total, count, read in self._histograms.values():
+                    histogram = read(stats)
+                    cumulative = 0
+                    for bound, in_bucket in zip((*histogram.bounds, math.inf), histogram.counts):
+                        cumulative += in_bucket
+                        bucket.labels(*labels, _le(bound)).set(cumulative)
+                    total.labels(*labels).set(histogram.total)
+                    count.labels(*labels).set(cumulative)
+            for event, value in self._events().items():
+                self._lifecycle.labels(event).set(value)
+            for model, version, count, diff, agreement in self._shadow():
+                self._shadow_count.labels(model, str(version)).set(count)
+                self._shadow_diff.labels(model, str(version)).set(diff)
+                self._shadow_agreement.labels(model, str(version)).set(agreement)
+            for model, version, feature, ks, pvalue, psi in self._drift():
+                if ks is not None and pvalue is not None:
+                    self._drift_ks.labels(model, version, feature).set(ks)
+                    self._drift_p.labels(model, version, feature).set(pvalue)
+                self._drift_psi.labels(model, version, feature).set(psi)
+            if self._multiprocess:
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                self._cpu.set(usage.ru_utime + usage.ru_stime)
+                self._rss.set(_resident_bytes())
 
     def exposition(self) -> CollectorRegistry:
         """The registry a single-process server's /metrics serves."""
         exposed = CollectorRegistry(auto_describe=False)
-        exposed.register(_TritonTypes(_Collected(self.registry.collect)))
+        exposed.register(_Exposed(self.registry.collect))
         return exposed
 
     @staticmethod
@@ -104,8 +194,20 @@ class Metrics:
 
         path = multiprocess_dir()
         exposed = CollectorRegistry(auto_describe=False)
-        exposed.register(_TritonTypes(_Collected(lambda: multiprocess.MultiProcessCollector(None, path=path).collect())))
+        exposed.register(_Exposed(lambda: multiprocess.MultiProcessCollector(None, path=path).collect()))
         return exposed
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def _resident_bytes() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0.0
 
 
 class _PublishBeforeScrape(Collector):
@@ -119,25 +221,68 @@ class _PublishBeforeScrape(Collector):
         return iter(())
 
 
-class _Collected(Collector):
+class _GpuCollector(Collector):
+    """GPU utilization and memory through NVML (nvidia-ml-py), read at scrape time; nothing without a GPU."""
+
+    def __init__(self) -> None:
+        self._nvml = None
+        try:
+            import pynvml  # type: ignore[import-not-found]
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception:  # no nvidia-ml-py, no driver or no GPU: no GPU metrics
+            self._nvml = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self._nvml is None:
+            return
+        nvml = self._nvml
+        utilization = Metric("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)", "gauge")
+        used = Metric("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", "gauge")
+        total = Metric("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", "gauge")
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            utilization.add_sample("nv_gpu_utilization", {"gpu_uuid": str(uuid)},
+                                   nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+            used.add_sample("nv_gpu_memory_used_bytes", {"gpu_uuid": str(uuid)}, float(memory.used))
+            total.add_sample("nv_gpu_memory_total_bytes", {"gpu_uuid": str(uuid)}, float(memory.total))
+        yield from (utilization, used, total)
+
+
+class _Exposed(Collector):
+    """Families as Triton and Prometheus expect them: counters typed `counter` under their exact names, and each
+    hotwire histogram's `_bucket`/`_sum`/`_count` gauges put together as one histogram family."""
+
     def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self._collect = collect
 
-    def collect(self) -> Iterable[Metric]:
-        return self._collect()
-
-
-class _TritonTypes(Collector):
-    """Families that count are exposed as Triton exposes them: type counter, no `_total` suffix."""
-
-    def __init__(self, source: Collector) -> None:
-        self._source = source
-
     def collect(self) -> Iterator[Metric]:
-        for family in self._source.collect():
+        parts: dict[str, list[Sample]] = {}
+        docs: dict[str, str] = {}
+        for family in self._collect():
+            base = next((h for h in HISTOGRAM_NAMES if family.name in (f"{h}_bucket", f"{h}_sum", f"{h}_count")), None)
+            if base is not None:
+                parts.setdefault(base, []).extend(family.samples)
+                docs[base] = family.documentation
+                continue
             if family.name in COUNTER_NAMES:
                 family.type = "counter"
             yield family
+        for base, samples in parts.items():
+            histogram = Metric(base, docs[base], "histogram")
+            histogram.samples = sorted(samples, key=lambda s: (tuple(sorted((k, v) for k, v in s.labels.items()
+                                                                            if k != "le")), _order(s)))
+            yield histogram
+
+
+def _order(sample: Sample) -> tuple[int, float]:
+    if sample.name.endswith("_bucket"):
+        le = sample.labels.get("le", "+Inf")
+        return 0, math.inf if le == "+Inf" else float(le)
+    return (1, 0.0) if sample.name.endswith("_sum") else (2, 0.0)
 
 
 def _escape(value: str) -> str:
@@ -190,3 +335,4 @@ def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> M
     server = MetricsServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+

@@ -90,6 +90,7 @@ class Registry:
         self.inflight = Inflight()
         self.events = LifecycleEvents()
         self.shadow_results: dict[str, list[ShadowComparison]] = {}  # model -> recent comparisons (bounded)
+        self.shadow_counts: dict[str, int] = {}  # model -> comparisons ever made
         self.on_shadow: Callable[[str, int, ShadowComparison], None] = lambda model, version, result: None
 
     # ----- loading -------------------------------------------------------------------------------------------
@@ -119,6 +120,8 @@ class Registry:
 
     async def _load_locked(self, source: ModelSource) -> ModelEntry:
         entry = self._entry_for(source.name)
+        if entry.stable is None:
+            self._on_health_change(entry.name, False)  # loading: NOT_SERVING until a version is ready
         entry.source_path = source.path
         entry.fingerprint = repository.fingerprint(source.path) if source.path.exists() else ()
         if source.error or source.config is None:
@@ -144,12 +147,14 @@ class Registry:
                 return self._load_failed(entry, version, str(exc))
             loaded.fingerprint = fingerprint
             loaded.inflight_total = self.inflight
+            loaded.load_seconds = time.monotonic() - started
             fresh[version] = loaded
             log.info("loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
                      source.name, version, len(loaded.instances),
                      ",".join(sorted({i.placement.label for i in loaded.instances})),
                      ", inline" if any(i.inline for i in loaded.instances) else "",
-                     loaded.signature.max_batch_size, (time.monotonic() - started) * 1e3)
+                     loaded.signature.max_batch_size, (time.monotonic() - started) * 1e3,
+                 extra={"event": "model_loaded", "model": source.name, "version": version})
         self._flip(entry, fresh, policy)
         return entry
 
@@ -158,10 +163,12 @@ class Registry:
         self.events.load_failures += 1
         if entry.versions:
             log.error("model %s%s failed to load, the loaded versions %s keep serving: %s", entry.name,
-                      f" version {version}" if version >= 0 else "", sorted(entry.versions), reason)
+                      f" version {version}" if version >= 0 else "", sorted(entry.versions), reason,
+                 extra={"event": "load_failed", "model": entry.name, "version": version})
         else:
             log.error("model %s%s failed to load: %s", entry.name, f" version {version}" if version >= 0 else "",
-                      reason)
+                      reason,
+                 extra={"event": "load_failed", "model": entry.name, "version": version})
             self._on_health_change(entry.name, False)
         return entry
 
@@ -187,7 +194,8 @@ class Registry:
         if before is not None and entry.stable is not before:
             self.events.swaps += 1
             log.info("model %s: traffic flipped from version %d to %d", entry.name, before.version,
-                     entry.stable.version if entry.stable else -1)
+                     entry.stable.version if entry.stable else -1,
+                 extra={"event": "swap", "model": entry.name})
         self._on_health_change(entry.name, entry.stable is not None)
 
     def _drain(self, version: ModelVersion) -> None:
@@ -198,7 +206,8 @@ class Registry:
 
     async def _unload_logged(self, version: ModelVersion) -> None:
         await version.unload()
-        log.info("model %s version %d drained and unloaded", version.name, version.version)
+        log.info("model %s version %d drained and unloaded", version.name, version.version,
+                 extra={"event": "unloaded", "model": version.name, "version": version.version})
 
     async def unload(self, name: str) -> None:
         """Stop routing to every version of the model, drain them, release their sessions."""
@@ -210,7 +219,8 @@ class Registry:
             entry.failures = {-1: "unloaded"}
             self._on_health_change(name, False)
             await asyncio.gather(*(v.unload() for v in versions))
-            log.info("model %s unloaded", name)
+            log.info("model %s unloaded", name,
+                 extra={"event": "unloaded", "model": name})
 
     # ----- rollback and traffic ------------------------------------------------------------------------------
 
@@ -238,7 +248,8 @@ class Registry:
                     previous.state = VersionState.STANDBY
             self.events.rollbacks += 1
             log.info("model %s: rolled back from version %s to %d (%s)", name, current, to,
-                     "standby" if to in standby else "loaded")
+                     "standby" if to in standby else "loaded",
+                 extra={"event": "rollback", "model": name, "version": to})
             return to, "standby"
         if reload is None:
             raise NotFound(f"model '{name}' has no version {to} loaded and none to reload")
@@ -256,7 +267,8 @@ class Registry:
             if current is not None and current in entry.versions:
                 entry.versions[current].state = VersionState.STANDBY
         self.events.rollbacks += 1
-        log.info("model %s: rolled back from version %s to %d (reloaded: no standby copy)", name, current, to)
+        log.info("model %s: rolled back from version %s to %d (reloaded: no standby copy)", name, current, to,
+                 extra={"event": "rollback", "model": name, "version": to})
         return to, "reloaded"
 
     def set_traffic(self, name: str, values: dict) -> TrafficPolicy:
@@ -268,7 +280,8 @@ class Registry:
         entry.rollback_to = None
         entry.guard.clear()
         entry.resolve_routes()
-        log.info("model %s: traffic policy %s", name, entry.policy)
+        log.info("model %s: traffic policy %s", name, entry.policy,
+                 extra={"event": "traffic_policy", "model": name})
         return entry.policy
 
     # ----- routing -------------------------------------------------------------------------------------------
@@ -305,7 +318,12 @@ class Registry:
 
     def after_response(self, version: ModelVersion, request: InferRequest, response: InferResponse | None,
                        latency_s: float, ok: bool) -> None:
-        """Feed the canary guard, and mirror to the shadow version. Never delays the response: both run after it."""
+        """Feed the canary guard and the drift monitor, and mirror to the shadow version. Never delays the
+        response: drift and shadow work is scheduled to run after it."""
+        if ok and response is not None and version.drift is not None:
+            asyncio.get_running_loop().call_soon(
+                version.drift.observe, {t.name: t.array for t in request.inputs},
+                dict(zip(response.output_names, response.outputs)))
         entry = self._models.get(version.name)
         if entry is None:
             return
@@ -316,7 +334,8 @@ class Registry:
             if breach:
                 self.events.guard_rollbacks += 1
                 log.warning("model %s: canary version %d breached its guard (%s); all traffic back to stable "
-                            "version %d", entry.name, version.version, breach, entry.stable.version if entry.stable else -1)
+                            "version %d", entry.name, version.version, breach, entry.stable.version if entry.stable else -1,
+                 extra={"event": "guard_rollback", "model": entry.name, "version": version.version})
                 entry.canary = None
                 entry.policy = apply_update(entry.policy, {"canary": None, "canary_weight": 0.0})
                 entry.guard.clear()
@@ -339,7 +358,29 @@ class Registry:
         results = self.shadow_results.setdefault(shadow.name, [])
         results.append(result)
         del results[:-1000]
+        self.shadow_counts[shadow.name] = self.shadow_counts.get(shadow.name, 0) + 1
         self.on_shadow(shadow.name, shadow.version, result)
+
+    async def compute_drift(self) -> None:
+        """Refresh every monitored version's drift report, on a worker thread (off the request path)."""
+        for version in self.versions():
+            if version.drift is not None:
+                version.drift_report = await asyncio.to_thread(version.drift.compute)
+
+    def event_counts(self) -> dict[str, int]:
+        return {"swap": self.events.swaps, "rollback": self.events.rollbacks,
+                "guard_rollback": self.events.guard_rollbacks, "load_failure": self.events.load_failures}
+
+    def shadow_summary(self) -> list[tuple[str, int, int, float, float]]:
+        rows = []
+        for entry in self._models.values():
+            results = self.shadow_results.get(entry.name)
+            if results and entry.shadow is not None:
+                agreement = [r.argmax_agreement for r in results if r.argmax_agreement == r.argmax_agreement]
+                rows.append((entry.name, entry.shadow.version, self.shadow_counts.get(entry.name, 0),
+                             max(r.max_abs_diff for r in results),
+                             sum(agreement) / len(agreement) if agreement else float("nan")))
+        return rows
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:

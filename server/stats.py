@@ -1,13 +1,19 @@
 """Exact per-version inference statistics (Triton's ModelStatistics): counts and cumulative durations.
 
-Owned by a ModelVersion; updated on the event loop only (batch results arrive there), so no locking.
+Owned by a ModelVersion; updated on the event loop only (batch results arrive there), so no locking. Prometheus
+metrics mirror these numbers (metrics.py), so statistics and metrics always agree.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+# Histogram bucket upper bounds (Prometheus `le`), microseconds and rows.
+LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass
@@ -20,6 +26,43 @@ class Duration:
         self.ns += int(seconds * 1e9)
 
 
+def _add(duration: Duration, seconds: float) -> None:
+    duration.count += 1
+    duration.ns += int(seconds * 1e9)
+
+
+@dataclass(frozen=True)
+class ComputeTimes:
+    """One batch's compute phases: gathering/preprocessing inputs, ONNX Runtime, slicing outputs."""
+
+    input_s: float = 0.0
+    infer_s: float = 0.0
+    output_s: float = 0.0
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (not cumulative) plus the overflow bucket, and the sum of observed values."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
 @dataclass
 class VersionStats:
     inference_count: int = 0  # rows computed (a batch of 4 rows counts 4)
@@ -28,25 +71,45 @@ class VersionStats:
     fail: Duration = field(default_factory=Duration)
     fail_by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # Triton's failure reasons
     queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
     handler: Duration = field(default_factory=Duration)  # request bytes in -> response bytes out, successes only
-    batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))  # rows -> compute time
+    batches: dict[int, BatchStats] = field(default_factory=lambda: defaultdict(BatchStats))  # by batch rows
+    latency_us: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_US))
+    queue_us: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_US))
+    batch_rows: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     last_inference_ms: int = 0
 
-    def record_batch(self, rows: int, requests: int, compute_s: float) -> None:
+    # Both record_* run once per request or batch on the event loop: plain arithmetic, no helper calls.
+
+    def record_batch(self, rows: int, requests: int, times: ComputeTimes) -> None:
         self.inference_count += rows
         self.execution_count += 1
-        self.batches[rows].add(compute_s)
+        batch = self.batches[rows]
+        _add(batch.compute_input, times.input_s)
+        _add(batch.compute_infer, times.infer_s)
+        _add(batch.compute_output, times.output_s)
+        histogram = self.batch_rows
+        histogram.counts[bisect.bisect_left(histogram.bounds, rows)] += 1
+        histogram.total += rows
 
-    def record_request(self, ok: bool, duration_s: float, queue_s: float, compute_s: float, reason: str = "") -> None:
+    def record_request(self, ok: bool, duration_s: float, queue_s: float, times: ComputeTimes,
+                       reason: str = "") -> None:
         """`reason` (failures): REJECTED (queue full, timed out), CANCELED, BACKEND (ONNX Runtime) or OTHER."""
         if ok:
-            self.success.count += 1
-            self.success.ns += int(duration_s * 1e9)
-            self.queue.count += 1
-            self.queue.ns += int(queue_s * 1e9)
-            self.compute_infer.count += 1
-            self.compute_infer.ns += int(compute_s * 1e9)
+            _add(self.success, duration_s)
+            _add(self.queue, queue_s)
+            _add(self.compute_input, times.input_s)
+            _add(self.compute_infer, times.infer_s)
+            _add(self.compute_output, times.output_s)
+            latency_us, queue_us = duration_s * 1e6, queue_s * 1e6
+            histogram = self.latency_us
+            histogram.counts[bisect.bisect_left(histogram.bounds, latency_us)] += 1
+            histogram.total += latency_us
+            histogram = self.queue_us
+            histogram.counts[bisect.bisect_left(histogram.bounds, queue_us)] += 1
+            histogram.total += queue_us
         else:
             self.fail.add(duration_s)
             self.fail_by_reason[reason or "OTHER"] += 1

@@ -57,6 +57,9 @@ class InferResponse:
     output_names: list[str]
     outputs: list[np.ndarray]
     parameters: dict[str, ParamValue] = field(default_factory=dict)
+    queue_s: float = 0.0  # how long it waited for an instance
+    compute_input_s: float = 0.0  # gathering and preprocessing its batch
+    compute_infer_s: float = 0.0  # ONNX Runtime
 
 
 # ---------------------------------------------------------------------------------------------------------------

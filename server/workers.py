@@ -53,6 +53,8 @@ def worker_command(config: ServerConfig, grpc_port: int) -> list[str]:
         sys.executable, "-m", "hotwire.server", "serve", "--reuse-port", "--workers", "1",
         "--model-repository", str(config.model_repository), "--host", config.host,
         "--grpc-port", str(grpc_port), "--metrics-port", "-1", "--log-level", config.log_level,
+        "--log-format", config.log_format, "--request-log-rate", str(config.request_log_rate),
+        "--slow-request-ms", str(config.slow_request_ms),
         "--max-message-bytes", str(config.max_message_bytes), "--shutdown-grace-s", str(config.shutdown_grace_s),
         "--default-max-batch-size", str(config.default_max_batch_size),
         "--model-control-mode", config.model_control_mode, "--repository-poll-secs", str(config.repository_poll_secs),

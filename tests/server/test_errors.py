@@ -196,9 +196,9 @@ def test_message_over_the_size_limit_is_resource_exhausted(stub):
 
 def test_unimplemented_rpc_says_so(stub):
     with pytest.raises(grpc.RpcError) as caught:
-        stub.ModelStatistics(pb.ModelStatisticsRequest(name="simple"))
+        stub.TraceSetting(pb.TraceSettingRequest(model_name="simple"))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ModelStatistics" in caught.value.details()
+    assert "TraceSetting" in caught.value.details()
 
 
 def test_server_still_serves_correctly_after_every_bad_request(stub):

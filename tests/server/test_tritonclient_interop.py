@@ -377,7 +377,7 @@ def test_unknown_model_and_version_are_not_found(client) -> None:
     assert "7" in error.message()
 
 
-@pytest.mark.parametrize("call", ["get_inference_statistics", "get_system_shared_memory_status"])
+@pytest.mark.parametrize("call", ["get_cuda_shared_memory_status", "get_system_shared_memory_status"])
 def test_unimplemented_rpc(client, call: str) -> None:
     with pytest.raises(InferenceServerException) as info:
         getattr(client, call)()
