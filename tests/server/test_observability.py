@@ -1,0 +1,198 @@
+"""Observability through the real server: statistics equal to metrics after a known sequence, histograms and
+lifecycle counters on /metrics, health transitions (Watch too), JSON and request logs, drift that fires on a
+shifted input and stays quiet on the reference."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hotwire.proto import grpc_service_pb2 as pb
+from hotwire.server.logs import JsonFormatter
+from onnx_models import add_sub, write_model
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
+def value(body: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in {"model": "simple", "version": "1", **labels}.items())
+    match = re.search(rf"^{name}{{{re.escape(label_text)}}} (\S+)$", body, re.MULTILINE)
+    assert match, f"{name}{{{label_text}}} not in /metrics"
+    return float(match.group(1))
+
+
+def simple_request(rows: int, width: int = 16) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="simple", id=f"r{rows}")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="FP32", shape=[rows, width])
+        request.raw_input_contents.append(np.ones((rows, width), np.float32).tobytes())
+    return request
+
+
+def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8\ndynamic_batching { }")
+    server = running_server(tmp_path, metrics_port=0)
+    stub = stub_for(server)
+    for rows in (1, 2, 2, 3):
+        stub.ModelInfer(simple_request(rows))
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(simple_request(1, width=5))
+    client = triton.InferenceServerClient(server.address)
+    assert "statistics" in client.get_server_metadata().extensions
+    (stats,) = client.get_inference_statistics("simple").model_stats
+    client.close()
+    inference = stats.inference_stats
+    assert (stats.name, stats.version) == ("simple", "1")
+    assert stats.inference_count == 8 and stats.execution_count == 4
+    assert inference.success.count == 4 and inference.fail.count == 1
+    assert inference.queue.count == 4 and inference.compute_infer.count == 4 and inference.compute_input.count == 4
+    assert inference.compute_infer.ns > 0 and inference.success.ns > inference.compute_infer.ns
+    assert {b.batch_size: b.compute_infer.count for b in stats.batch_stats} == {1: 1, 2: 2, 3: 1}
+    assert stats.last_inference > 0
+    body = scrape(server.app.metrics_port)
+    assert value(body, "nv_inference_request_success") == inference.success.count
+    assert value(body, "nv_inference_request_failure", reason="OTHER") == inference.fail.count
+    assert value(body, "nv_inference_count") == stats.inference_count
+    assert value(body, "nv_inference_exec_count") == stats.execution_count
+    assert value(body, "nv_inference_compute_infer_duration_us") == pytest.approx(inference.compute_infer.ns / 1e3)
+    assert value(body, "nv_inference_queue_duration_us") == pytest.approx(inference.queue.ns / 1e3)
+    assert value(body, "nv_inference_pending_request_count") == 0
+    assert value(body, "nv_model_load_duration_secs") > 0
+    # hotwire's histograms are histogram families with cumulative buckets
+    assert "# TYPE hotwire_request_duration_us histogram" in body
+    assert value(body, "hotwire_request_duration_us_bucket", le="+Inf") == 4
+    assert value(body, "hotwire_request_duration_us_count") == 4
+    assert value(body, "hotwire_batch_size_bucket", le="2.0") == 3  # batches of 1, 2, 2 (and 3 above)
+    buckets = [float(v) for v in re.findall(r'^hotwire_request_duration_us_bucket\{[^}]*\} (\S+)$', body, re.M)]
+    assert buckets == sorted(buckets)
+
+
+def test_lifecycle_events_are_counted(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "simple", add_sub(offset=1.0),
+                'max_batch_size: 8\nparameters { key: "standby_versions" value: { string_value: "1" } }', version=1)
+    server = running_server(tmp_path, metrics_port=0, model_control_mode="explicit", load_model=("simple",))
+    stub = stub_for(server)
+    write_model(tmp_path, "simple", add_sub(offset=2.0), version=2)
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
+    request = pb.RepositoryModelLoadRequest(model_name="simple")
+    request.parameters["hotwire.rollback"].string_param = ""
+    stub.RepositoryModelLoad(request)
+    body = scrape(server.app.metrics_port)
+    assert "# TYPE hotwire_lifecycle_events_total counter" in body
+    assert re.search(r'^hotwire_lifecycle_events_total\{event="swap"\} 1\.0$', body, re.M)
+    assert re.search(r'^hotwire_lifecycle_events_total\{event="rollback"\} 1\.0$', body, re.M)
+
+
+def test_health_follows_load_unload_and_drain_and_watch_streams_it(tmp_path, running_server):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8")
+    server = running_server(tmp_path, model_control_mode="explicit")
+    channel = grpc.insecure_channel(server.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == SERVING
+    seen: list[int] = []
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="simple"), timeout=60)
+
+    def follow() -> None:
+        try:
+            for update in watch:
+                seen.append(update.status)
+        except grpc.RpcError:
+            pass
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    stub = __import__("hotwire.proto.grpc_service_pb2_grpc", fromlist=["x"]).GRPCInferenceServiceStub(channel)
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
+    assert health.Check(health_pb2.HealthCheckRequest(service="simple")).status == SERVING
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="simple"))
+    assert health.Check(health_pb2.HealthCheckRequest(service="simple")).status == NOT_SERVING
+    for _ in range(100):
+        if seen[-1:] == [NOT_SERVING] and SERVING in seen:
+            break
+        time.sleep(0.02)
+    assert SERVING in seen and seen[-1] == NOT_SERVING  # Watch streamed the transitions
+    server.call(server.app.stop())  # drain: the server reports NOT_SERVING
+    assert server.app.health._server_status[""] == NOT_SERVING  # type: ignore[attr-defined]
+    watch.cancel()
+    channel.close()
+
+
+def test_json_logs_carry_lifecycle_events_and_request_breakdowns(tmp_path, running_server, stub_for, caplog):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8")
+    with caplog.at_level(logging.INFO):
+        server = running_server(tmp_path, request_log_rate=1.0, slow_request_ms=0.000001)
+        stub_for(server).ModelInfer(simple_request(2))
+    formatter = JsonFormatter()
+    loaded = [r for r in caplog.records if getattr(r, "event", "") == "model_loaded"]
+    assert loaded and json.loads(formatter.format(loaded[0]))["model"] == "simple"
+    slow = [r for r in caplog.records if getattr(r, "event", "") == "slow_request"]
+    assert slow, "every request is slower than 1 ns"
+    line = json.loads(formatter.format(slow[0]))
+    assert line["level"] == "WARNING" and line["request_id"] == "r2"
+    assert {"decode_ms", "queue_ms", "preprocess_ms", "compute_ms", "encode_ms", "total_ms"} <= set(line)
+    assert line["total_ms"] >= line["compute_ms"] >= 0
+
+
+def test_json_log_format_from_the_command_line(serve, tmp_path):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8")
+    process = serve("--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", "-1",
+                    "--host", "127.0.0.1", "--log-format", "json")
+    process.wait_listening()
+    assert process.stop() == 0
+    lines = [json.loads(line) for line in process.lines if line.startswith("{")]
+    assert any(line.get("event") == "model_loaded" and line["model"] == "simple" for line in lines)
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+
+
+def test_drift_fires_on_a_shifted_input_and_stays_quiet_on_the_reference(tmp_path, running_server, stub_for):
+    config = """max_batch_size: 64
+dynamic_batching { }
+parameters { key: "drift_monitoring" value: { string_value: "true" } }
+parameters { key: "drift_reference_rows" value: { string_value: "400" } }
+parameters { key: "drift_window_rows" value: { string_value: "400" } }
+"""
+    write_model(tmp_path, "simple", add_sub(width=4), config)
+    server = running_server(tmp_path, metrics_port=0)
+    stub = stub_for(server)
+    rng = np.random.default_rng(11)
+
+    def send(shift: float, rows: int = 400) -> None:
+        for _ in range(rows // 40):
+            request = pb.ModelInferRequest(model_name="simple")
+            for name in ("INPUT0", "INPUT1"):
+                request.inputs.add(name=name, datatype="FP32", shape=[40, 4])
+                request.raw_input_contents.append((rng.standard_normal((40, 4)) + shift).astype(np.float32).tobytes())
+            stub.ModelInfer(request)
+
+    send(0.0)  # the reference, captured from the first 400 rows
+    send(0.0)  # the same distribution
+    server.call(asyncio.sleep(0.05))
+    server.call(server.app.registry.compute_drift())
+    report = server.app.registry.route("simple").drift_report
+    assert report is not None and report.reference_complete
+    assert report.drifted(p_threshold=0.05 / 16) == []  # quiet (Bonferroni over the features)
+    send(0.75)
+    server.call(asyncio.sleep(0.05))
+    server.call(server.app.registry.compute_drift())
+    report = server.app.registry.route("simple").drift_report
+    drifted = report.drifted(p_threshold=0.05)
+    assert any(name.startswith("INPUT0") for name in drifted) and any(name.startswith("INPUT1") for name in drifted)
+    body = scrape(server.app.metrics_port)
+    pvalues = [float(v) for v in re.findall(r'^hotwire_drift_ks_pvalue\{model="simple",version="1",feature="INPUT0[^"]*"\} (\S+)$', body, re.M)]
+    assert pvalues and min(pvalues) < 0.05
