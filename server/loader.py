@@ -152,7 +152,7 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
             pipelines = preprocess.declaration(config, source.path)
             if pipelines is not None:
                 preprocess.warm()  # compile or load from cache before the end-to-end check runs them
-                preprocessor, client_signature = preprocess.build(pipelines, signature)
+                preprocessor, client_signature = preprocess.build(pipelines, signature, _gpu_preprocessing(where))
                 _show_client_inputs(config, client_signature, preprocessor.fed_inputs())
             instances = [
                 Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
@@ -245,6 +245,16 @@ def drift_monitor(config: mc.ModelConfig, signature: Signature, model_dir: Path)
         raise ModelLoadError(f"parameters 'drift_window_rows'/'drift_reference_rows': {exc}") from None
     return DriftMonitor([s.name for s in signature.inputs], [s.name for s in signature.outputs], window_rows=window,
                         reference_rows=reference_rows, reference=reference)
+
+
+def _gpu_preprocessing(where: list) -> bool:
+    """GPU twins for image preprocessing: every instance on the same CUDA device and numba.cuda usable there."""
+    devices = {p.device_id for p in where if p.kind == "gpu"}
+    if len(devices) != 1 or any(p.kind != "gpu" for p in where):
+        return False
+    from hotwire.kernels import cuda_image
+
+    return cuda_image.available()
 
 
 def _show_client_inputs(config: mc.ModelConfig, signature: Signature, fed: set[str]) -> None:

@@ -130,15 +130,18 @@ def declaration(config: mc.ModelConfig, model_dir: Path) -> dict[str, Any] | Non
     return declared
 
 
-def build(declared: dict[str, Any], signature: Signature) -> tuple[Preprocessor, Signature]:
-    """The preprocessor and the client-facing signature; checks every pipeline end to end on a synthetic batch."""
+def build(declared: dict[str, Any], signature: Signature, gpu: bool = False) -> tuple[Preprocessor, Signature]:
+    """The preprocessor and the client-facing signature; checks every pipeline end to end on a synthetic batch.
+
+    `gpu`: the model runs on one CUDA device and numba.cuda works there: normalize/scale run as the GPU twins and
+    hand ONNX Runtime a device array (runner binds it without a host copy)."""
     source = declared.pop("_source", "preprocess declaration")
     pipelines: dict[str, InputPipeline] = {}
     fed: set[str] = set()
     for name, spec in declared["inputs"].items():
         where = f"{source}: input '{name}'"
         try:
-            pipeline = _pipeline(name, spec, signature, where)
+            pipeline = _pipeline(name, spec, signature, where, gpu)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{where}: {exc}") from None
         for target in (pipeline.feeds, pipeline.mask_feeds):
@@ -158,7 +161,7 @@ def build(declared: dict[str, Any], signature: Signature) -> tuple[Preprocessor,
     return preprocessor, client_signature
 
 
-def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str) -> InputPipeline:
+def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str, gpu: bool = False) -> InputPipeline:
     unknown = set(spec) - {"datatype", "dims", "feeds", "steps"}
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -177,13 +180,13 @@ def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str)
         op = step.get("op") if isinstance(step, dict) else None
         args = {k: v for k, v in step.items() if k != "op"} if isinstance(step, dict) else {}
         try:
-            _add_step(pipeline, str(op), args)
+            _add_step(pipeline, str(op), args, gpu)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"step {index} ({op}): {exc}") from None
     return pipeline
 
 
-def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any]) -> None:
+def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool = False) -> None:
     if op in PER_REQUEST_OPS:
         if pipeline.per_batch:
             raise ValueError(f"'{op}' must come before the batch steps")
@@ -200,14 +203,18 @@ def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any]) -> None:
         out_dtype = {"FP32": np.float32, "FP16": np.float16}[str(args.pop("dtype", "FP32"))]
         order = str(args.pop("channel_order", "RGB"))
         model_order = str(args.pop("model_channel_order", order))
+        kernels: Any = image_kernels
+        if gpu:
+            from hotwire.kernels import cuda_image as kernels
         if op == "normalize":
             mean, std = args.pop("mean"), args.pop("std")
-            pipeline.per_batch.append(lambda x: image_kernels.normalize_hwc_to_nchw(
-                x, mean, std, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order))
+            step: Step = lambda x: kernels.normalize_hwc_to_nchw(  # noqa: E731
+                x, mean, std, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order)
         else:
             scale = args.pop("scale")
-            pipeline.per_batch.append(lambda x: image_kernels.scale_hwc_to_nchw(
-                x, scale, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order))
+            step = lambda x: kernels.scale_hwc_to_nchw(  # noqa: E731
+                x, scale, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order)
+        pipeline.per_batch.append(_synchronized(step) if gpu else step)
     elif op in TABULAR_OPS:
         if op == "fill_nan":
             fill = args.pop("fill")
@@ -239,6 +246,18 @@ def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any]) -> None:
         raise ValueError(f"unknown arguments {sorted(args)}")
 
 
+def _synchronized(step: Step) -> Step:
+    """A GPU step whose result ONNX Runtime reads on its own stream: wait for the kernel to finish first."""
+    def run(batch: np.ndarray) -> np.ndarray:
+        from numba import cuda
+
+        result = step(batch)
+        cuda.synchronize()
+        return result
+
+    return run
+
+
 def _synthetic(spec: TensorSpec, rows: int) -> np.ndarray:
     dims = tuple(37 if d < 0 else d for d in spec.dims)  # odd sizes: resize and crop must cope
     if spec.datatype.name == "BYTES":
@@ -258,6 +277,7 @@ def _check_end_to_end(pipeline: InputPipeline, signature: Signature, where: str)
         if spec is None:
             raise ModelLoadError(f"{where}: produces '{target}', which is not an input of the model")
         expected_dtype = spec.datatype.numpy
+        array = array.copy_to_host() if hasattr(array, "copy_to_host") else array  # a GPU step's device array
         if array.dtype != expected_dtype:
             raise ModelLoadError(f"{where}: produces {array.dtype} for '{target}', the model takes {spec.datatype.name}")
         item = array.shape[1:] if signature.batched else array.shape

@@ -68,6 +68,8 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     body = scrape(server.app.metrics_port)
     assert value(body, "nv_inference_request_success") == inference.success.count
     assert value(body, "nv_inference_request_failure", reason="OTHER") == inference.fail.count
+    assert value(body, "nv_inference_request_failure", reason="REJECTED") == 0
+    assert "# TYPE nv_inference_request_success counter" in body and "process_resident_memory_bytes" in body
     assert value(body, "nv_inference_count") == stats.inference_count
     assert value(body, "nv_inference_exec_count") == stats.execution_count
     assert value(body, "nv_inference_compute_infer_duration_us") == pytest.approx(inference.compute_infer.ns / 1e3)
