@@ -15,10 +15,12 @@ from typing import Sequence
 from hotwire.bench import perf_analyzer
 from hotwire.bench.run import MODELS, ChildServer, Client, machine_info, markers, replace_section
 
-# Serves the bundled models with VersionStats.record_* and Metrics.publish made no-ops.
+# Serves the bundled models with VersionStats.record_* and Metrics.publish made no-ops (and so without the
+# statistics extension: perf_analyzer rejects statistics that never move).
 WITHOUT_OBSERVABILITY = """
 import sys
-from hotwire.server import stats, metrics
+from hotwire.server import grpc_service, stats, metrics
+grpc_service.EXTENSIONS = tuple(e for e in grpc_service.EXTENSIONS if e != "statistics")
 stats.VersionStats.record_request = lambda self, *a, **k: None
 stats.VersionStats.record_batch = lambda self, *a, **k: None
 metrics.Metrics.publish = lambda self: None
