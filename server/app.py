@@ -84,6 +84,16 @@ class App:
             self.metrics_port = self._metrics_server.server_port
         await self.control.start()
         self._publisher = asyncio.create_task(self._publish_metrics(), name="metrics-publisher")
+        loop = asyncio.get_running_loop()
+
+        def publish_on_loop() -> None:  # runs on the metrics HTTP thread
+            async def publish() -> None:
+                self.metrics.publish()
+
+            if not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(publish(), loop).result(timeout=5)
+
+        self.metrics.before_scrape = publish_on_loop
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),

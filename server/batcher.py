@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hotwire.server.assembly import BatchAssembler
-from hotwire.server.errors import DeadlineExceeded, InvalidInput, ResourceExhausted, Unavailable
+from hotwire.server.errors import BackendError, DeadlineExceeded, ResourceExhausted, Unavailable
 from hotwire.server.runner import Instance
 from hotwire.server.stats import ComputeTimes
 
@@ -59,12 +59,10 @@ class BatchingPolicy:
         return max(1, self.priority_levels)
 
     def level_index(self, priority: int) -> int:
-        """Queue index of a request's `priority` parameter (1 = highest); 0 means the default level."""
-        if priority == 0:
-            default = self.default_priority_level or self.levels
-            return min(default, self.levels) - 1
-        if priority < 0 or priority > self.levels:
-            raise InvalidInput(f"parameter 'priority': {priority} is outside 1..{self.levels} (0 = default)")
+        """Queue index of a request's `priority` parameter (1 = highest). As in Triton, 0 or a priority above
+        priority_levels means the default level."""
+        if priority <= 0 or priority > self.levels:
+            return min(self.default_priority_level or self.levels, self.levels) - 1
         return priority - 1
 
     @property
@@ -206,8 +204,11 @@ class Batcher:
         None when it must queue. Runs on the event loop."""
         if not self._immediate or self._closed or self.queued:
             return None
-        self.policy.level_index(priority)  # the same check a queued request gets
-        outputs, _, input_s, infer_s = _assemble_and_run(self._instances[0], self._assemblers[0], [feeds], output_names)
+        try:
+            outputs, _, input_s, infer_s = _assemble_and_run(self._instances[0], self._assemblers[0], [feeds],
+                                                             output_names)
+        except Exception as exc:
+            raise BackendError(f"model '{self.name}': onnxruntime failed: {exc}") from exc
         times = ComputeTimes(input_s, infer_s, 0.0)
         if self._on_batch is not None:
             self._on_batch(BatchResult(rows, 1, times))
@@ -331,11 +332,15 @@ class Batcher:
         names = batch[0].output_names if len(batch) == 1 else self._all_outputs
         try:
             outputs, padded, input_s, infer_s = await instance.call(_assemble_and_run, instance, assembler, parts, names)
-        except Exception as exc:  # an ORT failure fails this batch only, never the loop
-            log.warning("model %s: inference failed on %s: %s", self.name, instance.name, exc)
+            self._deliver(batch, assembler, names, outputs, padded, input_s, infer_s)
+        except Exception as exc:  # a failure fails this batch only, never the dispatch loop
+            log.warning("model %s: batch of %d failed on %s: %s", self.name, len(batch), instance.name, exc)
+            error = BackendError(f"model '{self.name}': onnxruntime failed: {exc}")
             for item in batch:
-                self._settle(item, lambda item=item, exc=exc: _fail(item.future, exc))
-            return
+                self._settle(item, lambda item=item: _fail(item.future, error))
+
+    def _deliver(self, batch: list[WorkItem], assembler: BatchAssembler, names: Sequence[str],
+                 outputs: list[np.ndarray], padded: tuple[int, ...], input_s: float, infer_s: float) -> None:
         started = time.perf_counter()
         if len(batch) == 1:
             results = [outputs]

@@ -44,6 +44,12 @@ class DeadlineExceeded(HotwireError):
     status = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class BackendError(HotwireError):
+    """ONNX Runtime failed to run a batch (INTERNAL, with ORT's message)."""
+
+    status = grpc.StatusCode.INTERNAL
+
+
 class Unimplemented(HotwireError):
     status = grpc.StatusCode.UNIMPLEMENTED
 

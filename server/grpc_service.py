@@ -1,7 +1,7 @@
 """The `inference.GRPCInferenceService` servicer: each RPC a few lines that delegate.
 
-Registered as a generic handler so ModelInfer and ModelStreamInfer receive raw request bytes and return raw
-response bytes (see wire.py); every other RPC uses the generated protobuf classes. One wrapper, `_unary`, maps
+Registered without (de)serializers for ModelInfer and ModelStreamInfer, so they receive raw request bytes and return
+raw response bytes (see wire.py); every other RPC uses the generated protobuf classes. One wrapper, `_unary`, maps
 every exception to its status code (errors.status_of), so no RPC can kill the server.
 """
 
@@ -17,7 +17,7 @@ import grpc
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import wire
-from hotwire.server.errors import HotwireError, NotFound, Unimplemented, status_of
+from hotwire.server.errors import HotwireError, InvalidInput, NotFound, Unimplemented, status_of
 from hotwire.server.loader import ModelVersion
 from hotwire.server.logs import RequestLogger
 from hotwire.server.stats import Duration
@@ -30,6 +30,7 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 # Extensions advertised in ServerMetadata: only what really works (perf_analyzer acts on them).
 EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 STREAM_WINDOW = 64  # requests of one stream in flight at once; the reader waits beyond that
+CLIENT_ERRORS = (InvalidInput, NotFound)  # the client's fault: not counted against a canary
 
 try:
     SERVER_VERSION = metadata.version("hotwire")
@@ -103,8 +104,9 @@ class InferenceService:
         decoded = time.perf_counter()
         try:
             response = await version.infer(request)
-        except Exception:
-            self._registry.after_response(version, request, None, time.perf_counter() - received, False)
+        except Exception as exc:
+            if not isinstance(exc, CLIENT_ERRORS):  # a bad request says nothing about the version's health
+                self._registry.after_response(version, request, None, time.perf_counter() - received, False)
             raise
         computed = time.perf_counter()
         encoded = version.encoder.encode(response)
@@ -112,26 +114,32 @@ class InferenceService:
         elapsed = done - received
         version.stats.handler.add(elapsed)
         self._registry.after_response(version, request, response, elapsed, True)
-        self._request_logger.observe(version.name, version.version_str, request.id, elapsed, {
-            "decode": decoded - received, "queue": response.queue_s, "preprocess": response.compute_input_s,
-            "compute": response.compute_infer_s, "encode": done - computed})
+        if self._request_logger.enabled:
+            self._request_logger.observe(version.name, version.version_str, request.id, elapsed, {
+                "decode": decoded - received, "queue": response.queue_s, "preprocess": response.compute_input_s,
+                "compute": response.compute_infer_s, "encode": done - computed})
         return encoded
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently; responses go back in request order, errors in-band."""
-        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for data in requests:
-                    await pending.put(asyncio.create_task(self._stream_one(data)))
+                    await window.acquire()
+                    pending.put_nowait(asyncio.create_task(self._stream_one(data)))
             finally:
-                await pending.put(None)
+                pending.put_nowait(None)  # unbounded queue: never blocks, even when cancelled
 
         reader = asyncio.create_task(read())
         try:
             while (task := await pending.get()) is not None:
-                yield await task
+                result = await task
+                window.release()
+                yield result
+            await reader  # a reader error (other than the client ending the stream) surfaces here
         finally:
             reader.cancel()
             while not pending.empty():
@@ -142,11 +150,17 @@ class InferenceService:
     async def _stream_one(self, data: bytes) -> bytes:
         request_id = model_name = ""
         try:
+            received = time.perf_counter()
             request = wire.decode_request(data)
             request_id, model_name = request.id, request.model_name
             version = self._registry.route(request.model_name, request.model_version, request)
-            response = await version.infer(request)
-            self._registry.after_response(version, request, response, 0.0, True)
+            try:
+                response = await version.infer(request)
+            except Exception as exc:
+                if not isinstance(exc, CLIENT_ERRORS):
+                    self._registry.after_response(version, request, None, time.perf_counter() - received, False)
+                raise
+            self._registry.after_response(version, request, response, time.perf_counter() - received, True)
             return version.encoder.encode_stream(response)
         except Exception as exc:
             _, message = status_of(exc)

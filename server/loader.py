@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,7 @@ from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.drift import DriftMonitor, DriftReport, ReferenceProfile
-from hotwire.server.errors import DeadlineExceeded, HotwireError, ModelLoadError, ResourceExhausted
+from hotwire.server.errors import BackendError, DeadlineExceeded, ModelLoadError, ResourceExhausted
 from hotwire.server import preprocess
 from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
 from hotwire.server.preprocess import Preprocessor
@@ -46,12 +45,6 @@ class VersionState(enum.Enum):
 SERVING_STATES = (VersionState.READY, VersionState.STANDBY)
 
 
-class Inflight:
-    """Requests in flight on the whole server, shared by every version (for drain and metrics)."""
-
-    count = 0
-
-
 class ModelVersion:
     """One loaded version: owns its signature, batcher, instances and in-flight count."""
 
@@ -66,7 +59,6 @@ class ModelVersion:
         self.batcher = batcher
         self.state = VersionState.LOADING
         self.fingerprint: tuple = ()  # what it was loaded from: an unchanged reload keeps it
-        self.inflight_total = Inflight()  # the registry's shared counter replaces this one
         self.load_seconds = 0.0
         self.drift: DriftMonitor | None = None  # input/prediction drift monitoring, when the model asks for it
         self.drift_report: DriftReport | None = None  # the latest, computed off the request path
@@ -78,7 +70,6 @@ class ModelVersion:
     async def infer(self, request: InferRequest) -> InferResponse:
         started = time.monotonic()
         self.inflight += 1
-        self.inflight_total.count += 1
         ok = False
         queue_s = 0.0
         times = ComputeTimes()
@@ -104,14 +95,11 @@ class ModelVersion:
         except asyncio.CancelledError:
             reason = "CANCELED"
             raise
-        except HotwireError:
-            raise
-        except Exception:
-            reason = "BACKEND"  # anything else comes out of ONNX Runtime
+        except BackendError:
+            reason = "BACKEND"
             raise
         finally:
             self.inflight -= 1
-            self.inflight_total.count -= 1
             self.stats.record_request(ok, time.monotonic() - started, queue_s, times, reason)
         return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs,
                              queue_s=queue_s, compute_input_s=times.input_s, compute_infer_s=times.infer_s)
@@ -120,7 +108,7 @@ class ModelVersion:
         """Drain (queued and running requests finish here), then release the sessions once in-flight is 0."""
         self.state = VersionState.DRAINING
         await self.batcher.close()
-        while self.inflight:  # handlers still encoding their responses
+        while self.inflight:  # requests between routing and their result (e.g. awaiting a future)
             await asyncio.sleep(0.001)
         for instance in self.instances:
             await asyncio.to_thread(instance.close)
@@ -131,61 +119,67 @@ class ModelVersion:
 
 async def load_version(source: ModelSource, version: int, model_file: Path, default_max_batch_size: int
                        ) -> ModelVersion:
-        assert source.config is not None
-        declared = source.config
-        if not declared.instance_group:
-            declared = mc.ModelConfig()
-            declared.CopyFrom(source.config)
-            declared.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
-        options = ort_options(declared)
-        where = [p for group in declared.instance_group for p in placements(group)]
+    assert source.config is not None
+    declared = source.config
+    if not declared.instance_group:
+        declared = mc.ModelConfig()
+        declared.CopyFrom(source.config)
+        declared.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
+    options = ort_options(declared)
+    where = [p for group in declared.instance_group for p in placements(group)]
 
-        def build() -> tuple[mc.ModelConfig, Signature, list[Instance], Preprocessor | None]:
-            # Runs on a worker thread: session creation holds the GIL for long stretches.
-            sessions = [create_session(model_file, options, p) for p in where]
-            config, signature = complete(
-                declared, source.max_batch_size_given,
-                graph_tensors(sessions[0].get_inputs()), graph_tensors(sessions[0].get_outputs()),
-                default_max_batch_size,
-            )
-            preprocessor, client_signature = None, signature
-            pipelines = preprocess.declaration(config, source.path)
-            if pipelines is not None:
-                preprocess.warm()  # compile or load from cache before the end-to-end check runs them
-                preprocessor, client_signature = preprocess.build(pipelines, signature, _gpu_preprocessing(where))
-                _show_client_inputs(config, client_signature, preprocessor.fed_inputs())
-            instances = [
-                Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
-            ]
-            mode = execution_mode(config)
-            compute_s = [warm(instance, signature, config, source.path) for instance in instances]
-            for instance, seconds in zip(instances, compute_s):
-                tiny = seconds is not None and seconds <= INLINE_MAX_COMPUTE_S
-                instance.inline = instance.placement.kind == "cpu" and (mode == "inline" or (mode == "auto" and tiny))
-            if signature.batched:
-                batching_kernels.warm()  # compile or load from cache now, never on a request
-            return config, client_signature, instances, preprocessor
+    def build() -> tuple[mc.ModelConfig, Signature, list[Instance], Preprocessor | None]:
+        # Runs on a worker thread: session creation holds the GIL for long stretches.
+        sessions = [create_session(model_file, options, p) for p in where]
+        config, signature = complete(
+            declared, source.max_batch_size_given,
+            graph_tensors(sessions[0].get_inputs()), graph_tensors(sessions[0].get_outputs()),
+            default_max_batch_size,
+        )
+        preprocessor, client_signature = None, signature
+        pipelines = preprocess.declaration(config, source.path)
+        if pipelines is not None:
+            preprocess.warm()  # compile or load from cache before the end-to-end check runs them
+            preprocessor, client_signature = preprocess.build(pipelines, signature, _gpu_preprocessing(where))
+            _show_client_inputs(config, client_signature, preprocessor.fed_inputs())
+        instances = [
+            Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
+        ]
+        mode = execution_mode(config)
+        compute_s = [warm(instance, signature, config, source.path) for instance in instances]
+        for instance, seconds in zip(instances, compute_s):
+            tiny = seconds is not None and seconds <= INLINE_MAX_COMPUTE_S
+            instance.inline = instance.placement.kind == "cpu" and (mode == "inline" or (mode == "auto" and tiny))
+        if signature.batched:
+            batching_kernels.warm()  # compile or load from cache now, never on a request
+        return config, client_signature, instances, preprocessor
 
-        config, signature, instances, preprocessor = await asyncio.to_thread(build)
-        try:
-            policy = batching_policy(config)
-        except ModelLoadError:
-            for instance in instances:
-                instance.close()
-            raise
-        ragged = [s.name for s in signature.inputs if s.ragged]
-        dynamic_axes = {s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs}
-        assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes, preprocessor) for _ in instances]
-        stats = VersionStats()
-        batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
-                          on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.times),
-                          )
-        batcher.start()
-        loaded = ModelVersion(source.name, version, config, signature, instances, batcher)
-        loaded.drift = drift_monitor(config, signature, source.path)
-        loaded.stats = stats
-        loaded.state = VersionState.READY
-        return loaded
+    config, signature, instances, preprocessor = await asyncio.to_thread(build)
+    try:
+        policy = batching_policy(config)
+    except ModelLoadError:
+        for instance in instances:
+            instance.close()
+        raise
+    ragged = [s.name for s in signature.inputs if s.ragged]
+    dynamic_axes = {s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs}
+    assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes, preprocessor) for _ in instances]
+    stats = VersionStats()
+    batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
+                      on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.times),
+                      )
+    try:
+        drift = drift_monitor(config, signature, source.path)
+    except ModelLoadError:
+        for instance in instances:
+            instance.close()
+        raise
+    batcher.start()
+    loaded = ModelVersion(source.name, version, config, signature, instances, batcher)
+    loaded.drift = drift
+    loaded.stats = stats
+    loaded.state = VersionState.READY
+    return loaded
 
 
 

@@ -51,6 +51,10 @@ class RequestLogger:
         self.slow_s = slow_ms / 1e3
         self._random = random.random
 
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0 or self.slow_s > 0
+
     def observe(self, model: str, version: str, request_id: str, total_s: float, stages: dict[str, float]) -> None:
         slow = 0 < self.slow_s <= total_s
         if not slow and not (self.rate and self._random() < self.rate):

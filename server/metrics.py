@@ -101,10 +101,13 @@ class Metrics:
         self._shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: ()
         self._drift: Callable[[], Iterable[DriftRow]] = lambda: ()
         self._multiprocess = multiprocess_dir() is not None
+        # Called on the HTTP thread before a single-process scrape. The App points it at the event loop, since
+        # publish reads loop-owned state.
+        self.before_scrape: Callable[[], None] = self.publish
         if not self._multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
-            self.registry.register(_PublishBeforeScrape(self.publish))
+            self.registry.register(_PublishBeforeScrape(lambda: self.before_scrape()))
         else:  # each worker's own process numbers, labelled by pid in the supervisor's sum
             self._rss = Gauge("process_resident_memory_bytes", "Resident memory size in bytes, per worker",
                               registry=self.registry, multiprocess_mode="liveall")

@@ -185,7 +185,7 @@ class ModelControl:
             self._uploads[name] = base
             for relative, content in files.items():
                 target = (base / name / relative).resolve()
-                if not str(target).startswith(str((base / name).resolve())):
+                if not target.is_relative_to((base / name).resolve()):
                     raise InvalidInput(f"parameter 'file:{relative}': path leaves the model directory")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content if isinstance(content, bytes) else str(content).encode())

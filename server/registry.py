@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import repository
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
-from hotwire.server.loader import SERVING_STATES, Inflight, ModelVersion, VersionState, load_version
+from hotwire.server.loader import SERVING_STATES, ModelVersion, VersionState, load_version
 from hotwire.server.repository import ModelSource
 from hotwire.server.traffic import (GuardWindow, ShadowComparison, TrafficPolicy, apply_update, compare,
                                     goes_to_canary, policy_from_config)
@@ -52,7 +50,8 @@ class ModelEntry:
     shadow: ModelVersion | None = None
     rollback_to: int | None = None  # set by rollback: stable stays there until the next load
     guard: GuardWindow = field(default_factory=GuardWindow)
-    source_path: Path | None = None
+    guard_checked: float = 0.0  # when the guard last evaluated its window
+    unloaded: bool = False  # explicitly unloaded (or removed from the repository): not counted for readiness
     fingerprint: tuple = ()  # of the repository directory it was loaded from (poll mode compares)
 
     def reason(self) -> str:
@@ -74,6 +73,7 @@ class ModelEntry:
 
 
 HealthCallback = Callable[[str, bool], None]
+GUARD_CHECK_INTERVAL_S = 0.1
 
 
 class Registry:
@@ -86,12 +86,9 @@ class Registry:
         self._rng = random.Random()
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._uploads: list[tempfile.TemporaryDirectory[str]] = []
-        self.inflight = Inflight()
         self.events = LifecycleEvents()
         self.shadow_results: dict[str, list[ShadowComparison]] = {}  # model -> recent comparisons (bounded)
         self.shadow_counts: dict[str, int] = {}  # model -> comparisons ever made
-        self.on_shadow: Callable[[str, int, ShadowComparison], None] = lambda model, version, result: None
 
     # ----- loading -------------------------------------------------------------------------------------------
 
@@ -120,9 +117,9 @@ class Registry:
 
     async def _load_locked(self, source: ModelSource) -> ModelEntry:
         entry = self._entry_for(source.name)
+        entry.unloaded = False
         if entry.stable is None:
             self._on_health_change(entry.name, False)  # loading: NOT_SERVING until a version is ready
-        entry.source_path = source.path
         entry.fingerprint = repository.fingerprint(source.path) if source.path.exists() else ()
         if source.error or source.config is None:
             return self._load_failed(entry, -1, source.error or "no configuration")
@@ -130,9 +127,9 @@ class Registry:
             policy = policy_from_config(source.config)
         except InvalidInput as exc:
             return self._load_failed(entry, -1, f"config parameters: {exc}")
-        started = time.monotonic()
         fresh: dict[int, ModelVersion] = {}
         for version, model_file in sorted(source.versions.items()):
+            started = time.monotonic()
             fingerprint = repository.version_fingerprint(source, version)
             current = entry.versions.get(version)
             if current is not None and current.fingerprint == fingerprint:
@@ -146,7 +143,6 @@ class Registry:
                         await version_loaded.unload()
                 return self._load_failed(entry, version, str(exc))
             loaded.fingerprint = fingerprint
-            loaded.inflight_total = self.inflight
             loaded.load_seconds = time.monotonic() - started
             fresh[version] = loaded
             log.info("loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
@@ -217,6 +213,7 @@ class Registry:
             entry.versions = {}
             entry.stable = entry.canary = entry.shadow = None
             entry.failures = {-1: "unloaded"}
+            entry.unloaded = True
             self._on_health_change(name, False)
             await asyncio.gather(*(v.unload() for v in versions))
             log.info("model %s unloaded", name,
@@ -253,18 +250,21 @@ class Registry:
             return to, "standby"
         if reload is None:
             raise NotFound(f"model '{name}' has no version {to} loaded and none to reload")
-        source = reload(to)
         async with self._locks.setdefault(name, asyncio.Lock()):
-            if to not in source.versions:
-                raise NotFound(f"model '{name}': version {to} is not in the repository")
-            loaded = await load_version(source, to, source.versions[to], self._default_max_batch_size)
-            loaded.fingerprint = repository.version_fingerprint(source, to)
-            loaded.inflight_total = self.inflight
-            loaded.state = VersionState.READY
-            entry.versions[to] = loaded
+            if to not in entry.versions:  # checked again under the lock: a load may have brought it meanwhile
+                source = reload(to)
+                if to not in source.versions:
+                    raise NotFound(f"model '{name}': version {to} is not in the repository")
+                try:
+                    loaded = await load_version(source, to, source.versions[to], self._default_max_batch_size)
+                except (ModelLoadError, ConfigError) as exc:
+                    raise Unavailable(f"model '{name}': version {to} could not be reloaded: {exc}") from None
+                loaded.fingerprint = repository.version_fingerprint(source, to)
+                entry.versions[to] = loaded
+            entry.versions[to].state = VersionState.READY
             entry.rollback_to = to
             entry.resolve_routes()
-            if current is not None and current in entry.versions:
+            if current is not None and current in entry.versions and current != to:
                 entry.versions[current].state = VersionState.STANDBY
         self.events.rollbacks += 1
         log.info("model %s: rolled back from version %s to %d (reloaded: no standby copy)", name, current, to,
@@ -273,10 +273,11 @@ class Registry:
 
     def set_traffic(self, name: str, values: dict) -> TrafficPolicy:
         entry = self.entry(name)
-        entry.policy = apply_update(entry.policy, values)
-        for version in (entry.policy.canary, entry.policy.shadow, entry.policy.stable):
+        policy = apply_update(entry.policy, values)
+        for version in (policy.canary, policy.shadow, policy.stable):
             if version is not None and version not in entry.versions:
                 raise InvalidInput(f"model '{name}': version {version} is not loaded; loaded: {sorted(entry.versions)}")
+        entry.policy = policy
         entry.rollback_to = None
         entry.guard.clear()
         entry.resolve_routes()
@@ -293,7 +294,8 @@ class Registry:
         return entry
 
     def route(self, name: str, version: str = "", request: InferRequest | None = None) -> ModelVersion:
-        """The version serving a request: pinned, or by the traffic policy (stable, or the canary's share)."""
+        """The version serving a request: pinned, or by the traffic policy (stable, or the canary's share).
+        Without `request` (metadata, config, readiness) an unpinned name always resolves to stable."""
         entry = self.entry(name)
         if not version:
             serving = entry.stable
@@ -301,7 +303,7 @@ class Registry:
                 reason = entry.reason()
                 raise Unavailable(f"model '{name}' has no ready version" + (f": {reason}" if reason else ""))
             canary = entry.canary
-            if canary is not None and goes_to_canary(entry.policy, request.parameters if request else {}, self._rng):
+            if canary is not None and request is not None and goes_to_canary(entry.policy, request.parameters, self._rng):
                 return canary
             return serving
         if not version.isdigit():
@@ -330,7 +332,10 @@ class Registry:
         if version is entry.canary and entry.policy.guard.enabled:
             now = self._clock()
             entry.guard.add(now, latency_s, ok)
-            breach = entry.guard.breach(entry.policy.guard, now)
+            breach = None
+            if now - entry.guard_checked >= GUARD_CHECK_INTERVAL_S:  # the check sorts the window: not per request
+                entry.guard_checked = now
+                breach = entry.guard.breach(entry.policy.guard, now)
             if breach:
                 self.events.guard_rollbacks += 1
                 log.warning("model %s: canary version %d breached its guard (%s); all traffic back to stable "
@@ -359,7 +364,6 @@ class Registry:
         results.append(result)
         del results[:-1000]
         self.shadow_counts[shadow.name] = self.shadow_counts.get(shadow.name, 0) + 1
-        self.on_shadow(shadow.name, shadow.version, result)
 
     async def compute_drift(self) -> None:
         """Refresh every monitored version's drift report, on a worker thread (off the request path)."""
@@ -397,8 +401,8 @@ class Registry:
         return [self._models[name] for name in sorted(self._models)]
 
     def all_ready(self) -> bool:
-        """Server readiness: every model asked for has a ready version."""
-        return all(entry.stable is not None for entry in self._models.values())
+        """Server readiness (Triton's strict readiness): every model that should be loaded has a ready version."""
+        return all(entry.stable is not None for entry in self._models.values() if not entry.unloaded)
 
     # ----- shutdown ------------------------------------------------------------------------------------------
 
@@ -411,5 +415,3 @@ class Registry:
         await asyncio.gather(*(v.unload() for v in versions), *list(self._background), return_exceptions=True)
         for entry in self._models.values():
             self._on_health_change(entry.name, False)
-        for upload in self._uploads:
-            upload.cleanup()

@@ -26,11 +26,6 @@ class Duration:
         self.ns += int(seconds * 1e9)
 
 
-def _add(duration: Duration, seconds: float) -> None:
-    duration.count += 1
-    duration.ns += int(seconds * 1e9)
-
-
 @dataclass(frozen=True)
 class ComputeTimes:
     """One batch's compute phases: gathering/preprocessing inputs, ONNX Runtime, slicing outputs."""
@@ -58,7 +53,7 @@ class Histogram:
     def __post_init__(self) -> None:
         self.counts = [0] * (len(self.bounds) + 1)
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float) -> None:  # record_* inline this on the request path
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
@@ -67,7 +62,7 @@ class Histogram:
 class VersionStats:
     inference_count: int = 0  # rows computed (a batch of 4 rows counts 4)
     execution_count: int = 0  # batches run
-    success: Duration = field(default_factory=Duration)  # request received -> response ready
+    success: Duration = field(default_factory=Duration)  # ModelVersion.infer: validated -> outputs ready
     fail: Duration = field(default_factory=Duration)
     fail_by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # Triton's failure reasons
     queue: Duration = field(default_factory=Duration)
@@ -87,9 +82,9 @@ class VersionStats:
         self.inference_count += rows
         self.execution_count += 1
         batch = self.batches[rows]
-        _add(batch.compute_input, times.input_s)
-        _add(batch.compute_infer, times.infer_s)
-        _add(batch.compute_output, times.output_s)
+        batch.compute_input.add(times.input_s)
+        batch.compute_infer.add(times.infer_s)
+        batch.compute_output.add(times.output_s)
         histogram = self.batch_rows
         histogram.counts[bisect.bisect_left(histogram.bounds, rows)] += 1
         histogram.total += rows
@@ -98,11 +93,11 @@ class VersionStats:
                        reason: str = "") -> None:
         """`reason` (failures): REJECTED (queue full, timed out), CANCELED, BACKEND (ONNX Runtime) or OTHER."""
         if ok:
-            _add(self.success, duration_s)
-            _add(self.queue, queue_s)
-            _add(self.compute_input, times.input_s)
-            _add(self.compute_infer, times.infer_s)
-            _add(self.compute_output, times.output_s)
+            self.success.add(duration_s)
+            self.queue.add(queue_s)
+            self.compute_input.add(times.input_s)
+            self.compute_infer.add(times.infer_s)
+            self.compute_output.add(times.output_s)
             latency_us, queue_us = duration_s * 1e6, queue_s * 1e6
             histogram = self.latency_us
             histogram.counts[bisect.bisect_left(histogram.bounds, latency_us)] += 1

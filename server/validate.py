@@ -95,6 +95,9 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         if len(shape) != len(expected) or any(e != -1 and s != e for s, e in zip(shape, expected)):
             raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} does not match the model's {expected}")
         item_shape = shape[1:] if batched else shape
+        if spec.resized and 0 in item_shape:
+            raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} has an empty dimension; "
+                               "its preprocessing pipeline needs at least one element per axis")
         if batched:
             if shape[0] < 1 or shape[0] > signature.max_batch_size:
                 raise InvalidInput(

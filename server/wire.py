@@ -2,9 +2,9 @@
 
 protobuf copies a bytes field on every access, so ModelInfer is served by a generic handler that receives the raw
 request bytes: `decode_request` scans the top-level fields once, keeps each `raw_input_contents` entry (field 7) as
-a memoryview of the request and lets protobuf parse only the small rest. `encode_response` serializes the response
-header with protobuf and frames `raw_output_contents` (field 6) itself, so output arrays are copied exactly once,
-into the response bytes.
+a memoryview of the request and lets protobuf parse only the small rest. `ResponseEncoder` writes the response
+fields itself and frames `raw_output_contents` (field 6), so a large output array is copied once, into the
+response bytes.
 """
 
 from __future__ import annotations
@@ -116,7 +116,10 @@ def scan_request(data: bytes) -> tuple[bytes, str, list[memoryview]]:
                     if number == _RAW_INPUT_FIELD:
                         raw.append(view[pos:end])
                     else:
-                        request_id = _utf8("id", view[pos:end])
+                        try:
+                            request_id = bytes(view[pos:end]).decode("utf-8")
+                        except UnicodeDecodeError:
+                            raise InvalidInput("request id is not valid UTF-8") from None
                 pos = end
             elif wire_type == 0:
                 _, pos = _read_varint(data, pos)
@@ -169,7 +172,7 @@ def decode_request(data: bytes) -> InferRequest:
         except DecodeError as exc:
             raise InvalidInput(f"malformed ModelInferRequest: {exc}") from None
         if not raw:
-            request = decode_parsed(header, raw)
+            request = decode_typed(header)
             request.id = request_id
             return request
         layout = _raw_layout(header)
@@ -217,28 +220,15 @@ def _shape(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[int, ...]:
     return shape
 
 
-def decode_parsed(header: pb.ModelInferRequest, raw: list[memoryview]) -> InferRequest:
-    """The uncached path: typed contents (or raw, for callers holding a parsed header)."""
-    if raw and len(raw) != len(header.inputs):
-        raise InvalidInput(
-            f"expected one raw_input_contents entry per input: got {len(raw)} for {len(header.inputs)} inputs"
-        )
+def decode_typed(header: pb.ModelInferRequest) -> InferRequest:
+    """The uncached path: tensors in typed `contents` (a copy each; raw requests go through the header cache)."""
     inputs: list[InputTensor] = []
-    for i, tensor in enumerate(header.inputs):
+    for tensor in header.inputs:
         dtype = _datatype(tensor)
         shape = _shape(tensor)
-        has_contents = tensor.HasField("contents")
-        if raw:
-            if has_contents:
-                raise InvalidInput(
-                    f"input '{tensor.name}': typed contents and raw_input_contents must not be mixed in one request"
-                )
-            array = _array_from_raw(tensor.name, dtype, shape, raw[i])
-        elif has_contents:
-            array = _array_from_contents(tensor, dtype, shape)
-        else:
+        if not tensor.HasField("contents"):
             raise InvalidInput(f"input '{tensor.name}': no data (neither contents nor raw_input_contents)")
-        inputs.append(InputTensor(tensor.name, dtype, shape, array))
+        inputs.append(InputTensor(tensor.name, dtype, shape, _array_from_contents(tensor, dtype, shape)))
     requested = [out.name for out in header.outputs] if header.outputs else None
     params = {key: parameter_value(value) for key, value in header.parameters.items()}
     return InferRequest(header.model_name, header.model_version, header.id, params, inputs, requested)
@@ -378,7 +368,7 @@ class ResponseEncoder:
 
     model_name and model_version are encoded once; the `outputs` metadata (names, datatypes, shapes) is serialized
     once per distinct layout and cached; each output's data is framed as a raw_output_contents entry and copied
-    exactly once, into the response.
+    once into the response (small outputs take one extra, cheaper-than-a-view copy).
     """
 
     LAYOUT_CACHE_SIZE = 256

@@ -13,7 +13,7 @@ import pytest
 
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import Batcher, BatchingPolicy, QueuePolicy
-from hotwire.server.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
+from hotwire.server.errors import DeadlineExceeded, ResourceExhausted
 
 
 class GatedInstance:
@@ -119,7 +119,7 @@ def test_expired_requests_are_rejected_uncomputed_or_delayed_behind_the_others(d
     run(scenario())
 
 
-def test_higher_priority_requests_run_first_and_bad_priorities_are_rejected():
+def test_higher_priority_requests_run_first_and_out_of_range_ones_get_the_default_level():
     async def scenario() -> None:
         instance = GatedInstance("i0")
         policy = BatchingPolicy(max_batch_size=1, priority_levels=3, default_priority_level=2,
@@ -128,12 +128,10 @@ def test_higher_priority_requests_run_first_and_bad_priorities_are_rejected():
         blocker = submit(batcher, 0)
         await until(instance.started.is_set)
         futures = [submit(batcher, 3, priority=3), submit(batcher, 2), submit(batcher, 1, priority=1),
-                   submit(batcher, 2.5, priority=2)]
-        with pytest.raises(InvalidInput, match="'priority': 4"):
-            submit(batcher, 9, priority=4)
+                   submit(batcher, 2.5, priority=2), submit(batcher, 2.75, priority=9)]  # 9: out of range, default
         instance.gate.set()
         await asyncio.gather(blocker, *futures)
-        assert [float(b["x"][0, 0]) for b in instance.batches] == [0.0, 1.0, 2.0, 2.5, 3.0]
+        assert [float(b["x"][0, 0]) for b in instance.batches] == [0.0, 1.0, 2.0, 2.5, 2.75, 3.0]
         await batcher.close()
 
     run(scenario())

@@ -168,14 +168,12 @@ dynamic_batching { default_queue_policy { allow_timeout_override: true } }
     assert stats.inference_count == 8 * 64  # neither expired request was computed
 
 
-def test_priority_parameter_out_of_range_is_invalid(tmp_path, running_server, stub_for):
+def test_priority_parameter_out_of_range_means_the_default_level_as_in_triton(tmp_path, running_server, stub_for):
     write_model(tmp_path, "prio", scale_model(), "max_batch_size: 8\ndynamic_batching { priority_levels: 2 default_priority_level: 2 }")
     stub = stub_for(running_server(tmp_path))
     x = np.ones((1, 8), np.float32)
-    np.testing.assert_array_equal(infer(stub, "prio", x, priority=1), x * 3 + 0.5)
-    with pytest.raises(grpc.RpcError) as caught:
-        infer(stub, "prio", x, priority=3)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'priority'" in caught.value.details()
+    for priority in (1, 2, 3, 99):
+        np.testing.assert_array_equal(infer(stub, "prio", x, priority=priority), x * 3 + 0.5)
 
 
 def test_every_instance_of_a_model_takes_batches(tmp_path, running_server, stub_for):

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import model_config_pb2 as mc
+from hotwire.server import wire
 from onnx_models import write_model
 
 WIDTH = 4
@@ -209,7 +210,9 @@ def test_canary_split_is_within_three_points_and_sticky_keys_stay_put(tmp_path, 
     server = running_server(tmp_path)
     stub = stub_for(server)
     registry = server.app.registry
-    counts = Counter(registry.route("m").version for _ in range(5000))
+    unpinned = wire.InferRequest("m", "", "", {}, [], None)
+    counts = Counter(registry.route("m", "", unpinned).version for _ in range(5000))
+    assert registry.route("m").version == 1  # metadata and readiness (no request) always see stable
     assert abs(counts[2] / 5000 - 0.2) <= 0.03, counts
     through_server = Counter(infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(1000))
     assert abs(through_server["2"] / 1000 - 0.2) <= 0.05, through_server
@@ -238,31 +241,63 @@ def test_shadow_traffic_is_compared_but_never_returned(tmp_path, running_server,
     assert all(abs(r.max_abs_diff - 2.0) < 1e-5 for r in results)
 
 
+def failing_model() -> onnx.ModelProto:
+    """Fails inside ONNX Runtime for a batch of 1 (4 elements can't be reshaped to [-1, 16]); fine for 4 rows."""
+    shapes = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("to16", [-1, 16]), ("back", [-1, WIDTH]))]
+    nodes = [helper.make_node("Reshape", ["x", "to16"], ["flat"]), helper.make_node("Reshape", ["flat", "back"], ["y"])]
+    graph = helper.make_graph(nodes, "failing", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])], shapes)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def test_canary_guard_sends_traffic_back_to_stable_on_errors(tmp_path, running_server, stub_for, caplog):
-    write_model(tmp_path, "m", offset_model(1.0), config(stable_version="1") + "version_policy { all { } }\n", version=1)
-    # the canary rejects every request: its config pins the input to 3 columns
-    (tmp_path / "m" / "2").mkdir()
-    (tmp_path / "m" / "2" / "model.onnx").write_bytes(offset_model(2.0).SerializeToString())
+    warmup = ('model_warmup [ { name: "four" batch_size: 4 inputs { key: "x" value: '
+              '{ data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n')
+    write_model(tmp_path, "m", offset_model(1.0),
+                config(stable_version="1") + "version_policy { all { } }\n" + warmup, version=1)
+    write_model(tmp_path, "m", failing_model(), version=2)
     server = running_server(tmp_path)
     stub = stub_for(server)
     registry = server.app.registry
     registry.set_traffic("m", {"canary": 2, "canary_weight": 0.5, "canary_max_error_rate": 0.1,
                                "canary_guard_min_requests": 10})
-    entry = registry.entry("m")
-    entry.canary.signature = entry.canary.signature.__class__(  # a canary whose every request fails validation
-        tuple(s.__class__(s.name, s.datatype, (3,), (3,)) for s in entry.canary.signature.inputs),
-        entry.canary.signature.outputs, entry.canary.signature.max_batch_size)
-    entry.canary._plans = entry.canary._plans.__class__(entry.canary.signature, "m")
-    outcomes = Counter()
-    for _ in range(200):
-        try:
-            outcomes[infer(stub, np.zeros((1, WIDTH), np.float32))[0]] += 1
-        except grpc.RpcError:
-            outcomes["error"] += 1
+    with pytest.raises(grpc.RpcError) as caught:
+        infer(stub, np.zeros((1, WIDTH), np.float32), version="2")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL and "onnxruntime" in caught.value.details()
+    for _ in range(100):
+        for _ in range(20):
+            try:
+                infer(stub, np.zeros((1, WIDTH), np.float32))
+            except grpc.RpcError:
+                pass
+        if registry.events.guard_rollbacks:
+            break
+        time.sleep(0.05)
     assert registry.events.guard_rollbacks == 1
+    entry = registry.entry("m")
     assert entry.canary is None and entry.stable.version == 1
-    assert outcomes["error"] < 60 and outcomes["1"] > 140  # errors stopped once the guard tripped
+    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(50)} == {"1"}  # no errors after it
     assert "breached its guard" in caplog.text
+    failures = registry.entry("m").versions[2].stats.fail_by_reason
+    assert failures["BACKEND"] > 0 and failures.get("OTHER", 0) == 0
+
+
+def test_client_errors_never_trip_the_canary_guard(tmp_path, running_server, stub_for):
+    for version in (1, 2):
+        write_model(tmp_path, "m", offset_model(float(version)), config(stable_version="1") + "version_policy { all { } }\n",
+                    version=version)
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    server.app.registry.set_traffic("m", {"canary": 2, "canary_weight": 0.5, "canary_max_error_rate": 0.01,
+                                          "canary_guard_min_requests": 5})
+    for _ in range(100):
+        with pytest.raises(grpc.RpcError):
+            infer(stub, np.zeros((1, WIDTH + 1), np.float32))  # wrong shape: the client's fault
+        infer(stub, np.zeros((1, WIDTH), np.float32))
+    assert server.app.registry.events.guard_rollbacks == 0
+    assert server.app.registry.entry("m").canary is not None
 
 
 def test_tritonclient_load_model_with_config_and_files_and_unload(tmp_path, running_server):
@@ -282,6 +317,7 @@ def test_tritonclient_load_model_with_config_and_files_and_unload(tmp_path, runn
     assert {"uploaded", "placeholder"} <= index_names
     client.unload_model("uploaded")
     assert not client.is_model_ready("uploaded")
+    assert client.is_server_ready()  # strict readiness counts the models meant to be loaded, not unloaded ones
     client.close()
 
 
@@ -315,6 +351,7 @@ def test_traffic_command_sets_a_canary(tmp_path, running_server, stub_for):
     result = subprocess.run([sys.executable, "-m", "hotwire.server", "traffic", "m", "--canary", "9", "--url",
                              server.address], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "version 9 is not loaded" in result.stderr
+    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(20)} == {"2"}  # rejected: policy kept
 
 
 def test_model_directory_path_is_left_alone_by_uploads(tmp_path):
