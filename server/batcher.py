@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -133,7 +133,7 @@ class WorkItem:
     queued: bool = True  # False once taken, expired or cancelled
     delayed: bool = False  # timed out under DELAY: runs after every other request
     released: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
+    batched_at: float | None = None  # when a dispatch loop took it (queued at: pending.enqueued_at)
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,6 @@ class Batcher:
         future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
         item = WorkItem(feeds, output_names, future, Pending(rows, shape_key, now), level,
                         now + timeout_s if timeout_s else math.inf, queue_policy.delay_on_timeout, self._seq)
-        item.timings["queued"] = now
         self._seq += 1
         self._queues[level].append(item)
         self._queued_per_level[level] += 1
@@ -303,7 +302,7 @@ class Batcher:
         batch = window[:count]
         for item in batch:
             self._dequeue(item)
-            item.timings["batched"] = now
+            item.batched_at = now
         if not batch and self._deadlines:
             wait = min(wait or math.inf, self._deadlines[0][0] - now)
         return batch, wait

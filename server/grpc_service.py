@@ -214,10 +214,8 @@ class InferenceService:
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add every RPC of the service to `server`, as registered methods: gRPC core matches their paths directly
-        instead of asking a generic handler on every call."""
-        handlers = self.method_handlers()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+        instead of asking a generic handler on every call (every method of the service is in the table)."""
+        server.add_registered_method_handlers(SERVICE_NAME, self.method_handlers())
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         def unary(handler: Handler, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:

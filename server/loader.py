@@ -85,8 +85,8 @@ class ModelVersion:
                 try:
                     outputs = await item.future
                 finally:
-                    timings = item.timings
-                    queue_s = timings.get("batched", timings["queued"]) - timings["queued"]
+                    if item.batched_at is not None:
+                        queue_s = item.batched_at - item.pending.enqueued_at
                     times = item.times
             ok = True
         except (ResourceExhausted, DeadlineExceeded):
