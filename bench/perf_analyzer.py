@@ -74,8 +74,14 @@ def measure(tool: PerfAnalyzer, model: str, url: str, concurrency: list[int], wi
         if result.returncode != 0:
             raise RuntimeError(f"perf_analyzer failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         rows = list(csv.DictReader(io.StringIO(report.read_text())))
-    measured = [Measurement(int(r["Concurrency"]), float(r["Inferences/Second"]), float(r["p50 latency"]),
-                            float(r["p90 latency"]), float(r["p99 latency"])) for r in rows]
+        measured = [Measurement(int(r["Concurrency"]), float(r["Inferences/Second"]), float(r["p50 latency"]),
+                                float(r["p90 latency"]), float(r["p99 latency"])) for r in rows]
+        missing = sorted(set(range(concurrency[0], concurrency[-1] + 1, _step(concurrency)))
+                         - {m.concurrency for m in measured})
+        if missing:
+            # Over a range, perf_analyzer stops at the first level it can't stabilise and still exits 0.
+            raise RuntimeError(f"perf_analyzer reported no stable measurement for concurrency {missing}:\n"
+                               f"{result.stdout}\n{result.stderr}")
     return sorted(measured, key=lambda m: m.concurrency)  # perf_analyzer's CSV is not in concurrency order
 
 

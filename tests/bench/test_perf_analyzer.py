@@ -17,7 +17,9 @@ TOOL, WHY_NOT = perf_analyzer.locate()
 def test_perf_analyzer_measures_the_bundled_classifier(streaming):
     server = ServerThread(bundled_repository()).start()
     try:
-        extra = ["--stability-percentage", "100", "--max-trials", "3"] + (["--streaming"] if streaming else [])
+        # A loose stability bound: this checks that perf_analyzer completes against hotwire, not how steady a
+        # shared CI box is (one stalled 300 ms window used to drop a level).
+        extra = ["--stability-percentage", "1000", "--max-trials", "5"] + (["--streaming"] if streaming else [])
         assert TOOL is not None
         results = perf_analyzer.measure(TOOL, "classifier", server.address, [1, 2], window_ms=300, extra=extra)
     finally:
