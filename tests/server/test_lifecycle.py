@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import statistics
 import threading
 import time
 from collections import Counter
@@ -116,6 +117,7 @@ def test_twenty_swaps_and_rollbacks_under_load_fail_no_request(tmp_path, running
     write_model(tmp_path, "m", offset_model(1.0), config(standby_versions="2"), version=1)
     server = running_server(tmp_path, model_control_mode="explicit", load_model=("m",))
     stub = stub_for(server)
+    rollback_ms = []
     with Load(server.address) as load_:
         time.sleep(0.2)
         for step in range(10):
@@ -127,11 +129,14 @@ def test_twenty_swaps_and_rollbacks_under_load_fail_no_request(tmp_path, running
             trailers = admin(stub, "m", **{"hotwire.rollback": ""})  # and straight back, from standby
             assert trailers["hotwire-action"] == "rollback:standby"
             assert trailers["hotwire-version"] == str(version - 1)
-            assert float(trailers["hotwire-elapsed-ms"]) < 10
+            rollback_ms.append(float(trailers["hotwire-elapsed-ms"]))
             assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == str(version - 1)
             time.sleep(0.05)
         load(stub)  # after a rollback, loading again returns to the newest version (kept warm in standby)
         assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "11"
+    # A flip from standby loads nothing, so it takes well under 10 ms; a reload takes tens of ms. The median keeps
+    # one preempted flip on a shared CI box (the load threads share this process's GIL) from failing the test.
+    assert statistics.median(rollback_ms) < 10, rollback_ms
     assert load_.failures == []
     assert load_.mismatches == []
     assert sum(load_.by_version.values()) > 100 and len(load_.by_version) >= 5
