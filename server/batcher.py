@@ -40,7 +40,7 @@ class QueuePolicy:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     default_timeout_s: float = 0.0  # 0: requests never time out in the queue
     allow_timeout_override: bool = False  # a request's `timeout` parameter may shorten the default
-    delay_on_timeout: bool = False  # timeout_action DELAY: an expired request runs after all others, not rejected
+    delay_on_timeout: bool = False  # timeout_action DELAY: an expired request runs after its level's others
 
 
 @dataclass(frozen=True)
@@ -83,36 +83,40 @@ class Pending:
 def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> tuple[int, float]:
     """(requests to take from the head now, 0) or (0, seconds to wait before asking again).
 
-    Only a run from the head with the head's shapes can batch together (queue order is kept). A batch goes at once
-    when it can't grow (max_batch_size reached, or the next request doesn't fit or has other shapes), when the delay
-    is 0, when it reaches a preferred size (the largest reachable one), or when its oldest request has waited
-    max_queue_delay.
+    Triton's dynamic batcher decision. Only a run from the head with the head's shapes can batch together (queue
+    order is kept). With preferred sizes, while the oldest request is within max_queue_delay the batch is the
+    largest preferred size reached (or, when the next request would overshoot the largest preferred size, what came
+    before it), so a backlog leaves in preferred-size batches. Otherwise the whole run goes at once when it can't
+    grow (max_batch_size reached, or the next request doesn't fit or has other shapes), when the delay is 0, or when
+    the oldest request has waited max_queue_delay; else the batch waits for company.
     """
     if not queue:
         return 0, 0.0
     if policy.window == 1:
         return 1, 0.0
     head = queue[0]
+    preferred = policy.preferred_batch_sizes
+    largest_preferred = max(preferred, default=0)
     rows = 0
     count = 0
-    largest_preferred = 0
+    best = 0  # requests in the preferred batch found so far (0: none)
     can_grow = True
     for item in queue:
-        if item.shape_key != head.shape_key or rows + item.rows > policy.max_batch_size:
-            can_grow = False
-            break
+        if count:
+            if preferred and not best and rows + item.rows > largest_preferred:
+                best = count
+            if item.shape_key != head.shape_key or rows + item.rows > policy.max_batch_size:
+                can_grow = False
+                break
         rows += item.rows
         count += 1
-        if rows in policy.preferred_batch_sizes:
-            largest_preferred = count
-    if rows >= policy.max_batch_size:
-        can_grow = False
-    if not can_grow or policy.max_queue_delay_s <= 0:
-        return count, 0.0
-    if largest_preferred:
-        return largest_preferred, 0.0
+        if rows in preferred:
+            best = count
     waited = now - head.enqueued_at
-    if waited >= policy.max_queue_delay_s:
+    delay_exceeded = 0 < policy.max_queue_delay_s <= waited
+    if best and not delay_exceeded:
+        return best, 0.0
+    if not can_grow or rows >= policy.max_batch_size or policy.max_queue_delay_s <= 0 or delay_exceeded:
         return count, 0.0
     return 0, policy.max_queue_delay_s - waited
 
@@ -131,7 +135,7 @@ class WorkItem:
     seq: int
     times: ComputeTimes = ComputeTimes()
     queued: bool = True  # False once taken, expired or cancelled
-    delayed: bool = False  # timed out under DELAY: runs after every other request
+    delayed: bool = False  # timed out under DELAY: runs after its level's other requests, before lower levels
     released: bool = False
     batched_at: float | None = None  # when a dispatch loop took it (queued at: pending.enqueued_at)
 
@@ -173,9 +177,14 @@ class Batcher:
         self._clock = clock
         self._on_batch = on_batch
         self._queues: list[deque[WorkItem]] = [deque() for _ in range(policy.levels)]
-        self._delayed: deque[WorkItem] = deque()
+        self._delayed: list[deque[WorkItem]] = [deque() for _ in range(policy.levels)]
         self._queued_per_level = [0] * policy.levels
+        # Deadlines of queued requests (a heap; entries of requests taken since are dropped lazily, and the heap is
+        # rebuilt when they dominate, so finished requests and their buffers are not held until their deadline).
         self._deadlines: list[tuple[float, int, WorkItem]] = []
+        self._live_deadlines = 0
+        self._expiry: asyncio.TimerHandle | None = None  # one timer, armed for the earliest deadline
+        self._expiry_at = math.inf
         self._release = _OrderedRelease() if policy.preserve_ordering else None
         self._seq = 0
         # Inline instances run on the loop: a request that finds the queue empty (and no delay to wait out) runs at
@@ -236,8 +245,8 @@ class Batcher:
         self._queued_per_level[level] += 1
         if timeout_s:
             heapq.heappush(self._deadlines, (item.deadline, item.seq, item))
-            # Expire on time even when every instance is busy and no dispatch loop is planning.
-            asyncio.get_running_loop().call_later(timeout_s, self._expire_due)
+            self._live_deadlines += 1
+            self._arm_expiry()
         future.add_done_callback(lambda f, item=item: self._on_future_done(item))
         self._wakeup.set()
         return item
@@ -251,40 +260,71 @@ class Batcher:
     def _dequeue(self, item: WorkItem) -> None:
         item.queued = False
         self._queued_per_level[item.level] -= 1
+        if item.deadline < math.inf and not item.delayed:
+            self._forget_deadline()
 
-    def _settle(self, item: WorkItem, settle: Callable[[], None]) -> None:
+    def _forget_deadline(self) -> None:
+        """A request with a deadline left the deadline heap's concern (taken, cancelled, expired or delayed)."""
+        self._live_deadlines -= 1
+        if not self._live_deadlines:
+            self._deadlines.clear()
+        elif len(self._deadlines) > 64 and len(self._deadlines) > 2 * self._live_deadlines:
+            self._deadlines = [entry for entry in self._deadlines if entry[2].queued and not entry[2].delayed]
+            heapq.heapify(self._deadlines)
+
+    def _settle(self, item: WorkItem, settle: Callable[[], None], in_order: bool = True) -> None:
+        """Settle an item's future; under preserve_ordering, after every earlier request's unless `in_order` is
+        False (a rejection is answered at once, as Triton does, and only its place in the order is released)."""
         if item.released:
             return
         item.released = True
         if self._release is None:
             settle()
-        else:
+        elif in_order:
             self._release.done(item.seq, settle)
+        else:
+            settle()
+            self._release.done(item.seq, lambda: None)
 
     # ----- dispatching --------------------------------------------------------------------------------------
 
+    def _arm_expiry(self) -> None:
+        """Expire on time even when every instance is busy and no dispatch loop is planning."""
+        if not self._deadlines or self._deadlines[0][0] >= self._expiry_at:
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = self._deadlines[0][0]
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, self._expiry_at - self._clock()),
+                                                             self._expire_due)
+
     def _expire_due(self) -> None:
+        self._expiry, self._expiry_at = None, math.inf
         self._expire(self._clock())
+        self._arm_expiry()
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, item = heapq.heappop(self._deadlines)
-            if not item.queued:
+            if not item.queued or item.delayed:
                 continue
             if item.delay_on_timeout:
                 item.delayed = True
-                self._delayed.append(item)
+                self._delayed[item.level].append(item)
+                self._forget_deadline()
                 continue
             self._dequeue(item)
             error = DeadlineExceeded(f"model '{self.name}': request timed out after waiting "
                                      f"{(now - item.pending.enqueued_at) * 1e3:.1f} ms in the queue")
-            self._settle(item, lambda item=item, error=error: _fail(item.future, error))
+            self._settle(item, lambda item=item, error=error: _fail(item.future, error), in_order=False)
 
     def _window(self) -> list[WorkItem]:
-        """The queued requests a batch may be formed from, in priority then arrival order; prunes settled heads."""
+        """The queued requests a batch may be formed from: level by level, each level's requests in arrival order
+        and then its delayed (timed-out under DELAY) ones, as Triton orders them. Prunes settled heads."""
         limit = self.policy.window
         window: list[WorkItem] = []
-        for queue, delayed_queue in [(q, False) for q in self._queues] + [(self._delayed, True)]:
+        for queue, delayed_queue in [(q, delayed) for level in zip(self._queues, self._delayed)
+                                     for q, delayed in zip(level, (False, True))]:
             while queue and (not queue[0].queued or queue[0].delayed != delayed_queue):
                 queue.popleft()
             for item in queue:

@@ -147,9 +147,13 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
         ]
         mode = execution_mode(config)
         compute_s = [warm(instance, signature, config, source.path) for instance in instances]
+        # `auto` runs a tiny model inline only when it has one instance: several instances are asked for to run
+        # concurrently, which inline instances (all on the loop thread) cannot.
+        single = len(instances) == 1
         for instance, seconds in zip(instances, compute_s):
             tiny = seconds is not None and seconds <= INLINE_MAX_COMPUTE_S
-            instance.inline = instance.placement.kind == "cpu" and (mode == "inline" or (mode == "auto" and tiny))
+            instance.inline = instance.placement.kind == "cpu" and (
+                mode == "inline" or (mode == "auto" and tiny and single))
         if signature.batched:
             batching_kernels.warm()  # compile or load from cache now, never on a request
         return config, client_signature, instances, preprocessor

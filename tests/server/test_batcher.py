@@ -45,6 +45,32 @@ def test_the_largest_reachable_preferred_size_goes_at_once():
     assert plan_batch(queue((1, 0.0)), policy, now=0.0)[0] == 0
 
 
+def test_a_backlog_leaves_in_preferred_sizes_while_within_the_delay():
+    # Triton's rule: the batch never grows past the largest preferred size while the delay hasn't run out.
+    policy = BatchingPolicy(max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_s=1.0)
+    assert plan_batch(queue(*[(1, 0.0)] * 16), policy, now=0.0) == (8, 0.0)
+    policy = BatchingPolicy(max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_s=1.0)
+    assert plan_batch(queue(*[(1, 0.0)] * 8), policy, now=0.0) == (4, 0.0)
+    assert plan_batch(queue(*[(1, 0.0)] * 5) + queue((1, 0.0), shape=SHAPE_B), policy, now=0.0) == (4, 0.0)
+
+
+def test_requests_that_would_overshoot_the_largest_preferred_size_stay_queued():
+    policy = BatchingPolicy(max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_s=1.0)
+    assert plan_batch(queue((3, 0.0), (3, 0.0)), policy, now=0.0) == (1, 0.0)
+
+
+def test_once_the_delay_has_run_out_everything_that_fits_goes():
+    policy = BatchingPolicy(max_batch_size=16, preferred_batch_sizes=(4,), max_queue_delay_s=0.01)
+    assert plan_batch(queue(*[(1, 0.0)] * 6), policy, now=0.0) == (4, 0.0)
+    assert plan_batch(queue(*[(1, 0.0)] * 6), policy, now=0.01) == (6, 0.0)
+
+
+def test_with_delay_zero_a_preferred_size_still_caps_the_batch():
+    policy = BatchingPolicy(max_batch_size=16, preferred_batch_sizes=(4,))
+    assert plan_batch(queue(*[(1, 0.0)] * 6), policy, now=0.0) == (4, 0.0)
+    assert plan_batch(queue(*[(1, 0.0)] * 3), policy, now=0.0) == (3, 0.0)  # work-conserving below it
+
+
 def test_without_dynamic_batching_requests_run_one_at_a_time():
     assert plan_batch(queue((2, 0.0), (2, 0.0)), BatchingPolicy(max_batch_size=8, enabled=False), now=0.0) == (1, 0.0)
     assert plan_batch(queue((1, 0.0), (1, 0.0)), BatchingPolicy(max_batch_size=0), now=0.0) == (1, 0.0)

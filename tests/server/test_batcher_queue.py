@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -114,6 +115,64 @@ def test_expired_requests_are_rejected_uncomputed_or_delayed_behind_the_others(d
             instance.gate.set()
             await blocker
             assert [float(b["x"][0, 0]) for b in instance.batches] == [0.0]  # expired requests never computed
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_a_delayed_request_runs_after_its_own_level_but_before_lower_levels():
+    async def scenario() -> None:
+        instance = GatedInstance("i0")
+        policy = BatchingPolicy(max_batch_size=1, priority_levels=2, default_priority_level=2, queue_policies=(
+            QueuePolicy(default_timeout_s=0.05, delay_on_timeout=True), QueuePolicy()))
+        batcher = make_batcher(policy, [instance])
+        blocker = submit(batcher, 0, priority=2)
+        await until(instance.started.is_set)
+        expired = submit(batcher, 1, priority=1)
+        await asyncio.sleep(0.1)  # its 50 ms ran out: delayed, not rejected
+        lower = submit(batcher, 2, priority=2)
+        instance.gate.set()
+        await asyncio.gather(blocker, expired, lower)
+        assert [float(b["x"][0, 0]) for b in instance.batches] == [0.0, 1.0, 2.0]  # as Triton orders them
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_an_expired_request_is_answered_at_once_under_preserve_ordering():
+    async def scenario() -> None:
+        instance = GatedInstance("i0")
+        policy = BatchingPolicy(max_batch_size=1, preserve_ordering=True,
+                                queue_policies=(QueuePolicy(default_timeout_s=0.05),))
+        batcher = make_batcher(policy, [instance])
+        blocker = submit(batcher, 0)
+        await until(instance.started.is_set)
+        doomed = submit(batcher, 1)
+        await until(doomed.done, timeout=2.0)  # not held back behind the still-running earlier request
+        assert not blocker.done()
+        with pytest.raises(DeadlineExceeded):
+            await doomed
+        after = submit(batcher, 2)
+        instance.gate.set()
+        await asyncio.gather(blocker, after)  # the order's later places are still released
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_finished_requests_are_not_held_until_their_deadline():
+    async def scenario() -> None:
+        instance = GatedInstance("i0")
+        instance.gate.set()
+        policy = BatchingPolicy(max_batch_size=4, queue_policies=(QueuePolicy(default_timeout_s=60.0),))
+        batcher = make_batcher(policy, [instance])
+        inputs = [np.full((1, 4), i, np.float32) for i in range(100)]
+        alive = [weakref.ref(x) for x in inputs]
+        futures = [batcher.submit({"x": x}, 1, (("x", (4,)),), ("y",)).future for x in inputs]
+        await asyncio.gather(*futures)
+        del inputs, futures
+        instance.batches.clear()
+        assert sum(ref() is not None for ref in alive) == 0  # the 60 s deadlines don't pin the request buffers
         await batcher.close()
 
     run(scenario())

@@ -195,3 +195,12 @@ def test_every_instance_of_a_model_takes_batches(tmp_path, running_server, stub_
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: infer(stub, "two", np.ones((8, 128), np.float32)), range(32)))
     assert len(used) == 2
+
+
+def test_a_tiny_model_runs_inline_with_one_instance_and_on_threads_with_several(tmp_path, running_server):
+    write_model(tmp_path, "one", scale_model(), "max_batch_size: 8")
+    write_model(tmp_path, "two", scale_model(), "max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_CPU } ]")
+    registry = running_server(tmp_path).app.registry
+    assert [instance.inline for instance in registry.route("one").instances] == [True]
+    # count: 2 asks for concurrency, which two instances taking turns on the loop thread could not give
+    assert [instance.inline for instance in registry.route("two").instances] == [False, False]
