@@ -126,11 +126,15 @@ def complete(
     Raises ModelLoadError naming the config field that disagrees with the model.
     """
     config = _copy(config)
+    for unsupported in ("sequence_batching", "ensemble_scheduling"):
+        if config.HasField(unsupported):
+            # Loading such a model as a stateless one would fail every request on its missing control inputs.
+            raise ModelLoadError(f"{unsupported} is not supported by hotwire (stateless dynamic batching only)")
     everything = graph_inputs + graph_outputs
     first_dims_dynamic = bool(everything) and all(t.shape and t.shape[0] is None for t in everything)
     if not max_batch_size_given:
         config.max_batch_size = default_max_batch_size if first_dims_dynamic else 0
-        if config.max_batch_size and not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
+        if config.max_batch_size and not config.HasField("dynamic_batching"):
             config.dynamic_batching.SetInParent()
     if config.max_batch_size < 0:
         raise ModelLoadError(f"max_batch_size must be >= 0, got {config.max_batch_size}")

@@ -137,10 +137,13 @@ class Registry:
                 continue
             try:
                 loaded = await load_version(source, version, model_file, self._default_max_batch_size)
-            except (ModelLoadError, ConfigError) as exc:
+            except Exception as exc:  # any failure fails this model only, never the load of the others
                 for version_loaded in fresh.values():
                     if version_loaded not in entry.versions.values():
                         await version_loaded.unload()
+                if not isinstance(exc, (ModelLoadError, ConfigError)):
+                    log.debug("unexpected load failure of %s version %d", source.name, version, exc_info=True)
+                    return self._load_failed(entry, version, f"{type(exc).__name__}: {exc}")
                 return self._load_failed(entry, version, str(exc))
             loaded.fingerprint = fingerprint
             loaded.load_seconds = time.monotonic() - started
@@ -214,6 +217,7 @@ class Registry:
             entry.stable = entry.canary = entry.shadow = None
             entry.failures = {-1: "unloaded"}
             entry.unloaded = True
+            entry.fingerprint = ()  # poll mode: the same files coming back are a new load
             self._on_health_change(name, False)
             await asyncio.gather(*(v.unload() for v in versions))
             log.info("model %s unloaded", name,
@@ -233,9 +237,14 @@ class Registry:
             older = [v for v in sorted(entry.versions) if current is None or v < current]
             if not older and reload is None:
                 raise Unavailable(f"model '{name}': no earlier version loaded to roll back to")
-            to = older[-1] if older else (current - 1 if current else None)
-            if to is None:
-                raise Unavailable(f"model '{name}': no earlier version to roll back to")
+            if older:
+                to = older[-1]
+            else:  # the newest version on disk below the current one (version numbers may have gaps)
+                assert reload is not None
+                earlier = [v for v in reload(current or 0).on_disk if current is None or v < current]
+                if not earlier:
+                    raise Unavailable(f"model '{name}': no earlier version to roll back to")
+                to = earlier[-1]
         if to in entry.versions:
             entry.rollback_to = to
             entry.resolve_routes()

@@ -29,6 +29,7 @@ class ModelSource:
     max_batch_size_given: bool = False
     versions: dict[int, Path] = field(default_factory=dict)  # version -> model file
     error: str | None = None  # set when the directory or its config is unusable
+    on_disk: tuple[int, ...] = ()  # every version directory, selected by the policy or not
 
 
 def scan(root: Path) -> dict[str, ModelSource]:
@@ -51,6 +52,7 @@ def read_model(path: Path, config_override: mc.ModelConfig | None = None) -> Mod
         return source
     source.config, source.max_batch_size_given = config, given
     available = _version_dirs(path)
+    source.on_disk = tuple(sorted(available))
     selected = select_versions(config.version_policy, sorted(available))
     for version in selected:
         model_file = available[version] / config.default_model_filename

@@ -67,6 +67,9 @@ class InferResponse:
 
 _REQUEST_ID_FIELD = 3  # ModelInferRequest.id: kept out of the header key so equal requests share one cache entry
 HEADER_CACHE_SIZE = 1024
+# Only headers up to this size are cached (here and in each version's plan cache): a header carrying large
+# parameters is unusual, and caching it would let a client pin HEADER_CACHE_SIZE × its size of memory.
+HEADER_CACHE_MAX_KEY_BYTES = 4096
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -165,7 +168,8 @@ def decode_request(data: bytes) -> InferRequest:
     parsed and checked once and kept in a bounded cache, so a repeat costs a dict lookup plus np.frombuffer.
     """
     header_bytes, request_id, raw = scan_request(data)
-    layout = _headers.get(header_bytes) if raw else None
+    cacheable = len(header_bytes) <= HEADER_CACHE_MAX_KEY_BYTES
+    layout = _headers.get(header_bytes) if raw and cacheable else None
     if layout is None:
         try:
             header = pb.ModelInferRequest.FromString(header_bytes)
@@ -176,9 +180,10 @@ def decode_request(data: bytes) -> InferRequest:
             request.id = request_id
             return request
         layout = _raw_layout(header)
-        _headers[header_bytes] = layout
-        if len(_headers) > HEADER_CACHE_SIZE:
-            _headers.popitem(last=False)
+        if cacheable:
+            _headers[header_bytes] = layout
+            if len(_headers) > HEADER_CACHE_SIZE:
+                _headers.popitem(last=False)
     if len(raw) != len(layout.inputs):  # the key leaves the raw entries out: count them on every request
         raise InvalidInput(
             f"expected one raw_input_contents entry per input: got {len(raw)} for {len(layout.inputs)} inputs"
@@ -187,7 +192,7 @@ def decode_request(data: bytes) -> InferRequest:
               for (name, dtype, shape), payload in zip(layout.inputs, raw)]
     requested = list(layout.requested_outputs) if layout.requested_outputs is not None else None
     return InferRequest(layout.model_name, layout.model_version, request_id, layout.parameters, inputs, requested,
-                        header_bytes)
+                        header_bytes if cacheable else None)
 
 
 def _raw_layout(header: pb.ModelInferRequest) -> _RawLayout:
@@ -198,7 +203,7 @@ def _raw_layout(header: pb.ModelInferRequest) -> _RawLayout:
                 f"input '{tensor.name}': typed contents and raw_input_contents must not be mixed in one request"
             )
         inputs.append((tensor.name, _datatype(tensor), _shape(tensor)))
-    requested = tuple(out.name for out in header.outputs) if header.outputs else None
+    requested = _requested_outputs(header)
     params = {key: parameter_value(value) for key, value in header.parameters.items()}
     return _RawLayout(header.model_name, header.model_version, params, tuple(inputs), requested)
 
@@ -229,9 +234,26 @@ def decode_typed(header: pb.ModelInferRequest) -> InferRequest:
         if not tensor.HasField("contents"):
             raise InvalidInput(f"input '{tensor.name}': no data (neither contents nor raw_input_contents)")
         inputs.append(InputTensor(tensor.name, dtype, shape, _array_from_contents(tensor, dtype, shape)))
-    requested = [out.name for out in header.outputs] if header.outputs else None
+    requested = _requested_outputs(header)
     params = {key: parameter_value(value) for key, value in header.parameters.items()}
-    return InferRequest(header.model_name, header.model_version, header.id, params, inputs, requested)
+    return InferRequest(header.model_name, header.model_version, header.id, params, inputs,
+                        list(requested) if requested is not None else None)
+
+
+# Output parameters of Triton extensions hotwire does not implement: refused rather than silently ignored, so a client
+# asking for top-k classes or shared-memory outputs never gets a differently shaped answer than it expects.
+_UNSUPPORTED_OUTPUT_PARAMETERS = {
+    "classification": "the classification extension (class_count) is not supported: request the raw output",
+    "shared_memory_region": "the shared-memory extension is not supported: outputs come in raw_output_contents",
+}
+
+
+def _requested_outputs(header: pb.ModelInferRequest) -> tuple[str, ...] | None:
+    for out in header.outputs:
+        for key in out.parameters:
+            if key in _UNSUPPORTED_OUTPUT_PARAMETERS:
+                raise InvalidInput(f"output '{out.name}': parameter '{key}': {_UNSUPPORTED_OUTPUT_PARAMETERS[key]}")
+    return tuple(out.name for out in header.outputs) if header.outputs else None
 
 
 def _element_count(shape: tuple[int, ...]) -> int:

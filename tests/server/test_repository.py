@@ -136,6 +136,7 @@ def test_broken_models_are_reported_and_never_stop_the_others(tmp_path, running_
     write_model(tmp_path, "wrong_dims", add_sub(), 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 7 ] } ]')
     write_model(tmp_path, "wrong_type", add_sub(), 'input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] } ]')
     write_model(tmp_path, "not_onnx", add_sub(), 'platform: "tensorrt_plan"')
+    write_model(tmp_path, "stateful", add_sub(), "max_batch_size: 8\nsequence_batching { }")
     (tmp_path / "empty").mkdir()
     with caplog.at_level(logging.ERROR):
         server = running_server(tmp_path)
@@ -148,6 +149,7 @@ def test_broken_models_are_reported_and_never_stop_the_others(tmp_path, running_
         "wrong_dims": "dims [7]",
         "wrong_type": "TYPE_INT32",
         "not_onnx": "tensorrt_plan",
+        "stateful": "sequence_batching is not supported",
         "empty": "no loadable version",
     }
     for name, reason in expected_reasons.items():
@@ -163,6 +165,29 @@ def test_broken_models_are_reported_and_never_stop_the_others(tmp_path, running_
         request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
         request.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
     assert np.all(np.frombuffer(stub.ModelInfer(request).raw_output_contents[1], np.float32) == 0.0)
+
+
+def test_an_unexpected_failure_while_loading_fails_that_model_only(tmp_path, running_server, stub_for, monkeypatch):
+    from hotwire.server import registry
+
+    real_load_version = registry.load_version
+
+    async def failing_for_boom(source, *args, **kwargs):  # e.g. a MemoryError deep inside a kernel
+        if source.name == "boom":
+            raise MemoryError("cannot allocate 122 TiB")
+        return await real_load_version(source, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "load_version", failing_for_boom)
+    for name in ("a", "boom", "z"):  # loaded in name order: one before and one after the failure
+        write_model(tmp_path, name, add_sub())
+    stub = stub_for(running_server(tmp_path))
+    assert stub.ModelReady(pb.ModelReadyRequest(name="a")).ready
+    assert stub.ModelReady(pb.ModelReadyRequest(name="z")).ready
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="boom")).ready
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(pb.ModelInferRequest(model_name="boom"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "MemoryError: cannot allocate" in caught.value.details()
 
 
 def test_select_versions_policies_directly():

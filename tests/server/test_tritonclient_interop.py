@@ -220,6 +220,14 @@ def test_infer_requested_output_subset(client) -> None:
     assert_result(result, {"OUTPUT1": ort_reference(SIMPLE, feeds)["OUTPUT1"]})
 
 
+def test_classification_outputs_are_refused_not_ignored(client) -> None:
+    feeds = simple_inputs(2, seed=3)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("simple", triton_inputs(feeds), outputs=[tc.InferRequestedOutput("OUTPUT0", class_count=2)])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "output 'OUTPUT0'" in caught.value.message() and "classification" in caught.value.message()
+
+
 def _every_datatype(rows: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(rows)
     arrays: dict[str, np.ndarray] = {}

@@ -69,6 +69,18 @@ def test_repeated_headers_decode_from_the_cache_with_their_own_id_and_data():
         wire.decode_request(missing.SerializeToString())
 
 
+def test_headers_with_large_parameters_are_decoded_but_never_cached():
+    before = len(wire._headers)
+    for i in range(20):
+        request = pb.ModelInferRequest.FromString(request_bytes({"a": np.full((1, 2), i, np.float32)}))
+        request.parameters["blob"].string_param = f"{i}:" + "x" * 100_000  # each one distinct and 100 KB
+        decoded = wire.decode_request(request.SerializeToString())
+        assert decoded.parameters["blob"].startswith(f"{i}:") and decoded.inputs[0].array[0, 0] == i
+        assert decoded.header_key is None  # so no plan cache keeps it either
+    assert len(wire._headers) == before
+    assert all(len(key) <= wire.HEADER_CACHE_MAX_KEY_BYTES for key in wire._headers)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_decode_or_raise_invalid_input(blob):
