@@ -103,7 +103,11 @@ class ModelControl:
     # ----- RPCs ----------------------------------------------------------------------------------------------
 
     def index(self, ready_only: bool) -> list[tuple[str, str, str, str]]:
-        """(name, version, state, reason) for every model in the repository and every loaded version."""
+        """(name, version, state, reason) for every model in the repository and every loaded version.
+
+        States are Triton's (READY, LOADING, UNAVAILABLE); hotwire's own detail goes in the reason: a ready version's
+        role (stable, canary, shadow, or standby: loaded and warm for an instant rollback), or why it is unavailable.
+        """
         rows: list[tuple[str, str, str, str]] = []
         loaded = {entry.name: entry for entry in self.registry.models()}
         names = sorted(set(loaded) | {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
@@ -111,18 +115,18 @@ class ModelControl:
         for name in names:
             entry = loaded.get(name)
             if entry is None:
-                if not ready_only:
-                    rows.append((name, "", "UNAVAILABLE", "not loaded"))
+                rows.append((name, "", "UNAVAILABLE", "not loaded"))
                 continue
             for number, version in sorted(entry.versions.items()):
                 role = "stable" if version is entry.stable else "canary" if version is entry.canary \
-                    else "shadow" if version is entry.shadow else ""
-                rows.append((name, str(number), version.state.value, role))
-            if not ready_only:
-                for number, reason in sorted(entry.failures.items()):
-                    rows.append((name, str(number) if number >= 0 else "", VersionState.FAILED.value
-                                 if reason != "unloaded" else "UNAVAILABLE", reason))
-        return [row for row in rows if not ready_only or row[2] == VersionState.READY.value]
+                    else "shadow" if version is entry.shadow \
+                    else "standby" if version.state is VersionState.STANDBY else ""
+                rows.append((name, str(number), "READY", role))
+            if not entry.versions and entry.loading:
+                rows.append((name, "", "LOADING", "loading"))
+            for number, reason in sorted(entry.failures.items()):
+                rows.append((name, str(number) if number >= 0 else "", "UNAVAILABLE", reason))
+        return [row for row in rows if not ready_only or row[2] == "READY"]
 
     async def load(self, name: str, parameters: dict[str, Any]) -> AdminResult:
         started = time.perf_counter()
@@ -192,6 +196,8 @@ class ModelControl:
             directory = base / name
         else:
             directory = self._uploads.get(name, self.root) / name
-        (directory).mkdir(parents=True, exist_ok=True)
+            if not directory.is_dir():  # never create it: the repository may be read-only, and it would list
+                raise NotFound(f"model '{name}' is not in the repository {self.root} and no 'file:' parameters "
+                               "were given with its config")
         source = repository.read_model(directory, config_override=config)
         return source

@@ -53,6 +53,7 @@ class ModelEntry:
     guard_checked: float = 0.0  # when the guard last evaluated its window
     unloaded: bool = False  # explicitly unloaded (or removed from the repository): not counted for readiness
     fingerprint: tuple = ()  # of the repository directory it was loaded from (poll mode compares)
+    loading: bool = False  # a load of it is under way
 
     def reason(self) -> str:
         return "; ".join((f"version {v}: {msg}" if v >= 0 else msg) for v, msg in sorted(self.failures.items()))
@@ -113,7 +114,12 @@ class Registry:
         routing table flips in one step. On any failure the current versions stay as they were."""
         lock = self._locks.setdefault(source.name, asyncio.Lock())
         async with lock:
-            return await self._load_locked(source)
+            entry = self._entry_for(source.name)
+            entry.loading = True
+            try:
+                return await self._load_locked(source)
+            finally:
+                entry.loading = False
 
     async def _load_locked(self, source: ModelSource) -> ModelEntry:
         entry = self._entry_for(source.name)

@@ -3,6 +3,7 @@ leave the old version serving, canary split, sticky routing, shadow traffic, the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -19,10 +20,12 @@ import onnx
 import pytest
 import tritonclient.grpc as triton
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import model_config_pb2 as mc
+from hotwire.server import registry as registry_module
 from hotwire.server import wire
 from onnx_models import write_model
 
@@ -141,8 +144,33 @@ def test_twenty_swaps_and_rollbacks_under_load_fail_no_request(tmp_path, running
     assert load_.mismatches == []
     assert sum(load_.by_version.values()) > 100 and len(load_.by_version) >= 5
     assert server.app.registry.events.swaps >= 10 and server.app.registry.events.rollbacks == 10
-    states = {(v, state) for name, v, state, _ in index(stub) if name == "m"}
-    assert ("11", "READY") in states and ("10", "STANDBY") in states  # standby keeps the superseded versions
+    states = {(v, state, reason) for name, v, state, reason in index(stub) if name == "m"}
+    # standby keeps the superseded versions loaded and ready (Triton's state), the reason says which is which
+    assert ("11", "READY", "stable") in states and ("10", "READY", "standby") in states
+
+
+def test_swaps_without_standby_drain_and_release_the_old_version_under_load(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "m", offset_model(1.0), config(standby_versions="0"), version=1)
+    server = running_server(tmp_path, model_control_mode="explicit", load_model=("m",))
+    stub = stub_for(server)
+    released = []
+    with Load(server.address) as load_:
+        time.sleep(0.2)
+        for version in range(2, 12):
+            before = server.app.registry.entry("m").stable
+            write_model(tmp_path, "m", offset_model(float(version)), version=version)
+            load(stub)
+            assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == str(version)
+            released.append(before)
+            time.sleep(0.05)
+    assert load_.failures == [] and load_.mismatches == []
+    assert len(load_.by_version) >= 5
+    assert list(server.app.registry.entry("m").versions) == [11]  # nothing kept in standby
+    for _ in range(200):  # each superseded version drains its in-flight requests, then unloads
+        if all(v.state.value == "UNLOADED" for v in released):
+            break
+        time.sleep(0.05)
+    assert [v.state.value for v in released] == ["UNLOADED"] * 10
 
 
 def test_rollback_without_a_standby_copy_reloads_and_says_so(tmp_path, running_server, stub_for):
@@ -169,10 +197,41 @@ def test_a_corrupt_new_version_leaves_the_old_one_serving(tmp_path, running_serv
     assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "1"
     rows = index(stub)
     assert ("m", "1", "READY", "stable") in rows
-    assert any(v == "2" and state == "FAILED" and "could not load" in reason for _, v, state, reason in rows)
+    assert any(v == "2" and state == "UNAVAILABLE" and "could not load" in reason for _, v, state, reason in rows)
     shutil.rmtree(tmp_path / "m" / "2")
     load(stub)  # fixed: loads cleanly again
-    assert all(state != "FAILED" for _, _, state, _ in index(stub))
+    assert all(state == "READY" for _, _, state, _ in index(stub))
+
+
+def test_a_model_being_loaded_is_listed_as_loading_and_not_serving(tmp_path, running_server, stub_for, monkeypatch):
+    gate = threading.Event()
+    real_load_version = registry_module.load_version
+
+    async def held_load_version(*args, **kwargs):
+        await asyncio.to_thread(gate.wait, 30)  # the load stays under way until the test has looked
+        return await real_load_version(*args, **kwargs)
+
+    write_model(tmp_path, "m", offset_model(1.0), config(), version=1)
+    server = running_server(tmp_path, model_control_mode="explicit")
+    stub = stub_for(server)
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+    monkeypatch.setattr(registry_module, "load_version", held_load_version)
+    loader = threading.Thread(target=load, args=(stub,))
+    loader.start()
+    try:
+        for _ in range(200):
+            if ("m", "", "LOADING", "loading") in index(stub):
+                break
+            time.sleep(0.02)
+        assert ("m", "", "LOADING", "loading") in index(stub)
+        status = health.Check(health_pb2.HealthCheckRequest(service="m"), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        gate.set()
+        loader.join(60)
+    assert index(stub) == [("m", "1", "READY", "stable")]
+    assert health.Check(health_pb2.HealthCheckRequest(service="m"), timeout=10).status == \
+        health_pb2.HealthCheckResponse.SERVING
 
 
 def test_poll_mode_picks_up_added_and_removed_versions_and_models(tmp_path, running_server, stub_for):
@@ -330,6 +389,10 @@ def test_tritonclient_load_model_with_config_and_files_and_unload(tmp_path, runn
     client.unload_model("uploaded")
     assert not client.is_model_ready("uploaded")
     assert client.is_server_ready()  # strict readiness counts the models meant to be loaded, not unloaded ones
+    with pytest.raises(triton.InferenceServerException) as caught:  # a config alone, for a model not on disk
+        client.load_model("ghost", config=config_json.replace("uploaded", "ghost"))
+    assert caught.value.status() == "StatusCode.NOT_FOUND" and "ghost" in caught.value.message()
+    assert not (tmp_path / "ghost").exists()  # the repository is left as it was
     client.close()
 
 
