@@ -312,6 +312,37 @@ def test_shadow_traffic_is_compared_but_never_returned(tmp_path, running_server,
     assert all(abs(r.max_abs_diff - 2.0) < 1e-5 for r in results)
 
 
+def test_a_stuck_shadow_never_holds_back_the_served_response(tmp_path, running_server, stub_for):
+    for version in (1, 3):
+        write_model(tmp_path, "m", offset_model(float(version)),
+                    config(stable_version="1", shadow_version="3", shadow_fraction="1.0", execution="thread")
+                    + "version_policy { all { } }\n", version=version)
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    gate = threading.Event()
+    shadow_instance = server.app.registry.entry("m").shadow.instances[0]
+    run_sync = shadow_instance.run_sync
+
+    def stuck(feeds, names):
+        gate.wait(60)  # the shadow computes nothing until the served responses are all back
+        return run_sync(feeds, names)
+
+    shadow_instance.run_sync = stuck
+    try:
+        x = np.ones((1, WIDTH), np.float32)
+        for _ in range(5):
+            version, y = infer(stub, x)  # times out (30 s) if a served response waits on the shadow
+            assert version == "1" and np.allclose(y, x + 1)
+        assert len(server.app.registry.shadow_results.get("m", [])) == 0
+    finally:
+        gate.set()
+    for _ in range(200):
+        if len(server.app.registry.shadow_results.get("m", [])) >= 5:
+            break
+        time.sleep(0.02)
+    assert len(server.app.registry.shadow_results["m"]) >= 5  # and the shadow still ran, once released
+
+
 def failing_model() -> onnx.ModelProto:
     """Fails inside ONNX Runtime for a batch of 1 (4 elements can't be reshaped to [-1, 16]); fine for 4 rows."""
     shapes = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("to16", [-1, 16]), ("back", [-1, WIDTH]))]
