@@ -185,8 +185,10 @@ def decode_request(data: bytes) -> InferRequest:
             if len(_headers) > HEADER_CACHE_SIZE:
                 _headers.popitem(last=False)
     if len(raw) != len(layout.inputs):  # the key leaves the raw entries out: count them on every request
+        names = [name for name, _, _ in layout.inputs]
         raise InvalidInput(
-            f"expected one raw_input_contents entry per input: got {len(raw)} for {len(layout.inputs)} inputs"
+            f"expected one raw_input_contents entry per input: got {len(raw)} for {len(layout.inputs)} inputs {names}"
+            + (f"; input '{names[len(raw)]}' has no data" if len(raw) < len(names) else "")
         )
     inputs = [InputTensor(name, dtype, shape, _array_from_raw(name, dtype, shape, payload))
               for (name, dtype, shape), payload in zip(layout.inputs, raw)]
