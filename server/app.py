@@ -51,7 +51,7 @@ class App:
         self.metrics = Metrics()
         self.metrics.watch(
             versions=lambda: [VersionView(v.name, v.version_str, v.stats, v.batcher.queued, v.load_seconds)
-                              for v in self.registry.versions()],
+                              for v in (*self.registry.draining, *self.registry.versions())],
             events=self.registry.event_counts,
             shadow=self.registry.shadow_summary,
             drift=lambda: [(v.name, v.version_str, f.feature, f.ks, f.ks_pvalue, f.psi)

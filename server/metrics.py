@@ -4,10 +4,16 @@ This module owns every Prometheus object. The exact numbers live in each version
 mirrors them into Prometheus by setting absolute values, so the request path pays nothing for metrics. It runs on
 the event loop about once a second, and again just before each scrape in a single-process server.
 
+A version's series exist while it is loaded: when a (model, version) is no longer among the watched versions (it
+was swapped out, unloaded or rolled back from), the next publish removes every series labelled with it, as Triton
+does for an unloaded model, so no gauge keeps reading its last value (a pending count, a drift p-value) forever.
+
 With `--workers N` every worker writes its values into prometheus-client's multiprocess files (gauges in `sum`
 mode, which keeps a dead worker's last values so counters never go down) and the supervisor's /metrics adds them
-up. At exposition, counter-like families are typed `counter` under Triton's exact names (no `_total` added), and
-the `_bucket` / `_sum` / `_count` series of hotwire's histograms are put back together as histogram families.
+up. Those files cannot forget a series, so each worker also marks the versions it has loaded (LOADED_MARKER, per
+pid, dropped when the worker dies) and the supervisor serves only the series of versions some live worker marks.
+At exposition, counter-like families are typed `counter` under Triton's exact names (no `_total` added), and the
+`_bucket` / `_sum` / `_count` series of hotwire's histograms are put back together as histogram families.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ COUNTERS: tuple[Family, ...] = (
            lambda s: s.inference_count),
     Family("nv_inference_exec_count", "Number of model executions performed (batches)", lambda s: s.execution_count),
     Family("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
-           lambda s: (s.success.ns + s.fail.ns) / 1e3),
+           lambda s: s.success.ns / 1e3),  # successes only, as Triton's UpdateSuccess; failures add nothing
     Family("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
            lambda s: s.queue.ns / 1e3),
     Family("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
@@ -82,7 +88,10 @@ HISTOGRAMS: tuple[tuple[str, str, Callable[[VersionStats], Histogram]], ...] = (
 )
 LIFECYCLE_EVENTS = ("swap", "rollback", "guard_rollback", "load_failure")
 COUNTER_NAMES = frozenset({f.name for f in COUNTERS} | {FAILURES, "hotwire_lifecycle_events_total",
-                                                        "hotwire_shadow_comparisons_total"})
+                                                        "hotwire_shadow_comparisons_total",
+                                                        "process_cpu_seconds_total"})  # the --workers one
+# Multiprocess only, never exposed: 1 for each (model, version) a worker has loaded, per worker pid.
+LOADED_MARKER = "hotwire_version_loaded"
 HISTOGRAM_NAMES = frozenset(name for name, _, _ in HISTOGRAMS)
 
 
@@ -101,6 +110,7 @@ class Metrics:
         self._shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: ()
         self._drift: Callable[[], Iterable[DriftRow]] = lambda: ()
         self._multiprocess = multiprocess_dir() is not None
+        self._published: dict[Gauge, set[tuple[str, ...]]] = {}  # labelled series set by the last publish
         # Called on the HTTP thread before a single-process scrape. The App points it at the event loop, since
         # publish reads loop-owned state.
         self.before_scrape: Callable[[], None] = self.publish
@@ -141,6 +151,9 @@ class Metrics:
                               mode="liveall")
         self._drift_psi = gauge("hotwire_drift_psi", "Population stability index, current window vs reference",
                                 ["feature"], mode="liveall")
+        self._loaded: Gauge | None = None
+        if self._multiprocess:
+            self._loaded = gauge(LOADED_MARKER, "1 while this worker has the version loaded", mode="liveall")
 
     def watch(self, versions: Callable[[], Iterable[VersionView]], events: Callable[[], dict[str, int]] = dict,
               shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: (),
@@ -151,38 +164,68 @@ class Metrics:
 
     def publish(self) -> None:
         with self._lock:
+            published: dict[Gauge, set[tuple[str, ...]]] = {}
+
+            def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+                gauge.labels(*labels).set(value)
+                published.setdefault(gauge, set()).add(labels)
+
             for view in list(self._versions()):
                 labels = (view.model, view.version)
                 stats = view.stats
                 for family in COUNTERS:
-                    self._counters[family.name].labels(*labels).set(family.read(stats))
+                    put(self._counters[family.name], labels, family.read(stats))
                 for reason in FAILURE_REASONS:
-                    self._failures.labels(*labels, reason).set(stats.fail_by_reason.get(reason, 0))
-                self._pending.labels(*labels).set(view.pending)
-                self._load.labels(*labels).set(view.load_seconds)
+                    put(self._failures, (*labels, reason), stats.fail_by_reason.get(reason, 0))
+                put(self._pending, labels, view.pending)
+                put(self._load, labels, view.load_seconds)
                 for bucket, total, count, read in self._histograms.values():
                     histogram = read(stats)
                     cumulative = 0
                     for bound, in_bucket in zip((*histogram.bounds, math.inf), histogram.counts):
                         cumulative += in_bucket
-                        bucket.labels(*labels, _le(bound)).set(cumulative)
-                    total.labels(*labels).set(histogram.total)
-                    count.labels(*labels).set(cumulative)
+                        put(bucket, (*labels, _le(bound)), cumulative)
+                    put(total, labels, histogram.total)
+                    put(count, labels, cumulative)
             for event, value in self._events().items():
                 self._lifecycle.labels(event).set(value)
             for model, version, count, diff, agreement in self._shadow():
-                self._shadow_count.labels(model, str(version)).set(count)
-                self._shadow_diff.labels(model, str(version)).set(diff)
-                self._shadow_agreement.labels(model, str(version)).set(agreement)
+                labels = (model, str(version))
+                put(self._shadow_count, labels, count)
+                put(self._shadow_diff, labels, diff)
+                put(self._shadow_agreement, labels, agreement)
             for model, version, feature, ks, pvalue, psi in self._drift():
                 if ks is not None and pvalue is not None:
-                    self._drift_ks.labels(model, version, feature).set(ks)
-                    self._drift_p.labels(model, version, feature).set(pvalue)
-                self._drift_psi.labels(model, version, feature).set(psi)
+                    put(self._drift_ks, (model, version, feature), ks)
+                    put(self._drift_p, (model, version, feature), pvalue)
+                put(self._drift_psi, (model, version, feature), psi)
+            if self._multiprocess:
+                loaded = {labels[:2] for series in published.values() for labels in series}
+                for labels in loaded:
+                    put(self._loaded, labels, 1)
+            self._retire(published)
             if self._multiprocess:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 self._cpu.set(usage.ru_utime + usage.ru_stime)
                 self._rss.set(_resident_bytes())
+
+    def _retire(self, published: dict[Gauge, set[tuple[str, ...]]]) -> None:
+        """Remove the series published last time and not this time: their version (or feature, or shadow) is gone.
+
+        A multiprocess worker cannot delete from its files (prometheus-client only warns): it zeroes its loaded
+        marker, which the supervisor filters on, and its `livesum` gauges (a pending count must not linger in the
+        supervisor's sum), and sets its per-pid `liveall` gauges to NaN (no value: a drift p-value of 0 would
+        alert). `sum` and `max` gauges keep their values there, so a version still loaded in another worker keeps
+        counters that never go down."""
+        for gauge, before in self._published.items():
+            for labels in before - published.get(gauge, set()):
+                if not self._multiprocess:
+                    gauge.remove(*labels)
+                elif gauge is self._loaded or gauge._multiprocess_mode == "livesum":
+                    gauge.labels(*labels).set(0)
+                elif gauge._multiprocess_mode == "liveall":
+                    gauge.labels(*labels).set(math.nan)
+        self._published = published
 
     def exposition(self) -> CollectorRegistry:
         """The registry a single-process server's /metrics serves."""
@@ -197,7 +240,8 @@ class Metrics:
 
         path = multiprocess_dir()
         exposed = CollectorRegistry(auto_describe=False)
-        exposed.register(_Exposed(lambda: multiprocess.MultiProcessCollector(None, path=path).collect()))
+        exposed.register(_Exposed(lambda: multiprocess.MultiProcessCollector(None, path=path).collect(),
+                                  loaded_only=True))
         return exposed
 
 
@@ -257,15 +301,20 @@ class _GpuCollector(Collector):
 
 class _Exposed(Collector):
     """Families as Triton and Prometheus expect them: counters typed `counter` under their exact names, and each
-    hotwire histogram's `_bucket`/`_sum`/`_count` gauges put together as one histogram family."""
+    hotwire histogram's `_bucket`/`_sum`/`_count` gauges put together as one histogram family. With `loaded_only`
+    (the --workers supervisor), only series of versions that a live worker marks as loaded are kept."""
 
-    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+    def __init__(self, collect: Callable[[], Iterable[Metric]], loaded_only: bool = False) -> None:
         self._collect = collect
+        self._loaded_only = loaded_only
 
     def collect(self) -> Iterator[Metric]:
+        families: Iterable[Metric] = self._collect()
+        if self._loaded_only:
+            families = _loaded_series_only(list(families))
         parts: dict[str, list[Sample]] = {}
         docs: dict[str, str] = {}
-        for family in self._collect():
+        for family in families:
             base = next((h for h in HISTOGRAM_NAMES if family.name in (f"{h}_bucket", f"{h}_sum", f"{h}_count")), None)
             if base is not None:
                 parts.setdefault(base, []).extend(family.samples)
@@ -279,6 +328,34 @@ class _Exposed(Collector):
             histogram.samples = sorted(samples, key=lambda s: (tuple(sorted((k, v) for k, v in s.labels.items()
                                                                             if k != "le")), _order(s)))
             yield histogram
+
+
+def _loaded_series_only(families: list[Metric]) -> Iterator[Metric]:
+    """Drop the marker family, and every (model, version) series no live worker has loaded: per pid for the
+    `liveall` families (which carry a pid label), over all live workers for the summed ones."""
+    loaded: set[tuple[str, str]] = set()
+    loaded_by_pid: set[tuple[str, str, str]] = set()
+    for family in families:
+        if family.name == LOADED_MARKER:
+            for sample in family.samples:
+                if sample.value > 0:
+                    loaded.add((sample.labels["model"], sample.labels["version"]))
+                    loaded_by_pid.add((sample.labels["model"], sample.labels["version"], sample.labels.get("pid", "")))
+    for family in families:
+        if family.name == LOADED_MARKER:
+            continue
+        kept = []
+        for sample in family.samples:
+            labels = sample.labels
+            if "model" not in labels or "version" not in labels:
+                kept.append(sample)
+            elif "pid" in labels:
+                if (labels["model"], labels["version"], labels["pid"]) in loaded_by_pid:
+                    kept.append(sample)
+            elif (labels["model"], labels["version"]) in loaded:
+                kept.append(sample)
+        family.samples = kept
+        yield family
 
 
 def _order(sample: Sample) -> tuple[int, float]:
@@ -301,11 +378,18 @@ def _number(value: float) -> str:
 
 
 def render(registry: CollectorRegistry) -> bytes:
-    """Prometheus text format 0.0.4, family names as given (prometheus-client would add `_total` to counters)."""
+    """Prometheus text format 0.0.4, family names as given (prometheus-client would add `_total` to counters).
+
+    A counter family whose samples are `<name>_total` (prometheus-client's own collectors, e.g. ProcessCollector's
+    process_cpu_seconds) gets `# HELP/TYPE <name>_total`, as prometheus-client's generate_latest writes it: in this
+    format the TYPE line must name the samples, or parsers see an empty counter and an untyped metric."""
     lines: list[str] = []
     for family in registry.collect():
-        lines.append(f"# HELP {family.name} {family.documentation.replace(chr(10), ' ')}")
-        lines.append(f"# TYPE {family.name} {family.type}")
+        name = family.name
+        if family.type == "counter" and family.samples and all(s.name == f"{name}_total" for s in family.samples):
+            name = f"{name}_total"
+        lines.append(f"# HELP {name} {family.documentation.replace(chr(10), ' ')}")
+        lines.append(f"# TYPE {name} {family.type}")
         for sample in family.samples:
             labels = ",".join(f'{key}="{_escape(str(value))}"' for key, value in sample.labels.items())
             lines.append(f"{sample.name}{{{labels}}} {_number(sample.value)}" if labels

@@ -87,6 +87,7 @@ class Registry:
         self._rng = random.Random()
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.draining: set[ModelVersion] = set()  # routed away, still finishing requests (metrics keep reporting)
         self.events = LifecycleEvents()
         self.shadow_results: dict[str, list[ShadowComparison]] = {}  # model -> recent comparisons (bounded)
         self.shadow_counts: dict[str, int] = {}  # model -> comparisons ever made
@@ -210,7 +211,11 @@ class Registry:
         task.add_done_callback(self._background.discard)
 
     async def _unload_logged(self, version: ModelVersion) -> None:
-        await version.unload()
+        self.draining.add(version)
+        try:
+            await version.unload()
+        finally:
+            self.draining.discard(version)
         log.info("model %s version %d drained and unloaded", version.name, version.version,
                  extra={"event": "unloaded", "model": version.name, "version": version.version})
 

@@ -7,16 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server.logs import JsonFormatter
@@ -30,11 +36,35 @@ def scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
 
 
+def scrape_until(port: int, done: Callable[[str], bool], timeout: float = 5.0) -> str:
+    """Scrape until `done` holds (a version that is still draining may be reported until it is unloaded)."""
+    deadline = time.monotonic() + timeout
+    body = scrape(port)
+    while not done(body) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        body = scrape(port)
+    return body
+
+
 def value(body: str, name: str, **labels: str) -> float:
     label_text = ",".join(f'{k}="{v}"' for k, v in {"model": "simple", "version": "1", **labels}.items())
     match = re.search(rf"^{name}{{{re.escape(label_text)}}} (\S+)$", body, re.MULTILINE)
     assert match, f"{name}{{{label_text}}} not in /metrics"
     return float(match.group(1))
+
+
+def series_of(body: str, model: str, version: str) -> list[str]:
+    """Every sample line labelled with this model and version."""
+    return [line for line in body.splitlines() if not line.startswith("#")
+            and f'model="{model}"' in line and f'version="{version}"' in line]
+
+
+def parse_all(body: str) -> dict[str, object]:
+    """The whole exposition through prometheus-client's parser, every sample under its family's # TYPE line."""
+    families = {family.name: family for family in text_string_to_metric_families(body)}
+    for family in families.values():
+        assert family.type != "unknown", f"{family.name}: its samples match no # TYPE line"
+    return families
 
 
 def simple_request(rows: int, width: int = 16) -> pb.ModelInferRequest:
@@ -63,6 +93,7 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     assert inference.success.count == 4 and inference.fail.count == 1
     assert inference.queue.count == 4 and inference.compute_infer.count == 4 and inference.compute_input.count == 4
     assert inference.compute_infer.ns > 0 and inference.success.ns > inference.compute_infer.ns
+    assert inference.fail.ns > 0  # the failure took time, which the request duration must not include
     assert {b.batch_size: b.compute_infer.count for b in stats.batch_stats} == {1: 1, 2: 2, 3: 1}
     assert stats.last_inference > 0
     body = scrape(server.app.metrics_port)
@@ -74,6 +105,8 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     assert value(body, "nv_inference_exec_count") == stats.execution_count
     assert value(body, "nv_inference_compute_infer_duration_us") == pytest.approx(inference.compute_infer.ns / 1e3)
     assert value(body, "nv_inference_queue_duration_us") == pytest.approx(inference.queue.ns / 1e3)
+    # Triton's request duration counts successful requests only (its UpdateSuccess adds to it, UpdateFailure not)
+    assert value(body, "nv_inference_request_duration_us") == pytest.approx(inference.success.ns / 1e3, rel=1e-9)
     assert value(body, "nv_inference_pending_request_count") == 0
     assert value(body, "nv_model_load_duration_secs") > 0
     # hotwire's histograms are histogram families with cumulative buckets
@@ -83,6 +116,105 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     assert value(body, "hotwire_batch_size_bucket", le="2.0") == 3  # batches of 1, 2, 2 (and 3 above)
     buckets = [float(v) for v in re.findall(r'^hotwire_request_duration_us_bucket\{[^}]*\} (\S+)$', body, re.M)]
     assert buckets == sorted(buckets)
+
+
+def test_the_whole_exposition_parses_with_every_family_typed(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8\ndynamic_batching { }")
+    server = running_server(tmp_path, metrics_port=0)
+    stub = stub_for(server)
+    stub.ModelInfer(simple_request(2))
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(simple_request(1, width=5))
+    families = parse_all(scrape(server.app.metrics_port))
+    # prometheus-client's own counters: TYPE names the `_total` samples, as its generate_latest writes it
+    assert families["process_cpu_seconds"].type == "counter"
+    assert [s.name for s in families["process_cpu_seconds"].samples] == ["process_cpu_seconds_total"]
+    # Triton's counters keep their exact names (the parser files them under `<name>_total`)
+    success = families["nv_inference_request_success"]
+    assert success.type == "counter" and success.samples[0].value == 1
+    assert families["nv_inference_request_failure"].type == "counter"
+    assert families["nv_inference_pending_request_count"].type == "gauge"
+    latency = families["hotwire_request_duration_us"]
+    assert latency.type == "histogram"
+    assert {s.name for s in latency.samples} == {"hotwire_request_duration_us_bucket", "hotwire_request_duration_us_sum",
+                                                 "hotwire_request_duration_us_count"}
+
+
+DRIFT_CONFIG = """max_batch_size: 64
+dynamic_batching { }
+parameters { key: "drift_monitoring" value: { string_value: "true" } }
+parameters { key: "drift_reference_rows" value: { string_value: "80" } }
+parameters { key: "drift_window_rows" value: { string_value: "80" } }
+"""
+
+
+def test_a_version_s_series_go_away_once_it_is_swapped_out_or_unloaded(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "simple", add_sub(width=4), DRIFT_CONFIG, version=1)
+    server = running_server(tmp_path, metrics_port=0, model_control_mode="explicit", load_model=("simple",))
+    stub = stub_for(server)
+    for _ in range(4):  # 160 rows: an 80-row reference, then an 80-row window
+        stub.ModelInfer(simple_request(40, width=4))
+    server.call(asyncio.sleep(0.05))
+    server.call(server.app.registry.compute_drift())
+    body = scrape(server.app.metrics_port)
+    assert value(body, "nv_inference_request_success") == 4
+    assert value(body, "nv_inference_pending_request_count") == 0
+    assert re.search(r'^hotwire_drift_ks_pvalue\{model="simple",version="1",feature="INPUT0[^"]*"\} ', body, re.M)
+
+    write_model(tmp_path, "simple", add_sub(width=4, offset=1.0), version=2)
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))  # v2 serves, v1 drains and goes
+    stub.ModelInfer(simple_request(3, width=4))
+    body = scrape_until(server.app.metrics_port, lambda body: not series_of(body, "simple", "1"))
+    assert series_of(body, "simple", "1") == []  # counters, pending, load time, histograms, drift gauges: all gone
+    assert value(body, "nv_inference_request_success", version="2") == 1
+    assert value(body, "nv_inference_count", version="2") == 3
+    assert value(body, "nv_inference_pending_request_count", version="2") == 0
+    assert value(body, "hotwire_request_duration_us_count", version="2") == 1
+    parse_all(body)
+
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="simple"))
+    body = scrape_until(server.app.metrics_port, lambda body: 'model="simple"' not in body)
+    assert series_of(body, "simple", "2") == [] and 'model="simple"' not in body
+    assert "# TYPE nv_inference_request_success counter" in body  # the families stay, empty
+    assert re.search(r'^hotwire_lifecycle_events_total\{event="swap"\} 1\.0$', body, re.M)
+
+
+MULTIPROCESS_WORKER = """
+import math, sys, warnings
+warnings.simplefilter("error", UserWarning)  # prometheus-client warns on removing labels in multiprocess mode
+from hotwire.server.metrics import Metrics, VersionView, render
+from hotwire.server.stats import VersionStats
+
+one, two = VersionStats(), VersionStats()
+one.success.count, two.success.count = 5, 7
+views = [VersionView("simple", "1", one, 3, 0.5), VersionView("simple", "2", two, 1, 0.5)]
+drift = [("simple", "1", "INPUT0[0]", 0.9, 0.001, 2.0), ("simple", "2", "INPUT0[0]", 0.1, 0.9, 0.01)]
+metrics = Metrics()
+metrics.watch(versions=lambda: list(views), drift=lambda: list(drift))
+metrics.publish()
+sys.stdout.write(render(Metrics.multiprocess_exposition()).decode() + "=====\\n")
+views.pop(0); drift.pop(0)  # version 1 drained and unloaded in this worker
+metrics.publish()
+sys.stdout.write(render(Metrics.multiprocess_exposition()).decode())
+"""
+
+
+def test_workers_drop_an_unloaded_version_s_series_too(tmp_path):
+    # --workers mode: the worker writes prometheus-client's multiprocess files, the supervisor renders their sum
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(MULTIPROCESS_WORKER)], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.split("=====\n")
+    assert value(before, "nv_inference_pending_request_count") == 3
+    assert value(before, "nv_inference_request_success") == 5
+    assert "hotwire_version_loaded" not in before  # the supervisor's marker is never exposed
+    assert series_of(after, "simple", "1") == []
+    assert value(after, "nv_inference_request_success", version="2") == 7
+    assert value(after, "nv_inference_pending_request_count", version="2") == 1
+    assert re.search(r'^hotwire_drift_ks_pvalue\{feature="INPUT0\[0\]",model="simple",version="2",pid="\d+"\} 0\.9$',
+                     after, re.M)
+    parse_all(after)
 
 
 def test_lifecycle_events_are_counted(tmp_path, running_server, stub_for):
