@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hotwire.server.assembly import BatchAssembler
-from hotwire.server.errors import BackendError, DeadlineExceeded, ResourceExhausted, Unavailable
+from hotwire.server.errors import BackendError, DeadlineExceeded, RequestsFailed, ResourceExhausted, Unavailable
 from hotwire.server.runner import Instance
 from hotwire.server.stats import ComputeTimes
 
@@ -216,6 +216,8 @@ class Batcher:
         try:
             outputs, _, input_s, infer_s = _assemble_and_run(self._instances[0], self._assemblers[0], [feeds],
                                                              output_names)
+        except RequestsFailed as exc:  # its own preprocessing failed: its own error
+            raise exc.failures[0] from None
         except Exception as exc:
             raise BackendError(f"model '{self.name}': onnxruntime failed: {exc}") from exc
         times = ComputeTimes(input_s, infer_s, 0.0)
@@ -372,6 +374,12 @@ class Batcher:
         try:
             outputs, padded, input_s, infer_s = await instance.call(_assemble_and_run, instance, assembler, parts, names)
             self._deliver(batch, assembler, names, outputs, padded, input_s, infer_s)
+        except RequestsFailed as exc:  # per-request preprocessing failed for some: they fail alone, the others run
+            for index, error in exc.failures.items():
+                self._settle(batch[index], lambda item=batch[index], error=error: _fail(item.future, error))
+            rest = [item for index, item in enumerate(batch) if index not in exc.failures]
+            if rest:
+                await self._run(instance, assembler, rest)
         except Exception as exc:  # a failure fails this batch only, never the dispatch loop
             log.warning("model %s: batch of %d failed on %s: %s", self.name, len(batch), instance.name, exc)
             error = BackendError(f"model '{self.name}': onnxruntime failed: {exc}")

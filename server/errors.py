@@ -50,6 +50,16 @@ class BackendError(HotwireError):
     status = grpc.StatusCode.INTERNAL
 
 
+class RequestsFailed(HotwireError):
+    """Per-request preprocessing failed for some requests of a batch: `failures` maps their index in the batch to
+    the error each one gets; the other requests did nothing wrong and can run without them."""
+
+    def __init__(self, failures: dict[int, HotwireError], requests: int) -> None:
+        first = failures[min(failures)]
+        super().__init__(f"preprocessing failed for {len(failures)} of {requests} requests in the batch: {first}")
+        self.failures = failures
+
+
 class Unimplemented(HotwireError):
     status = grpc.StatusCode.UNIMPLEMENTED
 

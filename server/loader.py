@@ -49,7 +49,7 @@ class ModelVersion:
     """One loaded version: owns its signature, batcher, instances and in-flight count."""
 
     def __init__(self, name: str, version: int, config: mc.ModelConfig, signature: Signature,
-                 instances: list[Instance], batcher: Batcher) -> None:
+                 instances: list[Instance], batcher: Batcher, preprocessor: Preprocessor | None = None) -> None:
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -65,7 +65,7 @@ class ModelVersion:
         self.inflight = 0
         self.stats = VersionStats()
         self.encoder = ResponseEncoder(name, self.version_str)
-        self._plans = PlanCache(signature, name)
+        self._plans = PlanCache(signature, name, preprocessor.check if preprocessor is not None else None)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         started = time.monotonic()
@@ -179,7 +179,7 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
             instance.close()
         raise
     batcher.start()
-    loaded = ModelVersion(source.name, version, config, signature, instances, batcher)
+    loaded = ModelVersion(source.name, version, config, signature, instances, batcher, preprocessor)
     loaded.drift = drift
     loaded.stats = stats
     loaded.state = VersionState.READY

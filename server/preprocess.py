@@ -21,8 +21,16 @@ ONNX input that gets the attention mask).
 
 Clients see the client-facing inputs in ModelMetadata and ModelConfig, and validation applies to them. A pipeline
 runs on the instance's thread as part of its batch; requests whose images differ in size batch together once the
-per-request steps make them equal. At load the pipeline runs on a synthetic input and must produce exactly what the
-ONNX input takes, or the model fails to load with the reason (other models are not affected).
+per-request steps make them equal. At load the pipeline runs on a synthetic input (sized so that every step can run
+on it) and must produce exactly what the ONNX input takes, or the model fails to load with the reason (other models
+are not affected).
+
+What a request's image needs is known from the steps: each per-request step gives the image a fixed size, so only
+the first one depends on the client's size, and a leading `center_crop {height, width}` needs an image at least that
+large (the steps after it run on sizes the load check has seen). `Preprocessor.check` rejects a smaller image with
+InvalidInput naming the input and the minimum size, at validation, before the request queues. A per-request step
+that still fails at batch time fails that request only: `Preprocessor.prepare` raises `RequestsFailed`, which says
+which requests of the batch failed and why, so the batcher can answer them and run the others.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,8 +47,11 @@ from hotwire.kernels import sequence as sequence_kernels
 from hotwire.kernels import tabular as tabular_kernels
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes
-from hotwire.server.errors import ModelLoadError
+from hotwire.server.errors import HotwireError, InvalidInput, ModelLoadError, RequestsFailed
 from hotwire.server.model_config import Signature, TensorSpec
+
+if TYPE_CHECKING:
+    from hotwire.server.wire import InferRequest
 
 SIDECAR = "preprocess.json"
 PER_REQUEST_OPS = ("resize", "center_crop", "letterbox")
@@ -49,6 +60,16 @@ TABULAR_OPS = ("fill_nan", "clip", "standardize", "min_max", "one_hot")
 SEQUENCE_OPS = ("pad_truncate",)
 
 Step = Callable[[np.ndarray], np.ndarray]
+SYNTHETIC_SIZE = 37  # the load check's size for a dynamic axis: odd, so resize and crop must cope
+
+
+@dataclass(frozen=True)
+class MinimumImage:
+    """The smallest image (height x width) a pipeline's per-request steps can run on, and the step that needs it."""
+
+    height: int
+    width: int
+    step: str  # e.g. "step 0 (center_crop 32x32)"
 
 
 @dataclass
@@ -60,12 +81,61 @@ class InputPipeline:
     per_batch: list[Step] = field(default_factory=list)  # on the gathered batch
     sized_by_steps: bool = False  # per-request steps give every request the same item shape
     pad_args: dict[str, Any] = field(default_factory=dict)  # pad_truncate's arguments
+    geometry: list[tuple[int, str, int, int]] = field(default_factory=list)  # per-request steps: (index, op, h, w)
+
+    @property
+    def minimum_image(self) -> MinimumImage | None:
+        """What the client's images need, or None when any non-empty image will do.
+
+        Every per-request step (resize, letterbox, center_crop) outputs a fixed height x width, so only the first
+        one sees the client's size: a leading center_crop needs the image at least as large as the crop. The steps
+        after it run on fixed sizes, which the load check has run them on."""
+        if not self.geometry or self.geometry[0][1] != "center_crop":
+            return None
+        index, op, height, width = self.geometry[0]
+        return MinimumImage(height, width, f"step {index} ({op} {height}x{width})")
+
+    def check(self, shape: Sequence[int], batched: bool) -> None:
+        """InvalidInput when a request's tensor of this shape (batch dimension first when `batched`) is too small for
+        the per-request steps; the shape only, so the outcome can be cached with the request's plan."""
+        need = self.minimum_image
+        item = tuple(shape[1:] if batched else shape)
+        if need is None or len(item) < 3:  # rank mismatches are the signature's to report
+            return
+        height, width = item[-3], item[-2]
+        if height < need.height or width < need.width:
+            raise InvalidInput(
+                f"input '{self.client.name}': shape {list(shape)} holds {height}x{width} images, smaller than its "
+                f"preprocessing pipeline takes: expected images of at least {need.height}x{need.width} "
+                f"(height x width) for {need.step}"
+            )
 
     def run(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         """One batch: arrays are the requests' client tensors [rows, ...]. Runs on an instance thread."""
-        parts = arrays
-        for step in self.per_request:
-            parts = [step(part) for part in parts]
+        parts, failures = self.run_per_request(arrays)
+        if failures:
+            raise failures[min(failures)]
+        return self.run_per_batch(parts)
+
+    def run_per_request(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict[int, Exception]]:
+        """The per-request steps on each request's array on its own: (results, {index: exception} of those that
+        failed; their result is the input, unused)."""
+        if not self.per_request:
+            return arrays, {}
+        parts: list[np.ndarray] = []
+        failures: dict[int, Exception] = {}
+        for index, part in enumerate(arrays):
+            try:
+                for step in self.per_request:
+                    part = step(part)
+            except Exception as exc:  # noqa: BLE001 - whatever a kernel raises fails this request only
+                failures[index] = exc
+                part = arrays[index]
+            parts.append(part)
+        return parts, failures
+
+    def run_per_batch(self, parts: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The per-batch steps on the requests' per-request results, gathered in order."""
         if self.per_batch and self.per_batch[0] is _SEQUENCE_MARK:
             return self._pad_truncate(parts)
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -83,6 +153,13 @@ class InputPipeline:
         return result
 
 
+def _request_error(name: str, exc: Exception) -> HotwireError:
+    if isinstance(exc, HotwireError):
+        return exc
+    message = f"input '{name}': preprocessing failed: {exc}"
+    return InvalidInput(message) if isinstance(exc, (ValueError, TypeError)) else HotwireError(message)
+
+
 def _sequence_mark(batch: np.ndarray) -> np.ndarray:  # pragma: no cover - a marker, never called
     return batch
 
@@ -93,17 +170,38 @@ _SEQUENCE_MARK: Step = _sequence_mark
 @dataclass
 class Preprocessor:
     pipelines: dict[str, InputPipeline]  # by client input name
+    batched: bool = True  # client tensors carry the batch dimension first
+
+    def check(self, request: "InferRequest") -> None:
+        """Request validation, before the request queues: InvalidInput naming the input and the minimum size when an
+        image is smaller than its pipeline's steps need. Depends on the request's header (names and shapes) only."""
+        for tensor in request.inputs:
+            pipeline = self.pipelines.get(tensor.name)
+            if pipeline is not None:
+                pipeline.check(tensor.shape, self.batched)
 
     def prepare(self, parts: list[dict[str, np.ndarray]], gather: Callable[[list[dict[str, np.ndarray]]], dict]
                 ) -> dict[str, np.ndarray]:
-        """The model's feeds for a batch of requests: pipelines for their inputs, `gather` for the rest."""
+        """The model's feeds for a batch of requests: pipelines for their inputs, `gather` for the rest.
+
+        Raises RequestsFailed, before anything is gathered, when per-request steps fail for some of the requests:
+        those fail alone (InvalidInput for a kernel's ValueError/TypeError, naming the input), and the batcher can
+        prepare the others again without them."""
+        prepared: dict[str, list[np.ndarray]] = {}
+        failures: dict[int, HotwireError] = {}
+        for name, pipeline in self.pipelines.items():
+            if name in parts[0]:
+                prepared[name], failed = pipeline.run_per_request([part[name] for part in parts])
+                for index, exc in failed.items():
+                    failures.setdefault(index, _request_error(name, exc))
+        if failures:
+            raise RequestsFailed(failures, len(parts))
         feeds: dict[str, np.ndarray] = {}
         plain = [{k: v for k, v in part.items() if k not in self.pipelines} for part in parts]
         if plain and plain[0]:
             feeds.update(plain[0] if len(plain) == 1 else gather(plain))
-        for name, pipeline in self.pipelines.items():
-            if name in parts[0]:
-                feeds.update(pipeline.run([part[name] for part in parts]))
+        for name, arrays in prepared.items():
+            feeds.update(self.pipelines[name].run_per_batch(arrays))
         return feeds
 
     def fed_inputs(self) -> set[str]:
@@ -155,7 +253,7 @@ def build(declared: dict[str, Any], signature: Signature, gpu: bool = False) -> 
             pipeline.client = replace(pipeline.client, resized=True)
     inputs = [s for s in signature.inputs if s.name not in fed] + [p.client for p in pipelines.values()]
     client_signature = Signature(tuple(inputs), signature.outputs, signature.max_batch_size)
-    preprocessor = Preprocessor(pipelines)
+    preprocessor = Preprocessor(pipelines, signature.batched)
     for name, pipeline in pipelines.items():
         _check_end_to_end(pipeline, signature, f"{source}: input '{name}'")
     return preprocessor, client_signature
@@ -180,17 +278,18 @@ def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str,
         op = step.get("op") if isinstance(step, dict) else None
         args = {k: v for k, v in step.items() if k != "op"} if isinstance(step, dict) else {}
         try:
-            _add_step(pipeline, str(op), args, gpu)
+            _add_step(pipeline, str(op), args, gpu, index)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"step {index} ({op}): {exc}") from None
     return pipeline
 
 
-def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool = False) -> None:
+def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool = False, index: int = 0) -> None:
     if op in PER_REQUEST_OPS:
         if pipeline.per_batch:
             raise ValueError(f"'{op}' must come before the batch steps")
         height, width = int(args.pop("height")), int(args.pop("width"))
+        pipeline.geometry.append((index, op, height, width))
         if op == "resize":
             pipeline.per_request.append(lambda x: image_kernels.resize_bilinear(x, height, width))
         elif op == "center_crop":
@@ -258,8 +357,14 @@ def _synchronized(step: Step) -> Step:
     return run
 
 
-def _synthetic(spec: TensorSpec, rows: int) -> np.ndarray:
-    dims = tuple(37 if d < 0 else d for d in spec.dims)  # odd sizes: resize and crop must cope
+def _synthetic(spec: TensorSpec, rows: int, need: MinimumImage | None = None) -> np.ndarray:
+    """A synthetic request: dynamic axes SYNTHETIC_SIZE (odd: resize and crop must cope), the image axes (height,
+    width: the two before the channels) at least what the pipeline's first step needs, still odd."""
+    dims = [SYNTHETIC_SIZE if d < 0 else d for d in spec.dims]
+    if need is not None and len(dims) >= 3:
+        for axis, least in ((len(dims) - 3, need.height), (len(dims) - 2, need.width)):
+            if spec.dims[axis] < 0:
+                dims[axis] = max(SYNTHETIC_SIZE, least | 1)
     if spec.datatype.name == "BYTES":
         return np.full((rows, *dims), "", dtype=object)
     return np.ones((rows, *dims), dtype=spec.datatype.numpy)
@@ -268,7 +373,8 @@ def _synthetic(spec: TensorSpec, rows: int) -> np.ndarray:
 def _check_end_to_end(pipeline: InputPipeline, signature: Signature, where: str) -> None:
     """Run the pipeline on two synthetic requests; what it produces must be what the ONNX input takes."""
     try:
-        produced = pipeline.run([_synthetic(pipeline.client, 2), _synthetic(pipeline.client, 1)])
+        need = pipeline.minimum_image
+        produced = pipeline.run([_synthetic(pipeline.client, 2, need), _synthetic(pipeline.client, 1, need)])
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelLoadError(f"{where}: the pipeline fails on a {pipeline.client.datatype.name} input of dims "
                              f"{list(pipeline.client.dims)}: {exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -40,9 +41,11 @@ class RequestPlan:
 class PlanCache:
     """Request plans by header key, bounded; owned by one model version (plans depend on its signature)."""
 
-    def __init__(self, signature: Signature, model: str) -> None:
+    def __init__(self, signature: Signature, model: str, check: Callable[[InferRequest], None] | None = None) -> None:
+        """`check`: more validation of a request's header (a preprocessing pipeline's minimum image size)."""
         self._signature = signature
         self._model = model
+        self._check = check
         self._plans: OrderedDict[bytes, RequestPlan] = OrderedDict()
 
     def validate(self, request: InferRequest) -> "ValidRequest":
@@ -50,6 +53,8 @@ class PlanCache:
         plan = self._plans.get(key) if key is not None else None
         if plan is None:
             plan = make_plan(request, self._signature, self._model)
+            if self._check is not None:
+                self._check(request)
             if key is not None:
                 self._plans[key] = plan
                 if len(self._plans) > PLAN_CACHE_SIZE:

@@ -11,6 +11,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hotwire.bench import models
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import model_config_pb2 as mc
+from hotwire.server import preprocess
 from hotwire.server.config import bundled_repository
 from onnx_models import write_model
 
@@ -154,6 +156,11 @@ def test_tabular_and_sequence_pipelines_equal_numpy(tmp_path, running_server, st
     ({"inputs": {"image": {"datatype": "UINT8", "dims": [-1, -1, 3], "feeds": "input",
                            "steps": [{"op": "resize", "height": 64, "width": 64, "antialias": True}]}}},
      "unknown arguments ['antialias']"),
+    ({"inputs": {"image": {"datatype": "UINT8", "dims": [-1, -1, 3], "feeds": "input",
+                           "steps": [{"op": "resize", "height": 48, "width": 48},
+                                     {"op": "center_crop", "height": 64, "width": 64},
+                                     {"op": "normalize", "mean": [0, 0, 0], "std": [1, 1, 1]}]}}},
+     "crop 64x64 is larger than the image 48x48"),
 ])
 def test_a_malformed_pipeline_is_a_clear_load_error_for_that_model_only(tmp_path, running_server, stub_for,
                                                                        declaration, reason):
@@ -194,3 +201,122 @@ def test_kernels_load_from_a_warmed_cache_without_writing_to_it(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hotwire.server", "serve", "--help"], capture_output=True, text=True)
     assert "--kernel-cache-dir" in result.stdout
     assert isinstance(Path(cache), Path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what a request's image needs (center_crop): checked before queueing; a failure at batch time fails its request only
+
+def crop_reference(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
+    top, left = (image.shape[0] - crop_h) // 2, (image.shape[1] - crop_w) // 2
+    return image[top:top + crop_h, left:left + crop_w]
+
+
+def pixel_model(height: int, width: int) -> onnx.ModelProto:
+    """y = flatten(x) @ w for x FP32 [batch, 3, height, width]: every pixel (so any misplaced crop) shows in y."""
+    weights = np.random.default_rng(11).standard_normal((3 * height * width, 5)).astype(np.float32) / height
+    body = [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["y"])]
+    return _linear({"input": (TensorProto.FLOAT, ["batch", 3, height, width])}, body,
+                   {"y": (TensorProto.FLOAT, ["batch", 5])}, [numpy_helper.from_array(weights, "w")])
+
+
+def crop_model(root: Path, name: str, steps: list, size: tuple[int, int],
+               batching: str = "dynamic_batching { }") -> None:
+    declared = {"inputs": {"image": {"datatype": "UINT8", "dims": [-1, -1, 3], "feeds": "input", "steps": [
+        *steps, {"op": "normalize", "mean": MEAN.tolist(), "std": STD.tolist()}]}}}
+    write_model(root, name, pixel_model(*size), f"max_batch_size: 8\n{batching}")
+    (root / name / "preprocess.json").write_text(json.dumps(declared))
+
+
+def crop_resize_reference(model: onnx.ModelProto, x: np.ndarray, crop: tuple[int, int], size: tuple[int, int]
+                          ) -> np.ndarray:
+    """Halving resizes only (each output pixel the mean of 2x2 pixels, exact in float32 and float64 alike), so the
+    NumPy reference and the kernels agree to the last uint8 level."""
+    prepared = np.stack([resize_reference(crop_reference(image, *crop), *size) for image in x])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": normalize_reference(prepared)})[0]
+
+
+def infer_or_status(stub, model: str, x: np.ndarray) -> dict[str, np.ndarray] | tuple[grpc.StatusCode, str]:
+    try:
+        return infer(stub, model, {"image": ("UINT8", x)})
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+
+
+def test_an_image_smaller_than_the_crop_is_invalid_argument_naming_the_input(tmp_path, running_server, stub_for):
+    crop_model(tmp_path, "crop_first", [{"op": "center_crop", "height": 32, "width": 32},
+                                        {"op": "resize", "height": 16, "width": 16}], (16, 16))
+    crop_model(tmp_path, "crop_only", [{"op": "center_crop", "height": 32, "width": 32}], (32, 32))
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    for model in ("crop_first", "crop_only"):
+        for h, w in [(20, 20), (31, 64), (64, 31)]:
+            code, details = infer_or_status(stub, model, np.zeros((1, h, w, 3), np.uint8))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (model, h, w, code, details)
+            assert "input 'image'" in details and f"{h}x{w} images" in details and "at least 32x32" in details, details
+        assert server.app.registry.route(model).stats.execution_count == 0  # rejected before queueing: never ran
+        ok = infer_or_status(stub, model, np.zeros((2, 32, 32, 3), np.uint8))  # exactly the crop: fine
+        assert isinstance(ok, dict) and ok["y"].shape == (2, 5)
+
+
+def test_a_too_small_image_fails_alone_and_the_rest_of_its_batch_equals_the_reference(tmp_path, running_server,
+                                                                                      stub_for):
+    crop_model(tmp_path, "crop", [{"op": "center_crop", "height": 32, "width": 32},
+                                  {"op": "resize", "height": 16, "width": 16}], (16, 16),
+               "dynamic_batching { preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 5000000 }")
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) for h, w in [(100, 120), (20, 20), (33, 64), (48, 40)]]
+    with ThreadPoolExecutor(len(images)) as pool:
+        results = list(pool.map(lambda x: infer_or_status(stub, "crop", x), images))
+    code, details = results[1]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "input 'image'" in details and "at least 32x32" in details
+    for x, result in zip(images[:1] + images[2:], results[:1] + results[2:]):
+        assert isinstance(result, dict), result
+        expected = crop_resize_reference(pixel_model(16, 16), x, (32, 32), (16, 16))
+        np.testing.assert_allclose(result["y"], expected, rtol=1e-4, atol=1e-4)
+    stats = server.app.registry.route("crop").stats
+    assert (stats.execution_count, stats.inference_count) == (1, 3)  # the good three batched (preferred size 3)
+
+
+def test_a_failure_at_batch_time_fails_only_its_request(tmp_path, running_server, stub_for, monkeypatch):
+    """Defence in depth: with the check before queueing switched off, the too-small image reaches a batch of four
+    (preferred size 4) and fails there alone; the other three run as a batch and equal the reference. Alone (run at
+    once on the request's own handler: no queue delay) it gets the same error."""
+    monkeypatch.setattr(preprocess.InputPipeline, "check", lambda self, shape, batched: None)
+    steps = [{"op": "center_crop", "height": 32, "width": 32}, {"op": "resize", "height": 16, "width": 16}]
+    crop_model(tmp_path, "crop", steps, (16, 16),
+               "dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 5000000 }")
+    crop_model(tmp_path, "solo", steps, (16, 16))
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    code, details = infer_or_status(stub, "solo", np.zeros((1, 20, 20, 3), np.uint8))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "crop 32x32 is larger than the image 20x20" in details, details
+    rng = np.random.default_rng(8)
+    images = [rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) for h, w in [(100, 120), (20, 20), (33, 64), (48, 40)]]
+    with ThreadPoolExecutor(len(images)) as pool:
+        results = list(pool.map(lambda x: infer_or_status(stub, "crop", x), images))
+    code, details = results[1]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, results[1]
+    assert "input 'image'" in details and "crop 32x32 is larger than the image 20x20" in details, details
+    for x, result in zip(images[:1] + images[2:], results[:1] + results[2:]):
+        assert isinstance(result, dict), result
+        expected = crop_resize_reference(pixel_model(16, 16), x, (32, 32), (16, 16))
+        np.testing.assert_allclose(result["y"], expected, rtol=1e-4, atol=1e-4)
+    stats = server.app.registry.route("crop").stats
+    assert (stats.execution_count, stats.inference_count) == (1, 3)  # the three ran together, without the fourth
+
+
+def test_a_crop_larger_than_the_synthetic_image_loads_and_serves(tmp_path, running_server, stub_for):
+    crop_model(tmp_path, "big_crop", [{"op": "center_crop", "height": 48, "width": 40},
+                                      {"op": "resize", "height": 24, "width": 20}], (24, 20))
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    assert stub.ModelReady(pb.ModelReadyRequest(name="big_crop")).ready, server.app.registry.entry("big_crop").reason()
+    rng = np.random.default_rng(9)
+    for h, w in [(48, 40), (61, 90), (200, 41)]:
+        x = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        expected = crop_resize_reference(pixel_model(24, 20), x, (48, 40), (24, 20))
+        result = infer(stub, "big_crop", {"image": ("UINT8", x)})
+        np.testing.assert_allclose(result["y"], expected, rtol=1e-4, atol=1e-4)
