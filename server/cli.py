@@ -7,6 +7,7 @@ import logging
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from hotwire.server.config import add_serve_arguments, server_config
@@ -16,12 +17,41 @@ from hotwire.server.errors import ConfigError
 log = logging.getLogger("hotwire")
 
 
+def _use_kernel_cache(directory: Path | None) -> None:
+    """Point numba's kernel cache at `directory` (None: numba's default) in this process and the ones it starts.
+
+    Read before any kernel is decorated (hotwire.kernels' import); hotwire.kernels.cache makes a read-only
+    directory usable (numba alone silently skips it)."""
+    if directory is not None:
+        os.environ["NUMBA_CACHE_DIR"] = str(directory.expanduser().absolute())
+
+
+def _warm_kernels(args: argparse.Namespace) -> int:
+    directory = args.kernel_cache_dir
+    if directory is None and os.environ.get("HOTWIRE_KERNEL_CACHE_DIR"):
+        directory = Path(os.environ["HOTWIRE_KERNEL_CACHE_DIR"])
+    _use_kernel_cache(directory)
+    logs.configure("INFO", "plain")
+    from hotwire.server import kernel_cache  # imports numba: only now that NUMBA_CACHE_DIR is set
+
+    report = kernel_cache.warm()
+    where = ", ".join(sorted(report.cache_paths)) or "nowhere"
+    print(f"kernel cache {where}: {report.loaded} kernel signatures loaded, {report.compiled} compiled"
+          + (f", {len(report.unsaved)} of them could not be saved" if report.unsaved else ""))
+    if report.unsaved:
+        print("hotwire: the kernel cache could not be written: point --kernel-cache-dir at a writable directory",
+              file=sys.stderr)
+        return 1
+    if args.check and report.compiled:
+        print(f"hotwire: --check: {report.compiled} kernel signatures were not in the cache", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = server_config(args)
     logs.configure(config.log_level, config.log_format)
-    if config.kernel_cache_dir is not None:
-        # numba reads it when first imported, which happens below (and in every worker, which inherits it)
-        os.environ["NUMBA_CACHE_DIR"] = str(config.kernel_cache_dir)
+    _use_kernel_cache(config.kernel_cache_dir)
     if config.workers > 1:
         from hotwire.server.workers import Supervisor  # imports no ORT, numba or event loop
 
@@ -85,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model repository over gRPC")
     add_serve_arguments(serve)
     serve.set_defaults(run=_serve)
+    warm = commands.add_parser("warm-kernels", help="compile the numba kernels into the kernel cache (e.g. at "
+                                                    "image build), so servers using it compile nothing")
+    warm.add_argument("--kernel-cache-dir", type=Path,
+                      help="the cache to fill, as given to `serve` (default: $HOTWIRE_KERNEL_CACHE_DIR, else numba's "
+                           "default); it can be read-only afterwards")
+    warm.add_argument("--check", action="store_true",
+                      help="fail (exit 1) unless every kernel loaded from the cache, compiling none")
+    warm.set_defaults(run=_warm_kernels)
     rollback = commands.add_parser("rollback", help="send a model's traffic back to an earlier version")
     rollback.add_argument("model")
     rollback.add_argument("--to", type=int, help="the version (default: the previous one)")

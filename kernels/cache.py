@@ -1,0 +1,170 @@
+"""numba's on-disk kernel cache, made to work read-only (a warmed Docker image layer, a read-only volume).
+
+numba picks one cache directory per function when it is decorated: NUMBA_CACHE_DIR (set from --kernel-cache-dir),
+then the module's __pycache__, then the user's cache directory. It probes each by writing a temporary file there and
+skips it on OSError, so a warmed but read-only NUMBA_CACHE_DIR is silently ignored (every kernel compiles again, into
+__pycache__ if that is writable), and where nothing is writable importing a kernel module fails with "cannot cache
+function ...: no locator available".
+
+`install()` (run by `hotwire.kernels` before any kernel is decorated) replaces numba's NUMBA_CACHE_DIR locator and
+adds a last resort:
+
+- `ConfiguredCacheLocator`, first: the configured directory is always the one used. Writable, it behaves as numba's;
+  read-only, kernels are loaded from it and nothing is ever written there; a miss compiles in memory (a warning).
+- numba's own locators (the module's __pycache__, the user cache directory), when no directory is configured.
+- `ReadOnlyInTreeLocator`, last: nothing writable: kernels load from the module's __pycache__ if it holds them,
+  otherwise they compile in memory (a warning). Importing the kernels never fails for want of a writable directory.
+
+A compile whose result cannot be saved (and a cache that cannot be read) is logged and kept in memory instead of
+failing the call. numba's NUMBA_CACHE_LOCATOR_CLASSES, when set, still overrides the locator list.
+
+Warm a cache with `hotwire warm-kernels --kernel-cache-dir DIR` (hotwire.server.kernel_cache); it loads in any process whose
+NUMBA_CACHE_DIR is DIR, on the same CPU model (numba keys entries by CPU name and features) and the same sources.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+from typing import Any
+
+from numba.core import caching, config
+
+log = logging.getLogger("hotwire.kernels")
+
+_probed: dict[str, bool] = {}  # cache path -> writable, probed once per process
+_warned: set[str] = set()  # cache paths whose in-memory compiles were already explained at WARNING
+_unsaved: list[tuple[str, str]] = []  # (kernel, signature) compiled in memory this process: nothing could store them
+
+
+def configured_dir() -> str:
+    """The configured cache root (NUMBA_CACHE_DIR, possibly set after numba was imported), or ''."""
+    config.reload_config()
+    return config.CACHE_DIR
+
+
+def _writable(path: str, create: bool) -> bool:
+    if path not in _probed:
+        try:
+            if create:
+                os.makedirs(path, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+        except OSError:
+            _probed[path] = False
+        else:
+            _probed[path] = True
+    return _probed[path]
+
+
+class _LoadOnlyWhenReadOnly(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    """A locator numba always accepts: loads from its directory whether or not it can write there."""
+
+    def __init__(self, py_func: Any, py_file: str, cache_path: str, writable: bool) -> None:
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._cache_path = cache_path
+        self.writable = writable
+
+    def get_cache_path(self) -> str:
+        return self._cache_path
+
+    def ensure_cache_path(self) -> None:
+        if not self.writable:  # never reached through numba's save (see _save_overload); kept for any other caller
+            raise PermissionError(errno.EACCES, "read-only kernel cache", self._cache_path)
+        super().ensure_cache_path()
+
+
+class ConfiguredCacheLocator(_LoadOnlyWhenReadOnly):
+    """NUMBA_CACHE_DIR (same layout as numba's UserProvidedCacheLocator), used even when read-only."""
+
+    @classmethod
+    def from_function(cls, py_func: Any, py_file: str) -> ConfiguredCacheLocator | None:
+        root = configured_dir()
+        if not root or not os.path.exists(py_file):
+            return None
+        path = os.path.join(root, cls.get_suitable_cache_subpath(py_file))
+        return cls(py_func, py_file, path, _writable(path, create=True))
+
+
+class ReadOnlyInTreeLocator(_LoadOnlyWhenReadOnly):
+    """Last resort: the module's __pycache__, read-only (every writable candidate was rejected before it)."""
+
+    @classmethod
+    def from_function(cls, py_func: Any, py_file: str) -> ReadOnlyInTreeLocator | None:
+        if not os.path.exists(py_file):
+            return None
+        return cls(py_func, py_file, os.path.join(os.path.dirname(py_file), "__pycache__"), False)
+
+
+def _kernel_name(cache: caching.Cache) -> str:
+    func = getattr(cache, "_py_func", None)
+    return f"{func.__module__}.{func.__qualname__}" if func is not None else repr(cache)
+
+
+def _compiled_in_memory(cache: caching.Cache, sig: Any, reason: str) -> None:
+    path = cache.cache_path
+    _unsaved.append((_kernel_name(cache), str(sig)))
+    if path in _warned:
+        log.debug("kernel %s%s compiled in memory (%s)", _kernel_name(cache), sig, reason)
+        return
+    _warned.add(path)
+    log.warning("numba kernels compile in memory, uncached: the kernel cache %s %s and does not hold them "
+                "(first: %s). They compile at model load, never on a request, but every start pays for it: warm the "
+                "cache where it is writable (`hotwire warm-kernels --kernel-cache-dir DIR`, e.g. at image build, on "
+                "the CPU model it will run on) and serve with the same --kernel-cache-dir",
+                path, reason, _kernel_name(cache))
+
+
+def _save_overload(self: caching.Cache, sig: Any, data: Any) -> None:
+    locator = self._impl.locator
+    if not isinstance(locator, _LoadOnlyWhenReadOnly):
+        return _numba_save_overload(self, sig, data)
+    if locator.writable:
+        try:
+            return _numba_save_overload(self, sig, data)
+        except OSError as exc:
+            reason = f"could not be written ({exc})"
+    else:
+        reason = "is read-only"
+    _compiled_in_memory(self, sig, reason)
+    return None
+
+
+def _load_overload(self: caching.Cache, sig: Any, target_context: Any) -> Any:
+    try:
+        return _numba_load_overload(self, sig, target_context)
+    except OSError as exc:  # an unreadable cache is a miss, never a failed call
+        if not isinstance(self._impl.locator, _LoadOnlyWhenReadOnly):
+            raise
+        log.warning("kernel cache %s could not be read (%s): compiling %s%s", self.cache_path, exc,
+                    _kernel_name(self), sig)
+        return None
+
+
+_numba_save_overload = caching.Cache.save_overload
+_numba_load_overload = caching.Cache.load_overload
+
+
+def install() -> None:
+    """Put the locators around numba's defaults and guard saves and loads; idempotent. Run before kernels are
+    decorated (`hotwire.kernels` does it on import). These are numba internals (checked against numba 0.68): if a
+    numba release moves them, numba's own behaviour is kept and a warning says a read-only cache won't be used."""
+    if getattr(caching.CacheImpl, "_hotwire_kernel_cache", False):
+        return
+    try:
+        defaults = caching.CacheImpl._locator_classes
+        numba_defaults = [c for c in defaults if c is not caching.UserProvidedCacheLocator]
+        caching.CacheImpl._locator_classes = [ConfiguredCacheLocator, *numba_defaults, ReadOnlyInTreeLocator]
+        caching.Cache.save_overload = _save_overload  # type: ignore[method-assign]
+        caching.Cache.load_overload = _load_overload  # type: ignore[method-assign]
+    except AttributeError as exc:
+        log.warning("numba's cache internals changed (%s): a read-only kernel cache will not be used", exc)
+        return
+    caching.CacheImpl._hotwire_kernel_cache = True  # type: ignore[attr-defined]
+
+
+def unsaved() -> list[tuple[str, str]]:
+    """(kernel, signature) compiled in memory in this process because nothing could store them."""
+    return _unsaved

@@ -1,0 +1,203 @@
+"""The kernel cache read-only (issue 5 item 3): warmed once by `hotwire warm-kernels`, then used by processes that
+cannot write to it, compiling nothing; cold and read-only, or with nothing writable at all, kernels still work.
+
+"Read-only" is real here: the reading processes are refused writes by the kernel (a non-root test runner with the
+directory chmod'ed a-w, or root with CAP_DAC_OVERRIDE dropped by `setpriv`); each test checks that first and skips
+where it cannot be arranged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CANNOT_WRITE = ["--bounding-set", "-dac_override,-dac_read_search,-fowner,-linux_immutable", "--"]
+
+STATS = """
+import json
+from numba.core.dispatcher import Dispatcher
+from hotwire.server import kernel_cache
+def stats():
+    used = {}
+    for module in kernel_cache.kernel_modules():
+        for name, value in vars(module).items():
+            if isinstance(value, Dispatcher) and value.__module__ == module.__name__:
+                s = value.stats
+                if s.cache_hits or s.cache_misses:
+                    used[f"{module.__name__}.{name}"] = {"path": str(s.cache_path), "hits": sum(s.cache_hits.values()),
+                                                        "misses": sum(s.cache_misses.values())}
+    return used
+"""
+
+WRITE_PROBE = """
+import os, sys, tempfile
+try:
+    tempfile.TemporaryFile(dir=sys.argv[1]).close()
+except OSError:
+    sys.exit(0)
+sys.exit(1)
+"""
+
+
+def _make_read_only(path: Path) -> None:
+    for p in [path, *path.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _make_writable(path: Path) -> None:
+    for p in [path, *path.rglob("*")]:
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.fixture(scope="module")
+def read_only_prefix(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The command prefix under which a child process cannot write to a chmod a-w directory."""
+    if os.geteuid() != 0:
+        prefix: list[str] = []
+    elif shutil.which("setpriv"):
+        prefix = [shutil.which("setpriv") or "setpriv", *CANNOT_WRITE]
+    else:
+        pytest.skip("running as root without setpriv: cannot make a directory read-only for a child process")
+    probe = tmp_path_factory.mktemp("probe")
+    _make_read_only(probe)
+    result = subprocess.run([*prefix, sys.executable, "-c", WRITE_PROBE, str(probe)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot make a directory read-only for a child process here: {result.stderr.strip()[-300:]}")
+    return prefix
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "HOTWIRE_"))}
+    env.update(extra)
+    return env
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def warmed_cache(tmp_path_factory: pytest.TempPathFactory, read_only_prefix: list[str]) -> Iterator[Path]:
+    """A kernel cache filled by `hotwire warm-kernels`, then made read-only."""
+    cache = tmp_path_factory.mktemp("warmed") / "kernel-cache"
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "warm-kernels", "--kernel-cache-dir", str(cache)],
+                            env=_env(), capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "compiled" in result.stdout and str(cache) in result.stdout, result.stdout
+    assert any(cache.rglob("*.nbi")), "warm-kernels cached nothing"
+    _make_read_only(cache)
+    yield cache
+    _make_writable(cache)
+
+
+def _snapshot(path: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*")}
+
+
+def test_a_read_only_warmed_cache_is_loaded_at_model_load_and_nothing_compiles(warmed_cache, read_only_prefix):
+    script = STATS + (
+        "import asyncio, sys, tempfile\n"
+        "from hotwire.server.config import bundled_repository\n"
+        "from hotwire.server.registry import Registry\n"
+        "try:\n"
+        "    tempfile.TemporaryFile(dir=sys.argv[1]).close(); writable = True\n"
+        "except OSError:\n"
+        "    writable = False\n"
+        "async def main():\n"
+        "    registry = Registry(32)\n"
+        "    await registry.load_repository(bundled_repository())\n"
+        "    assert registry.all_ready(), [e.reason() for e in registry.models()]\n"
+        "    await registry.close()\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps({'writable': writable, 'kernels': stats()}))\n"
+    )
+    before = _snapshot(warmed_cache)
+    result = subprocess.run([*read_only_prefix, sys.executable, "-c", script, str(warmed_cache)],
+                            env=_env(NUMBA_CACHE_DIR=str(warmed_cache), NUMBA_DEBUG_CACHE="1"),
+                            capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = _last_json(result.stdout)
+    assert report["writable"] is False  # the test really ran against a read-only directory
+    kernels = report["kernels"]
+    assert kernels, "no kernel ran at model load"
+    # every kernel came from the warmed directory (numba alone skips it and uses kernels/__pycache__ instead) ...
+    assert {k: v["path"] for k, v in kernels.items() if not v["path"].startswith(str(warmed_cache))} == {}
+    # ... loaded, none compiled, nothing written anywhere
+    assert {k: v["misses"] for k, v in kernels.items() if v["misses"]} == {}
+    assert sum(v["hits"] for v in kernels.values()) >= 10
+    debug = result.stdout
+    loads = [line for line in debug.splitlines() if "data loaded from" in line]
+    assert loads and all(str(warmed_cache) in line for line in loads), loads[:5]
+    assert "saved to" not in debug
+    assert "compile in memory" not in result.stderr
+    assert _snapshot(warmed_cache) == before
+
+
+def test_warm_kernels_check_passes_on_the_read_only_warmed_cache(warmed_cache, read_only_prefix):
+    result = subprocess.run([*read_only_prefix, sys.executable, "-m", "hotwire.server", "warm-kernels", "--check"],
+                            env=_env(HOTWIRE_KERNEL_CACHE_DIR=str(warmed_cache)),
+                            capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(warmed_cache) in result.stdout and " 0 compiled" in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+def test_a_cold_read_only_cache_compiles_in_memory_with_a_warning(tmp_path, read_only_prefix):
+    cache = tmp_path / "cold"
+    cache.mkdir()
+    _make_read_only(cache)
+    try:
+        result = subprocess.run([*read_only_prefix, sys.executable, "-m", "hotwire.server", "warm-kernels",
+                                 "--kernel-cache-dir", str(cache)],
+                                env=_env(), capture_output=True, text=True, check=False, timeout=600)
+        assert result.returncode == 1, result.stderr[-3000:]  # the kernels work, but the cache was not warmed
+        assert "compile in memory" in result.stderr and str(cache) in result.stderr, result.stderr[-3000:]
+        assert "could not be saved" in result.stdout and "0 kernel signatures loaded" in result.stdout
+        assert list(cache.iterdir()) == []  # never written to (its kernels/ subdirectory not even created)
+    finally:
+        _make_writable(cache)
+
+
+def test_importing_kernels_needs_no_writable_directory(tmp_path, read_only_prefix):
+    """Nothing writable at all (no cache directory, read-only sources and home): numba alone fails the import
+    ("cannot cache function ...: no locator available"); here the kernel compiles in memory with a warning."""
+    package = tmp_path / "src"
+    package.mkdir()
+    (package / "ro_kernel.py").write_text("from numba import njit\n\n\n"
+                                          "@njit(cache=True)\n"
+                                          "def add_one(x):\n"
+                                          "    return x + 1\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    script = ("import hotwire.kernels, sys\n"  # installs the kernel cache locators, as the server's imports do
+              "sys.path.insert(0, sys.argv[1])\n"
+              "import ro_kernel\n"
+              "assert ro_kernel.add_one(41) == 42\n"
+              "print(ro_kernel.add_one.stats.cache_path, sum(ro_kernel.add_one.stats.cache_misses.values()))\n")
+    _make_read_only(package)
+    _make_read_only(home)
+    try:
+        result = subprocess.run([*read_only_prefix, sys.executable, "-c", script, str(package)],
+                                env=_env(HOME=str(home), XDG_CACHE_HOME=str(home), PYTHONDONTWRITEBYTECODE="1"),
+                                capture_output=True, text=True, check=False, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.split() == [str(package / "__pycache__"), "1"]
+        assert "compile in memory" in result.stderr
+        assert sorted(p.name for p in package.iterdir()) == ["ro_kernel.py"]
+    finally:
+        _make_writable(package)
+        _make_writable(home)
+
+
+def test_warm_kernels_is_a_command():
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "warm-kernels", "--help"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "--kernel-cache-dir" in result.stdout and "--check" in result.stdout
