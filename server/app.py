@@ -129,10 +129,12 @@ class App:
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_s)
         await self.control.stop()
-        await self.registry.close()
         if self._publisher is not None:
             self._publisher.cancel()
-        self.metrics.publish()  # the final numbers, drained requests included
+        # The final numbers, drained requests included; before the registry closes, which forgets the versions (and
+        # a publish without them would retire their series).
+        self.metrics.publish()
+        await self.registry.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

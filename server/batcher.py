@@ -49,7 +49,7 @@ class BatchingPolicy:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_s: float = 0.0
     enabled: bool = True  # dynamic_batching present in the config
-    preserve_ordering: bool = False  # responses leave in arrival order even when instances finish out of order
+    preserve_ordering: bool = False  # responses leave in the order batches took them, whatever finishes first
     priority_levels: int = 0  # 0: a single level
     default_priority_level: int = 0  # 0: the lowest priority (highest number)
     queue_policies: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per level, level 1 first
@@ -112,7 +112,7 @@ def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> 
         count += 1
         if rows in preferred:
             best = count
-    waited = now - head.enqueued_at
+    waited = now - min(item.enqueued_at for item in queue[:count])  # the batch's oldest, as Triton (not the head)
     delay_exceeded = 0 < policy.max_queue_delay_s <= waited
     if best and not delay_exceeded:
         return best, 0.0
@@ -138,6 +138,7 @@ class WorkItem:
     delayed: bool = False  # timed out under DELAY: runs after its level's other requests, before lower levels
     released: bool = False
     batched_at: float | None = None  # when a dispatch loop took it (queued at: pending.enqueued_at)
+    order: int = -1  # preserve_ordering: its response slot, given when a batch takes it (-1: never taken)
 
 
 @dataclass(frozen=True)
@@ -150,14 +151,15 @@ class BatchResult:
 
 
 class _OrderedRelease:
-    """preserve_ordering: settle futures strictly in arrival (seq) order."""
+    """preserve_ordering: settle futures strictly in dispatch order (Triton gives a request its response slot when
+    a batch takes it, so priorities and DELAY decide the order, and a rejected request holds no slot)."""
 
     def __init__(self) -> None:
         self._next = 0
         self._held: dict[int, Callable[[], None]] = {}
 
-    def done(self, seq: int, settle: Callable[[], None]) -> None:
-        self._held[seq] = settle
+    def done(self, order: int, settle: Callable[[], None]) -> None:
+        self._held[order] = settle
         while self._next in self._held:
             self._held.pop(self._next)()
             self._next += 1
@@ -187,6 +189,7 @@ class Batcher:
         self._expiry_at = math.inf
         self._release = _OrderedRelease() if policy.preserve_ordering else None
         self._seq = 0
+        self._dispatched = 0  # response slots given out (preserve_ordering)
         # Inline instances run on the loop: a request that finds the queue empty (and no delay to wait out) runs at
         # once in its own handler, which is what plan_batch would decide, minus the hand-offs.
         self._inline = bool(instances) and all(getattr(i, "inline", False) for i in instances)
@@ -274,19 +277,16 @@ class Batcher:
             self._deadlines = [entry for entry in self._deadlines if entry[2].queued and not entry[2].delayed]
             heapq.heapify(self._deadlines)
 
-    def _settle(self, item: WorkItem, settle: Callable[[], None], in_order: bool = True) -> None:
-        """Settle an item's future; under preserve_ordering, after every earlier request's unless `in_order` is
-        False (a rejection is answered at once, as Triton does, and only its place in the order is released)."""
+    def _settle(self, item: WorkItem, settle: Callable[[], None]) -> None:
+        """Settle an item's future; under preserve_ordering, a request a batch took waits for every earlier-taken
+        one's, while one that never ran (expired, cancelled) is answered at once."""
         if item.released:
             return
         item.released = True
-        if self._release is None:
+        if self._release is None or item.order < 0:
             settle()
-        elif in_order:
-            self._release.done(item.seq, settle)
         else:
-            settle()
-            self._release.done(item.seq, lambda: None)
+            self._release.done(item.order, settle)
 
     # ----- dispatching --------------------------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class Batcher:
             self._dequeue(item)
             error = DeadlineExceeded(f"model '{self.name}': request timed out after waiting "
                                      f"{(now - item.pending.enqueued_at) * 1e3:.1f} ms in the queue")
-            self._settle(item, lambda item=item, error=error: _fail(item.future, error), in_order=False)
+            self._settle(item, lambda item=item, error=error: _fail(item.future, error))
 
     def _window(self) -> list[WorkItem]:
         """The queued requests a batch may be formed from: level by level, each level's requests in arrival order
@@ -345,6 +345,8 @@ class Batcher:
         for item in batch:
             self._dequeue(item)
             item.batched_at = now
+            item.order = self._dispatched
+            self._dispatched += 1
         if not batch and self._deadlines:
             wait = min(wait or math.inf, self._deadlines[0][0] - now)
         return batch, wait
@@ -413,6 +415,9 @@ class Batcher:
         self._wakeup.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._expiry is not None:  # drained: nothing left to expire, and the timer would keep this batcher alive
+            self._expiry.cancel()
+            self._expiry, self._expiry_at = None, math.inf
 
 
 def _assemble_and_run(instance: Instance, assembler: BatchAssembler, parts: list[dict[str, np.ndarray]],

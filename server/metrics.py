@@ -144,7 +144,8 @@ class Metrics:
         self._shadow_diff = gauge("hotwire_shadow_max_abs_diff", "Largest |served - shadow| output difference in the "
                                   "recent comparisons", mode="max")
         self._shadow_agreement = gauge("hotwire_shadow_argmax_agreement", "Fraction of recent shadow comparisons "
-                                       "whose argmax agreed with the served response", mode="livesum")
+                                       "whose argmax agreed with the served response (per worker under --workers)",
+                                       mode="liveall")
         self._drift_ks = gauge("hotwire_drift_ks", "Kolmogorov-Smirnov statistic, current window vs reference",
                                ["feature"], mode="liveall")
         self._drift_p = gauge("hotwire_drift_ks_pvalue", "KS test p-value, current window vs reference", ["feature"],

@@ -122,8 +122,9 @@ class ModelControl:
                     else "shadow" if version is entry.shadow \
                     else "standby" if version.state is VersionState.STANDBY else ""
                 rows.append((name, str(number), "READY", role))
-            if not entry.versions and entry.loading:
+            if not entry.versions and entry.loading:  # one row, as Triton: earlier failures are being retried
                 rows.append((name, "", "LOADING", "loading"))
+                continue
             for number, reason in sorted(entry.failures.items()):
                 rows.append((name, str(number) if number >= 0 else "", "UNAVAILABLE", reason))
         return [row for row in rows if not ready_only or row[2] == "READY"]

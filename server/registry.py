@@ -250,12 +250,12 @@ class Registry:
                 raise Unavailable(f"model '{name}': no earlier version loaded to roll back to")
             if older:
                 to = older[-1]
-            else:  # the newest version on disk below the current one (version numbers may have gaps)
+            else:  # the newest loadable version on disk below the current one (numbers may have gaps)
                 assert reload is not None
                 earlier = [v for v in reload(current or 0).on_disk if current is None or v < current]
-                if not earlier:
-                    raise Unavailable(f"model '{name}': no earlier version to roll back to")
-                to = earlier[-1]
+                to = next((v for v in reversed(earlier) if v in reload(v).versions), None)
+                if to is None:
+                    raise Unavailable(f"model '{name}': no earlier version with a model file to roll back to")
         if to in entry.versions:
             entry.rollback_to = to
             entry.resolve_routes()

@@ -263,6 +263,28 @@ def test_preserve_ordering_releases_responses_in_arrival_order():
     run(scenario())
 
 
+def test_preserve_ordering_answers_in_the_order_batches_took_the_requests():
+    async def scenario() -> None:
+        instance = GatedInstance("i0")
+        policy = BatchingPolicy(max_batch_size=1, preserve_ordering=True, priority_levels=2, default_priority_level=2,
+                                queue_policies=(QueuePolicy(),) * 2)
+        batcher = make_batcher(policy, [instance])
+        answered: list[float] = []
+        blocker = submit(batcher, 0)
+        await until(instance.started.is_set)
+        low = submit(batcher, 2, priority=2)
+        high = submit(batcher, 1, priority=1)  # arrives later, runs first: it must not wait for `low`
+        for future, value in ((blocker, 0.0), (low, 2.0), (high, 1.0)):
+            future.add_done_callback(lambda _, value=value: answered.append(value))
+        instance.gate.set()
+        await asyncio.gather(blocker, low, high)
+        assert [float(b["x"][0, 0]) for b in instance.batches] == [0.0, 1.0, 2.0]
+        assert answered == [0.0, 1.0, 2.0]
+        await batcher.close()
+
+    run(scenario())
+
+
 def test_close_drains_queued_requests_before_ending():
     async def scenario() -> None:
         instance = GatedInstance("i0")

@@ -174,11 +174,12 @@ def test_swaps_without_standby_drain_and_release_the_old_version_under_load(tmp_
 
 
 def test_rollback_without_a_standby_copy_reloads_and_says_so(tmp_path, running_server, stub_for):
-    for version in (1, 3):  # a gap in the version numbers: rollback goes to the newest earlier one on disk
+    for version in (1, 4):  # a gap in the version numbers: rollback goes to the newest earlier one on disk...
         write_model(tmp_path, "m", offset_model(float(version)), config(), version=version)
+    (tmp_path / "m" / "3").mkdir()  # ...that has a model file
     server = running_server(tmp_path)
     stub = stub_for(server)
-    assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "3"
+    assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "4"
     result = subprocess.run([sys.executable, "-m", "hotwire.server", "rollback", "m", "--url", server.address],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -211,10 +212,14 @@ def test_a_model_being_loaded_is_listed_as_loading_and_not_serving(tmp_path, run
         await asyncio.to_thread(gate.wait, 30)  # the load stays under way until the test has looked
         return await real_load_version(*args, **kwargs)
 
-    write_model(tmp_path, "m", offset_model(1.0), config(), version=1)
+    write_model(tmp_path, "m", b"\x08\x07corrupt", config(), version=1)
     server = running_server(tmp_path, model_control_mode="explicit")
     stub = stub_for(server)
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError):
+        load(stub)
+    assert [(v, state) for name, v, state, _ in index(stub) if name == "m"] == [("1", "UNAVAILABLE")]
+    write_model(tmp_path, "m", offset_model(1.0), version=1)  # fixed, then loaded again: the retry is listed alone
     monkeypatch.setattr(registry_module, "load_version", held_load_version)
     loader = threading.Thread(target=load, args=(stub,))
     loader.start()
@@ -223,7 +228,7 @@ def test_a_model_being_loaded_is_listed_as_loading_and_not_serving(tmp_path, run
             if ("m", "", "LOADING", "loading") in index(stub):
                 break
             time.sleep(0.02)
-        assert ("m", "", "LOADING", "loading") in index(stub)
+        assert index(stub) == [("m", "", "LOADING", "loading")]
         status = health.Check(health_pb2.HealthCheckRequest(service="m"), timeout=10).status
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:

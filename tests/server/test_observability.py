@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server.logs import JsonFormatter
+from hotwire.server.metrics import render
 from onnx_models import add_sub, write_model
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -138,6 +139,17 @@ def test_the_whole_exposition_parses_with_every_family_typed(tmp_path, running_s
     assert latency.type == "histogram"
     assert {s.name for s in latency.samples} == {"hotwire_request_duration_us_bucket", "hotwire_request_duration_us_sum",
                                                  "hotwire_request_duration_us_count"}
+
+
+def test_shutdown_publishes_the_final_numbers(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8\ndynamic_batching { }")
+    server = running_server(tmp_path, metrics_port=0)
+    stub = stub_for(server)
+    for rows in (1, 2, 3):
+        stub.ModelInfer(simple_request(rows))
+    server.stop()  # the last publish happens during shutdown, before the versions are forgotten
+    body = render(server.app.metrics.exposition()).decode()
+    assert value(body, "nv_inference_request_success") == 3 and value(body, "nv_inference_count") == 6
 
 
 DRIFT_CONFIG = """max_batch_size: 64
