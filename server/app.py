@@ -103,15 +103,23 @@ class App:
         ]
         server = grpc.aio.server(options=options)
         InferenceService(self.registry, self.control, self.is_ready,
-                         RequestLogger(self.config.request_log_rate, self.config.slow_request_ms)).register(server)
+                         RequestLogger(self.config.request_log_rate, self.config.slow_request_ms),
+                         exact_statistics=not self.config.reuse_port).register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
         )
         address = f"{self.config.host}:{self.config.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises when the bind fails
+            self.grpc_port = 0
+            reason = str(exc)
+        else:
+            reason = ""
         if self.grpc_port == 0:
-            raise OSError(f"could not listen on {address}")
+            raise OSError(f"could not listen on {address} (is another server using the port, or the host wrong?) "
+                          f"{reason}".strip())
         await server.start()
         self.server = server
         await self.health.set("", SERVING)

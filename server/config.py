@@ -104,13 +104,34 @@ def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     if "model_repository" not in values:
         values["model_repository"] = bundled_repository()
     config = ServerConfig(**values)  # type: ignore[arg-type]
-    if config.log_level not in LOG_LEVELS:
-        raise ConfigError(f"log level '{config.log_level}': expected one of {LOG_LEVELS}")
-    if config.model_control_mode not in ("none", "poll", "explicit"):
-        raise ConfigError(f"model control mode '{config.model_control_mode}': expected none, poll or explicit")
+    _check(config)
+    return config
+
+
+def _check(config: ServerConfig) -> None:
+    """The same rules for a value from a flag or from its HOTWIRE_* variable; a ConfigError names the setting."""
+    choices = {"log_level": LOG_LEVELS, "log_format": ("plain", "json"),
+               "model_control_mode": ("none", "poll", "explicit")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"--{_flag(name)} '{getattr(config, name)}': expected one of {', '.join(allowed)}")
+    ranges: dict[str, tuple[float, float]] = {
+        "grpc_port": (0, 65535), "metrics_port": (-1, 65535), "request_log_rate": (0, 1),
+        "slow_request_ms": (0, float("inf")), "shutdown_grace_s": (0, float("inf")),
+        "repository_poll_secs": (0.01, float("inf")), "max_message_bytes": (1, 2**31 - 1),
+        "default_max_batch_size": (1, float("inf")), "workers": (1, 1024),
+    }
+    for name, (low, high) in ranges.items():
+        value = getattr(config, name)
+        if not low <= value <= high:
+            bounds = f"at least {low:g}" if high == float("inf") else f"between {low:g} and {high:g}"
+            raise ConfigError(f"--{_flag(name)} {value:g} (or {ENV_PREFIX}{name.upper()}): expected {bounds}")
     if config.load_model and config.model_control_mode != "explicit":
         raise ConfigError("--load-model needs --model-control-mode explicit")
-    return config
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def _from_env(variable: str, text: str, type_name: object) -> object:

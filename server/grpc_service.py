@@ -27,7 +27,8 @@ from hotwire.server.registry import Registry
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-# Extensions advertised in ServerMetadata: only what really works (perf_analyzer acts on them).
+# Extensions advertised in ServerMetadata: only what really works (perf_analyzer acts on them). `statistics` only in a
+# single process: a worker of --workers N answers with its own counts, which are not the server's.
 EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 STREAM_WINDOW = 64  # requests of one stream in flight at once; the reader waits beyond that
 CLIENT_ERRORS = (InvalidInput, NotFound)  # the client's fault: not counted against a canary
@@ -58,11 +59,12 @@ def _unary(handler: Handler) -> Handler:
 
 class InferenceService:
     def __init__(self, registry: Registry, control: ModelControl, is_ready: Callable[[], bool],
-                 request_logger: RequestLogger | None = None) -> None:
+                 request_logger: RequestLogger | None = None, exact_statistics: bool = True) -> None:
         self._registry = registry
         self._control = control
         self._is_ready = is_ready
         self._request_logger = request_logger or RequestLogger()
+        self._extensions = [e for e in EXTENSIONS if exact_statistics or e != "statistics"]
 
     # ----- health and metadata ------------------------------------------------------------------------------
 
@@ -76,7 +78,7 @@ class InferenceService:
         return pb.ModelReadyResponse(ready=self._registry.is_ready(request.name, request.version))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="hotwire", version=SERVER_VERSION, extensions=list(EXTENSIONS))
+        return pb.ServerMetadataResponse(name="hotwire", version=SERVER_VERSION, extensions=self._extensions)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         version = self._registry.route(request.name, request.version)
@@ -110,15 +112,22 @@ class InferenceService:
             raise
         computed = time.perf_counter()
         encoded = version.encoder.encode(response)
+        self._finished(version, request, response, received, decoded, computed)
+        return encoded
+
+    def _finished(self, version: ModelVersion, request: wire.InferRequest, response: wire.InferResponse,
+                  received: float, decoded: float, computed: float) -> None:
+        """After a successful request (unary or stream): statistics, the canary guard and shadow, the request log."""
         done = time.perf_counter()
         elapsed = done - received
         version.stats.handler.add(elapsed)
         self._registry.after_response(version, request, response, elapsed, True)
         if self._request_logger.enabled:
-            self._request_logger.observe(version.name, version.version_str, request.id, elapsed, {
-                "decode": decoded - received, "queue": response.queue_s, "preprocess": response.compute_input_s,
-                "compute": response.compute_infer_s, "encode": done - computed})
-        return encoded
+            stages = {"decode": decoded - received, "queue": response.queue_s, "preprocess": response.compute_input_s,
+                      "compute": response.compute_infer_s, "encode": done - computed}
+            # validation, routing, the hand-offs to and from the instance thread, output slicing: so the stages add up
+            stages["other"] = max(0.0, elapsed - sum(stages.values()))
+            self._request_logger.observe(version.name, version.version_str, request.id, elapsed, stages)
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently; responses go back in request order, errors in-band."""
@@ -154,18 +163,23 @@ class InferenceService:
             request = wire.decode_request(data)
             request_id, model_name = request.id, request.model_name
             version = self._registry.route(request.model_name, request.model_version, request)
+            decoded = time.perf_counter()
             try:
                 response = await version.infer(request)
             except Exception as exc:
                 if not isinstance(exc, CLIENT_ERRORS):
                     self._registry.after_response(version, request, None, time.perf_counter() - received, False)
                 raise
-            self._registry.after_response(version, request, response, time.perf_counter() - received, True)
-            return version.encoder.encode_stream(response)
+            computed = time.perf_counter()
+            encoded = version.encoder.encode_stream(response)
+            self._finished(version, request, response, received, decoded, computed)
+            return encoded
         except Exception as exc:
             _, message = status_of(exc)
             if not isinstance(exc, HotwireError):
                 log.exception("unexpected error in a ModelStreamInfer request")
+            if not request_id and not model_name:  # it failed to decode: echo what its header still says
+                request_id, model_name = wire.request_identity(data)
             return pb.ModelStreamInferResponse(
                 error_message=message, infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name)
             ).SerializeToString()

@@ -197,6 +197,15 @@ def decode_request(data: bytes) -> InferRequest:
                         header_bytes if cacheable else None)
 
 
+def request_identity(data: bytes) -> tuple[str, str]:
+    """(id, model name) of a request that failed to decode, as far as its bytes still say; ("", "") otherwise."""
+    try:
+        header_bytes, request_id, _ = scan_request(data)
+        return request_id, pb.ModelInferRequest.FromString(header_bytes).model_name
+    except Exception:  # noqa: BLE001 - best effort for an error message; the decode error is what is reported
+        return "", ""
+
+
 def _raw_layout(header: pb.ModelInferRequest) -> _RawLayout:
     inputs = []
     for tensor in header.inputs:

@@ -11,6 +11,7 @@ a `[worker i]` prefix, restarts any that exits unexpectedly, and on SIGTERM/SIGI
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ log = logging.getLogger("hotwire.workers")
 
 RESTART_BACKOFF_S = 1.0  # a worker that dies within RESTART_WINDOW_S of starting is restarted after this pause
 RESTART_WINDOW_S = 10.0
+MAX_FAILED_STARTS = 3  # a worker that dies this many times in a row before listening: the server can't start
 POLL_S = 0.2
 
 
@@ -46,6 +48,18 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why `port` can't be bound on `host` by a server that owns it (None: it can). Bound without SO_REUSEPORT, so
+    another server's workers (which set it) still count as holding the port: two worker groups never share one."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot bind {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def worker_command(config: ServerConfig, grpc_port: int) -> list[str]:
@@ -71,6 +85,8 @@ class Supervisor:
         self._workers: dict[int, Worker] = {}
         self._stopping = threading.Event()
         self._signals = 0
+        self._failed_starts: dict[int, int] = {}  # worker index -> exits in a row before it ever listened
+        self._gave_up = False
         self.restarts = 0
 
     def _spawn(self, index: int) -> Worker:
@@ -87,8 +103,23 @@ class Supervisor:
         for line in stream:
             if "hotwire listening on" in line:
                 worker.listening.set()
-            sys.stderr.write(f"[worker {worker.index}] {line}")
+            sys.stderr.write(self._tagged(worker.index, line))
         stream.close()
+
+    def _tagged(self, index: int, line: str) -> str:
+        """A worker's log line as the supervisor writes it: `[worker i] ` before it, or with --log-format json a
+        `worker` field in it (a line that is not JSON, e.g. a crash's traceback, becomes the message of one), so
+        every line stays one JSON object."""
+        if self.config.log_format != "json":
+            return f"[worker {index}] {line}"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            record = {"level": "INFO", "logger": "hotwire.workers", "message": line.rstrip("\n")}
+        record["worker"] = index
+        return json.dumps(record) + "\n"
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals += 1
@@ -104,6 +135,10 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         metrics_server = None
+        problem = port_in_use(self.config.host, self.grpc_port)
+        if problem is not None:
+            log.error("hotwire: %s (is another server using it?)", problem)
+            return 1
         try:
             if self.config.metrics_port >= 0:
                 metrics_server = self._serve_metrics()
@@ -111,7 +146,8 @@ class Supervisor:
             self._announce_when_listening(metrics_server.server_port if metrics_server else None)
             while not self._stopping.wait(POLL_S):
                 self._restart_exited()
-            return self._stop_all()
+            code = self._stop_all()
+            return 1 if self._gave_up else code
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
@@ -139,9 +175,17 @@ class Supervisor:
             code = worker.process.poll()
             if code is None or self._stopping.is_set():
                 continue
-            log.error("worker %d (pid %d) exited with %s; restarting it", index, worker.process.pid,
-                      f"signal {-code}" if code < 0 else f"status {code}")
             self._mark_dead(worker.process.pid)
+            failed = 0 if worker.listening.is_set() else self._failed_starts.get(index, 0) + 1
+            self._failed_starts[index] = failed
+            how = f"signal {-code}" if code < 0 else f"status {code}"
+            if failed >= MAX_FAILED_STARTS:
+                log.error("worker %d exited with %s before it was listening, %d times in a row: the server cannot "
+                          "start (see the worker's log above); stopping", index, how, failed)
+                self._gave_up = True
+                self._stopping.set()
+                return
+            log.error("worker %d (pid %d) exited with %s; restarting it", index, worker.process.pid, how)
             if time.monotonic() - worker.started_at < RESTART_WINDOW_S:
                 time.sleep(RESTART_BACKOFF_S)  # a worker that dies at once must not spin
             self.restarts += 1

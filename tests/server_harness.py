@@ -52,7 +52,8 @@ class ServerThread:
 
 
 # The line a server (or, with --workers, the supervisor: its line has no "[worker" prefix) logs once it serves.
-LISTENING = re.compile(r"^(?!\[worker).*hotwire listening on [\d.]+:(\d+)(?:.*metrics on :(\d+))?")
+# The server's (or the supervisor's) own line: worker lines carry a `[worker i]` prefix, or a "worker" field in JSON.
+LISTENING = re.compile(r'^(?!\[worker)(?!.*"worker": \d).*hotwire listening on [\d.]+:(\d+)(?:.*metrics on :(\d+))?')
 
 
 class ServeProcess:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.server.config import ServerConfig, bundled_repository, parse_serve_args
+from hotwire.server.errors import ConfigError
 from onnx_models import write_model
 from server_harness import ServeProcess
 
@@ -84,6 +86,43 @@ def test_flags_win_over_environment_and_bad_values_are_clear_errors(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hotwire.server", "serve", "--model-repository", str(tmp_path / "nope"),
                              "--grpc-port", "0", "--metrics-port", "-1"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "is not a directory" in result.stderr
+
+
+@pytest.mark.parametrize("flags, environ, named", [
+    (["--grpc-port", "70000"], {}, "--grpc-port 70000"),
+    ([], {"HOTWIRE_GRPC_PORT": "-5"}, "HOTWIRE_GRPC_PORT"),
+    ([], {"HOTWIRE_METRICS_PORT": "99999"}, "HOTWIRE_METRICS_PORT"),
+    ([], {"HOTWIRE_LOG_FORMAT": "xml"}, "--log-format 'xml'"),
+    ([], {"HOTWIRE_REQUEST_LOG_RATE": "2"}, "--request-log-rate 2"),
+    ([], {"HOTWIRE_SHUTDOWN_GRACE_S": "-1"}, "--shutdown-grace-s -1"),
+    ([], {"HOTWIRE_REPOSITORY_POLL_SECS": "0"}, "--repository-poll-secs 0"),
+])
+def test_out_of_range_values_from_flags_or_environment_are_refused(flags, environ, named):
+    with pytest.raises(ConfigError) as caught:
+        parse_serve_args(flags, environ)
+    assert named in str(caught.value) and "expected" in str(caught.value)
+
+
+def test_a_port_in_use_is_a_clear_error_for_one_server_and_for_workers(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for workers in ("1", "2"):
+            result = subprocess.run([sys.executable, "-m", "hotwire.server", "serve", "--workers", workers,
+                                     "--host", "127.0.0.1", "--grpc-port", port, "--metrics-port", "-1"],
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 1, result.stderr
+            assert port in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_workers_that_can_never_start_stop_the_supervisor(tmp_path):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "serve", "--workers", "2",
+                             "--model-repository", str(tmp_path / "missing"), "--host", "127.0.0.1",
+                             "--grpc-port", "0", "--metrics-port", "-1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "cannot start" in result.stderr, result.stderr
+    assert time.monotonic() - started < 60  # it gave up instead of restarting forever
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_zero(serve, tmp_path):

@@ -284,6 +284,9 @@ def test_json_logs_carry_lifecycle_events_and_request_breakdowns(tmp_path, runni
     with caplog.at_level(logging.INFO):
         server = running_server(tmp_path, request_log_rate=1.0, slow_request_ms=0.000001)
         stub_for(server).ModelInfer(simple_request(2))
+        streamed = simple_request(1)
+        streamed.id = "streamed"
+        list(stub_for(server).ModelStreamInfer(iter([streamed]), timeout=30))
     formatter = JsonFormatter()
     loaded = [r for r in caplog.records if getattr(r, "event", "") == "model_loaded"]
     assert loaded and json.loads(formatter.format(loaded[0]))["model"] == "simple"
@@ -291,19 +294,25 @@ def test_json_logs_carry_lifecycle_events_and_request_breakdowns(tmp_path, runni
     assert slow, "every request is slower than 1 ns"
     line = json.loads(formatter.format(slow[0]))
     assert line["level"] == "WARNING" and line["request_id"] == "r2"
-    assert {"decode_ms", "queue_ms", "preprocess_ms", "compute_ms", "encode_ms", "total_ms"} <= set(line)
+    stages = ("decode_ms", "queue_ms", "preprocess_ms", "compute_ms", "encode_ms", "other_ms")
+    assert {*stages, "total_ms"} <= set(line)
     assert line["total_ms"] >= line["compute_ms"] >= 0
+    assert sum(line[stage] for stage in stages) == pytest.approx(line["total_ms"], rel=0.02, abs=0.002)  # they add up
+    assert any(r.request_id == "streamed" for r in slow), "stream requests are logged too"
 
 
-def test_json_log_format_from_the_command_line(serve, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_json_log_format_from_the_command_line(serve, tmp_path, workers):
     write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8")
     process = serve("--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", "-1",
-                    "--host", "127.0.0.1", "--log-format", "json")
-    process.wait_listening()
+                    "--host", "127.0.0.1", "--log-format", "json", "--workers", workers)
+    process.wait_listening(timeout=120)
     assert process.stop() == 0
-    lines = [json.loads(line) for line in process.lines if line.startswith("{")]
+    lines = [json.loads(line) for line in process.lines if line.strip()]  # every line is one JSON object
     assert any(line.get("event") == "model_loaded" and line["model"] == "simple" for line in lines)
-    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    assert all({"level", "logger", "message"} <= set(line) for line in lines)
+    if workers == "2":  # the supervisor tags its workers' lines with a field, not a prefix
+        assert {line.get("worker") for line in lines if line.get("event") == "model_loaded"} == {0, 1}
 
 
 def test_drift_fires_on_a_shifted_input_and_stays_quiet_on_the_reference(tmp_path, running_server, stub_for):

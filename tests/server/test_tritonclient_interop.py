@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from hotwire.proto import grpc_service_pb2 as pb
 from onnx_models import ONNX_TYPES, add_sub, identity_all_types, write_model
 from server_harness import ServerThread
 
@@ -339,6 +340,20 @@ def test_stream_infer(server: ServerThread) -> None:
     assert [r.get_response().id for r in ok] == [f"s{i}" for i in range(len(cases))]
     for i, feeds in enumerate(cases):
         assert_result(by_id[f"s{i}"], ort_reference(SIMPLE, feeds))
+
+
+def test_stream_error_for_an_undecodable_request_still_names_its_id(server: ServerThread, stub_for) -> None:
+    good = pb.ModelInferRequest(model_name="simple", id="fine")
+    bad = pb.ModelInferRequest(model_name="simple", id="broken")
+    for request in (good, bad):
+        for name in ("INPUT0", "INPUT1"):
+            request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
+    bad.raw_input_contents[0] = b"\x00" * 5  # fails while decoding, before the request is routed
+    responses = list(stub_for(server).ModelStreamInfer(iter([bad, good]), timeout=TIMEOUT_S))
+    assert [r.infer_response.id for r in responses] == ["broken", "fine"]
+    assert "5 bytes" in responses[0].error_message and responses[0].infer_response.model_name == "simple"
+    assert not responses[1].error_message
 
 
 # ---------------------------------------------------------------------------------------------------------------

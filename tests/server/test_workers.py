@@ -47,6 +47,11 @@ def test_two_workers_serve_one_port_restart_when_killed_and_sum_their_metrics(se
     assert process.metrics_port is not None
     first = worker_pids(process.log)
     assert len(first) == 2 and len(set(first.values())) == 2
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    # a worker's ModelStatistics counts its own requests only: not exact for the server, so not advertised
+    assert "statistics" not in client.get_server_metadata().extensions
+    assert "model_repository" in client.get_server_metadata().extensions
+    client.close()
     infer_on_new_connections(port, 40)
     time.sleep(2.5)  # workers publish their counts every second
     assert metric(process.metrics_port, "nv_inference_request_success") == 40
