@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from hotwire.proto import grpc_service_pb2, model_config_pb2
 from hotwire.server.config import ServerConfig
 from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
+from hotwire.server.health import HealthServicer
 from hotwire.server.metrics import Metrics, VersionView, start_metrics_server
 from hotwire.server.logs import RequestLogger
 from hotwire.server.model_control import ModelControl
@@ -44,7 +45,7 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 class App:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.registry = Registry(config.default_max_batch_size, on_health_change=self._set_model_health)
         self.control = ModelControl(self.registry, config.model_repository, config.model_control_mode,
                                     config.repository_poll_secs, config.load_model)
@@ -60,6 +61,7 @@ class App:
         )
         self._publisher: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
+        self._service: InferenceService | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._draining = False
@@ -102,9 +104,10 @@ class App:
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        InferenceService(self.registry, self.control, self.is_ready,
-                         RequestLogger(self.config.request_log_rate, self.config.slow_request_ms),
-                         exact_statistics=not self.config.reuse_port).register(server)
+        self._service = InferenceService(self.registry, self.control, self.is_ready,
+                                         RequestLogger(self.config.request_log_rate, self.config.slow_request_ms),
+                                         exact_statistics=not self.config.reuse_port)
+        self._service.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
@@ -134,6 +137,9 @@ class App:
         self._draining = True
         log.info("shutting down: health NOT_SERVING, finishing in-flight requests (grace %.0f s)", self.config.shutdown_grace_s)
         await self.health.enter_graceful_shutdown()
+        await self.health.end_watches()  # idle streams must not hold the shutdown for the whole grace
+        if self._service is not None:
+            self._service.end_streams()  # they finish what they have read, then end
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_s)
         await self.control.stop()

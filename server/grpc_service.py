@@ -65,6 +65,15 @@ class InferenceService:
         self._is_ready = is_ready
         self._request_logger = request_logger or RequestLogger()
         self._extensions = [e for e in EXTENSIONS if exact_statistics or e != "statistics"]
+        self._stream_readers: set[asyncio.Task[None]] = set()
+        self._streams_ending = False
+
+    def end_streams(self) -> None:
+        """Shutdown: every open ModelStreamInfer stops reading, answers what it has read, and ends with OK (an idle
+        stream would otherwise hold the shutdown for the whole grace period); streams opened from now on end at once."""
+        self._streams_ending = True
+        for reader in list(self._stream_readers):
+            reader.cancel()
 
     # ----- health and metadata ------------------------------------------------------------------------------
 
@@ -136,13 +145,22 @@ class InferenceService:
 
         async def read() -> None:
             try:
+                if self._streams_ending:
+                    return
                 async for data in requests:
-                    await window.acquire()
-                    pending.put_nowait(asyncio.create_task(self._stream_one(data)))
+                    try:
+                        await window.acquire()
+                    finally:  # a message already read is answered, even when the shutdown stops the reading
+                        pending.put_nowait(asyncio.create_task(self._stream_one(data)))
+            except asyncio.CancelledError:
+                if not self._streams_ending:
+                    raise
             finally:
                 pending.put_nowait(None)  # unbounded queue: never blocks, even when cancelled
 
         reader = asyncio.create_task(read())
+        self._stream_readers.add(reader)
+        reader.add_done_callback(self._stream_readers.discard)
         try:
             while (task := await pending.get()) is not None:
                 result = await task

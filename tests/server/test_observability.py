@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -276,6 +277,26 @@ def test_health_follows_load_unload_and_drain_and_watch_streams_it(tmp_path, run
     server.call(server.app.stop())  # drain: the server reports NOT_SERVING
     assert server.app.health._server_status[""] == NOT_SERVING  # type: ignore[attr-defined]
     watch.cancel()
+    channel.close()
+
+
+def test_idle_watch_and_inference_streams_end_cleanly_at_shutdown_instead_of_holding_it(tmp_path, running_server):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8")
+    server = running_server(tmp_path, shutdown_grace_s=30)
+    channel = grpc.insecure_channel(server.address)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="simple"), timeout=60)
+    assert next(watch).status == SERVING
+    outbox: queue.Queue = queue.Queue()
+    stub = __import__("hotwire.proto.grpc_service_pb2_grpc", fromlist=["x"]).GRPCInferenceServiceStub(channel)
+    stream = stub.ModelStreamInfer(iter(outbox.get, None), timeout=60)
+    outbox.put(simple_request(1))
+    assert not next(stream).error_message  # then the client keeps the stream open and sends nothing more
+    started = time.monotonic()
+    server.call(server.app.stop())
+    assert time.monotonic() - started < 10  # not the 30 s grace
+    assert [update.status for update in watch] == [NOT_SERVING]  # told, then its stream ended with OK
+    assert list(stream) == []  # ended with OK, nothing lost
+    outbox.put(None)
     channel.close()
 
 
