@@ -17,10 +17,10 @@ import grpc
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import wire
-from hotwire.server.errors import HotwireError, InvalidInput, NotFound, Unimplemented, status_of
+from hotwire.server.errors import HotwireError, InvalidInput, NotFound, Unavailable, Unimplemented, status_of
 from hotwire.server.loader import ModelVersion
 from hotwire.server.logs import RequestLogger
-from hotwire.server.stats import Duration
+from hotwire.server.stats import ComputeTimes, Duration
 from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
 
@@ -110,7 +110,11 @@ class InferenceService:
 
     async def model_infer(self, data: bytes, context: Any) -> bytes:
         received = time.perf_counter()
-        request = wire.decode_request(data)
+        try:
+            request = wire.decode_request(data)
+        except InvalidInput:
+            self._undecodable(data, received)
+            raise
         version = self._registry.route(request.model_name, request.model_version, request)
         decoded = time.perf_counter()
         try:
@@ -123,6 +127,17 @@ class InferenceService:
         encoded = version.encoder.encode(response)
         self._finished(version, request, response, received, decoded, computed)
         return encoded
+
+    def _undecodable(self, data: bytes, received: float) -> tuple[str, str]:
+        """A request that failed to decode (wrong byte size, unknown datatype, ...) still counts as a failed request
+        of the model and version it names, like one that fails validation. Returns its (id, model name)."""
+        request_id, model_name, model_version = wire.request_identity(data)
+        try:
+            version = self._registry.route(model_name, model_version)
+        except HotwireError:
+            return request_id, model_name  # no such model (or not ready): nothing to count it against
+        version.stats.record_request(False, time.perf_counter() - received, 0.0, ComputeTimes(), "OTHER")
+        return request_id, model_name
 
     def _finished(self, version: ModelVersion, request: wire.InferRequest, response: wire.InferResponse,
                   received: float, decoded: float, computed: float) -> None:
@@ -176,9 +191,13 @@ class InferenceService:
 
     async def _stream_one(self, data: bytes) -> bytes:
         request_id = model_name = ""
+        received = time.perf_counter()
         try:
-            received = time.perf_counter()
-            request = wire.decode_request(data)
+            try:
+                request = wire.decode_request(data)
+            except InvalidInput:
+                request_id, model_name = self._undecodable(data, received)
+                raise
             request_id, model_name = request.id, request.model_name
             version = self._registry.route(request.model_name, request.model_version, request)
             decoded = time.perf_counter()
@@ -196,8 +215,6 @@ class InferenceService:
             _, message = status_of(exc)
             if not isinstance(exc, HotwireError):
                 log.exception("unexpected error in a ModelStreamInfer request")
-            if not request_id and not model_name:  # it failed to decode: echo what its header still says
-                request_id, model_name = wire.request_identity(data)
             return pb.ModelStreamInferResponse(
                 error_message=message, infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name)
             ).SerializeToString()
@@ -207,6 +224,8 @@ class InferenceService:
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         """Exact counts and cumulative durations per loaded version (Triton's statistics extension)."""
         entries = [self._registry.entry(request.name)] if request.name else self._registry.models()
+        if request.name and not entries[0].versions:  # as Triton: a model with no version loaded has no statistics
+            raise Unavailable(f"model '{request.name}' has no version loaded")
         found = [
             _statistics(version)
             for entry in entries

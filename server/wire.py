@@ -197,13 +197,15 @@ def decode_request(data: bytes) -> InferRequest:
                         header_bytes if cacheable else None)
 
 
-def request_identity(data: bytes) -> tuple[str, str]:
-    """(id, model name) of a request that failed to decode, as far as its bytes still say; ("", "") otherwise."""
+def request_identity(data: bytes) -> tuple[str, str, str]:
+    """(id, model name, model version) of a request that failed to decode, as far as its bytes still say; empty
+    strings otherwise."""
     try:
         header_bytes, request_id, _ = scan_request(data)
-        return request_id, pb.ModelInferRequest.FromString(header_bytes).model_name
+        header = pb.ModelInferRequest.FromString(header_bytes)
+        return request_id, header.model_name, header.model_version
     except Exception:  # noqa: BLE001 - best effort for an error message; the decode error is what is reported
-        return "", ""
+        return "", "", ""
 
 
 def _raw_layout(header: pb.ModelInferRequest) -> _RawLayout:

@@ -120,6 +120,27 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     assert buckets == sorted(buckets)
 
 
+def test_requests_failing_to_decode_count_as_failures_of_the_model_they_name(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8\ndynamic_batching { }")
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    short = simple_request(1)
+    short.raw_input_contents[0] = b"\x00" * 5  # wrong byte size: rejected while decoding, before validation
+    unknown_type = simple_request(1)
+    unknown_type.inputs[1].datatype = "FP128"
+    for request in (short, unknown_type):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    list(stub.ModelStreamInfer(iter([short]), timeout=30))  # in-band error on a stream: counted the same
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="simple")).model_stats
+    assert stats.inference_stats.fail.count == 3 and stats.inference_stats.success.count == 0
+    server.call(server.app.registry.unload("simple"))
+    with pytest.raises(grpc.RpcError) as caught:  # no version loaded: an error naming it, not an empty answer
+        stub.ModelStatistics(pb.ModelStatisticsRequest(name="simple"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "simple" in caught.value.details()
+
+
 def test_the_whole_exposition_parses_with_every_family_typed(tmp_path, running_server, stub_for):
     write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8\ndynamic_batching { }")
     server = running_server(tmp_path, metrics_port=0)
