@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,14 +70,29 @@ def test_raw_images_of_any_size_equal_numpy_preprocessing_then_ort(running_serve
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (1 + i % 2, h, w, 3), dtype=np.uint8)
               for i, (h, w) in enumerate([(48, 80), (64, 64), (100, 30), (7, 9), (64, 200), (33, 33)] * 4)]
+    version = server.app.registry.route("image_classifier")
+    instance = version.instances[0]
+    gate = threading.Event()
+    run_sync = instance.run_sync
+
+    def held(feeds, names):  # the first batch waits until others have queued: batches form whatever the timing
+        gate.wait(30)
+        return run_sync(feeds, names)
+
+    instance.run_sync = held
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda x: infer(stub, "image_classifier", {"image": ("UINT8", x)}), images))
-    for x, result in zip(images, results):
+        futures = [pool.submit(infer, stub, "image_classifier", {"image": ("UINT8", x)}) for x in images]
+        for _ in range(1000):
+            if version.batcher.queued >= 4:
+                break
+            time.sleep(0.01)
+        gate.set()
+        results = [future.result() for future in futures]
+    for i, (x, result) in enumerate(zip(images, results)):
         resized = np.stack([resize_reference(image, 64, 64) for image in x])
         expected = session.run(None, {"input": normalize_reference(resized)})[0]
-        np.testing.assert_allclose(result["probabilities"], expected, atol=2e-3)
-    stats = server.app.registry.route("image_classifier").stats
-    assert stats.execution_count < len(images)  # images of different sizes shared batches
+        np.testing.assert_allclose(result["probabilities"], expected, atol=2e-3, err_msg=f"image {i}, {x.shape}")
+    assert version.stats.execution_count < len(images)  # images of different sizes shared batches
 
 
 def test_metadata_and_config_show_the_client_facing_input(running_server, stub_for):
