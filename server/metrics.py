@@ -420,7 +420,11 @@ def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> M
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would flood the log
 
-    server = MetricsServer((host, port), Handler)
+    try:
+        server = MetricsServer((host, port), Handler)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
+                                 "(--metrics-port; -1 turns metrics off)") from None
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

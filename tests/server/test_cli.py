@@ -114,6 +114,9 @@ def test_a_port_in_use_is_a_clear_error_for_one_server_and_for_workers(tmp_path)
                                     capture_output=True, text=True, timeout=120)
             assert result.returncode == 1, result.stderr
             assert port in result.stderr and "Traceback" not in result.stderr, result.stderr
+        result = subprocess.run([sys.executable, "-m", "hotwire.server", "serve", "--host", "127.0.0.1",
+                                 "--grpc-port", "0", "--metrics-port", port], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr, result.stderr
 
 
 def test_workers_that_can_never_start_stop_the_supervisor(tmp_path):
