@@ -56,17 +56,17 @@ class ServerThread:
 LISTENING = re.compile(r'^(?!\[worker)(?!.*"worker": \d).*hotwire listening on [\d.]+:(\d+)(?:.*metrics on :(\d+))?')
 
 
-class ServeProcess:
-    """`python -m hotwire.server serve ...` with its stderr collected on a thread."""
+class LoggedProcess:
+    """A server child process with its output collected on a thread; `listening` matches the line that says it is
+    up, its first group being the port."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hotwire.server", "serve", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-        )
+    def __init__(self, argv: list[str], listening: re.Pattern[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self.port: int | None = None
-        self.metrics_port: int | None = None
+        self.listening_match: re.Match[str] | None = None
+        self._listening = listening
         self._ready = threading.Event()
         self._collector = threading.Thread(target=self._collect, daemon=True)
         self._collector.start()
@@ -75,10 +75,10 @@ class ServeProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
-            match = LISTENING.search(line)
+            match = self._listening.search(line)
             if match:
+                self.listening_match = match
                 self.port = int(match.group(1))
-                self.metrics_port = int(match.group(2)) if match.group(2) else None
                 self._ready.set()
         self._ready.set()
 
@@ -115,3 +115,15 @@ class ServeProcess:
         self._collector.join(10)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+
+
+class ServeProcess(LoggedProcess):
+    """`python -m hotwire.server serve ...`."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        super().__init__([sys.executable, "-m", "hotwire.server", "serve", *args], LISTENING, env)
+
+    @property
+    def metrics_port(self) -> int | None:
+        match = self.listening_match
+        return int(match.group(2)) if match is not None and match.group(2) else None

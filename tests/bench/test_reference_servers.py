@@ -4,12 +4,8 @@ onnxruntime answers, echo answers zeros of the right name and shape, and SIGTERM
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,51 +15,20 @@ import pytest
 import tritonclient.grpc as triton
 
 from hotwire.bench.models import serialize_model, small_classifier
+from server_harness import LoggedProcess
 
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
-class ReferenceProcess:
-    """`python -m hotwire.bench.reference_servers KIND ...` with its output collected on a thread."""
+class ReferenceProcess(LoggedProcess):
+    """`python -m hotwire.bench.reference_servers KIND ...`."""
 
     def __init__(self, kind: str, model: Path, name: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hotwire.bench.reference_servers", kind, "--model", str(model), "--name", name,
-             "--host", "127.0.0.1", "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
-        )
-        self.lines: list[str] = []
-        self.port: int | None = None
-        self._ready = threading.Event()
-        self._collector = threading.Thread(target=self._collect, daemon=True)
-        self._collector.start()
-
-    def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()
+        super().__init__([sys.executable, "-m", "hotwire.bench.reference_servers", kind, "--model", str(model),
+                          "--name", name, "--host", "127.0.0.1", "--port", "0"], LISTENING)
 
     def url(self, timeout: float = 30) -> str:
-        self._ready.wait(timeout)
-        assert self.port is not None, "reference server did not start:\n" + "".join(self.lines)
-        return f"127.0.0.1:{self.port}"
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._collector.join(10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        return f"127.0.0.1:{self.wait_listening(timeout)}"
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +109,6 @@ def test_sigterm_exits_zero(classifier_file):
     process = ReferenceProcess("echo", classifier_file, "classifier")
     try:
         process.url()
-        assert process.terminate() == 0
+        assert process.stop() == 0
     finally:
         process.close()
