@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,7 +19,8 @@ from hotwire.server.errors import DeadlineExceeded, ResourceExhausted
 
 
 class GatedInstance:
-    """Stands in for runner.Instance: records every batch it runs and blocks until `gate` is set."""
+    """Stands in for runner.Instance: records every batch it runs and blocks until `gate` is set. Like the real
+    one, it runs calls on its own single-thread executor."""
 
     def __init__(self, name: str, gate: threading.Event | None = None, barrier: threading.Barrier | None = None) -> None:
         self.name = name
@@ -27,9 +29,16 @@ class GatedInstance:
         self.batches: list[dict[str, np.ndarray]] = []
         self.started = threading.Event()
         self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def idle(self) -> None:
+        """Wait until the executor thread has let go of its last call. A worker thread resolves a call's future
+        before it drops the work item holding the call's arguments (the batch), so for a moment after a response
+        the batch is still referenced from that thread; a no-op queued behind it returns only after that."""
+        await self.call(lambda: None)
 
     def run_sync(self, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         with self._lock:
@@ -172,6 +181,7 @@ def test_finished_requests_are_not_held_until_their_deadline():
         await asyncio.gather(*futures)
         del inputs, futures
         instance.batches.clear()
+        await instance.idle()
         assert sum(ref() is not None for ref in alive) == 0  # the 60 s deadlines don't pin the request buffers
         await batcher.close()
 
