@@ -1,19 +1,24 @@
-"""numba's on-disk kernel cache, made to work read-only (a warmed Docker image layer, a read-only volume).
+"""numba's on-disk kernel cache: never inside an installed package, and usable read-only (a warmed Docker image
+layer, a read-only volume).
 
-numba picks one cache directory per function when it is decorated: NUMBA_CACHE_DIR (set from --kernel-cache-dir),
-then the module's __pycache__, then the user's cache directory. It probes each by writing a temporary file there and
-skips it on OSError, so a warmed but read-only NUMBA_CACHE_DIR is silently ignored (every kernel compiles again, into
-__pycache__ if that is writable), and where nothing is writable importing a kernel module fails with "cannot cache
-function ...: no locator available".
+numba alone picks one cache directory per function when it is decorated: NUMBA_CACHE_DIR, then the module's
+__pycache__, then the user's cache directory. Two things go wrong with that for a server:
 
-`install()` (run by `hotwire.kernels` before any kernel is decorated) replaces numba's NUMBA_CACHE_DIR locator and
-adds a last resort:
+- without NUMBA_CACHE_DIR it writes into the module's __pycache__, i.e. into `site-packages/hotwire/kernels/` of an
+  installed hotwire. pip does not know those files and leaves them behind on uninstall, and the directory left
+  over then shadows a later (editable) install of hotwire as a namespace package;
+- it probes each directory by writing a temporary file there and skips it on OSError, so a warmed but read-only
+  NUMBA_CACHE_DIR is silently ignored, and where nothing is writable importing a kernel module fails with "cannot
+  cache function ...: no locator available".
 
-- `ConfiguredCacheLocator`, first: the configured directory is always the one used. Writable, it behaves as numba's;
-  read-only, kernels are loaded from it and nothing is ever written there; a miss compiles in memory (a warning).
-- numba's own locators (the module's __pycache__, the user cache directory), when no directory is configured.
-- `ReadOnlyInTreeLocator`, last: nothing writable: kernels load from the module's __pycache__ if it holds them,
-  otherwise they compile in memory (a warning). Importing the kernels never fails for want of a writable directory.
+`install()` (run by `hotwire.kernels` before any kernel is decorated) therefore replaces numba's locators:
+
+- `KernelCacheLocator`, for every function whose source file exists: the configured directory (NUMBA_CACHE_DIR, set
+  from --kernel-cache-dir) or else the per-user default `default_dir()` (`$XDG_CACHE_HOME/hotwire/kernels`, else
+  `~/.cache/hotwire/kernels`). Writable, it behaves as numba's; read-only (or impossible to create), kernels are
+  loaded from it when it holds them and nothing is ever written there; a miss compiles in memory (a warning), so
+  importing the kernels never fails for want of a writable directory.
+- numba's own locators stay behind it, reached only for functions without a source file on disk (its zip locator).
 
 A compile whose result cannot be saved (and a cache that cannot be read) is logged and kept in memory instead of
 failing the call. numba's NUMBA_CACHE_LOCATOR_CLASSES, when set, still overrides the locator list.
@@ -42,7 +47,20 @@ _unsaved: list[tuple[str, str]] = []  # (kernel, signature) compiled in memory t
 def configured_dir() -> str:
     """The configured cache root (NUMBA_CACHE_DIR, possibly set after numba was imported), or ''."""
     config.reload_config()
-    return config.CACHE_DIR
+    return str(config.CACHE_DIR)  # type: ignore[attr-defined]  # numba sets its config attributes at run time
+
+
+def default_dir() -> str:
+    """The per-user cache root used when none is configured (XDG's cache directory), or '' without a home."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base):  # no home to expand "~" to (an arbitrary container UID): nowhere by default
+        return ""
+    return os.path.join(base, "hotwire", "kernels")
+
+
+def cache_root() -> str:
+    """Where kernels are cached in this process: the configured directory, else the per-user default."""
+    return configured_dir() or default_dir()
 
 
 def _writable(path: str, create: bool) -> bool:
@@ -76,26 +94,18 @@ class _LoadOnlyWhenReadOnly(caching._SourceFileBackedLocatorMixin, caching._Cach
         super().ensure_cache_path()
 
 
-class ConfiguredCacheLocator(_LoadOnlyWhenReadOnly):
-    """NUMBA_CACHE_DIR (same layout as numba's UserProvidedCacheLocator), used even when read-only."""
+class KernelCacheLocator(_LoadOnlyWhenReadOnly):
+    """`cache_root()` (same layout as numba's UserProvidedCacheLocator), used even when read-only."""
 
     @classmethod
-    def from_function(cls, py_func: Any, py_file: str) -> ConfiguredCacheLocator | None:
-        root = configured_dir()
-        if not root or not os.path.exists(py_file):
-            return None
-        path = os.path.join(root, cls.get_suitable_cache_subpath(py_file))
-        return cls(py_func, py_file, path, _writable(path, create=True))
-
-
-class ReadOnlyInTreeLocator(_LoadOnlyWhenReadOnly):
-    """Last resort: the module's __pycache__, read-only (every writable candidate was rejected before it)."""
-
-    @classmethod
-    def from_function(cls, py_func: Any, py_file: str) -> ReadOnlyInTreeLocator | None:
+    def from_function(cls, py_func: Any, py_file: str) -> KernelCacheLocator | None:
         if not os.path.exists(py_file):
             return None
-        return cls(py_func, py_file, os.path.join(os.path.dirname(py_file), "__pycache__"), False)
+        root = cache_root()
+        if not root:  # no directory at all: a path that can't exist, so nothing loads or saves (compiles in memory)
+            return cls(py_func, py_file, os.path.join(os.devnull, "no-kernel-cache-directory"), False)
+        path = os.path.join(root, cls.get_suitable_cache_subpath(py_file))
+        return cls(py_func, py_file, path, _writable(path, create=True))
 
 
 def _kernel_name(cache: caching.Cache) -> str:
@@ -154,9 +164,10 @@ def install() -> None:
     if getattr(caching.CacheImpl, "_hotwire_kernel_cache", False):
         return
     try:
+        # numba's own stay behind ours but are reached only for sources not on disk (its zip locator): ours takes
+        # every function whose file exists, so nothing is ever written next to the sources.
         defaults = caching.CacheImpl._locator_classes
-        numba_defaults = [c for c in defaults if c is not caching.UserProvidedCacheLocator]
-        caching.CacheImpl._locator_classes = [ConfiguredCacheLocator, *numba_defaults, ReadOnlyInTreeLocator]
+        caching.CacheImpl._locator_classes = [KernelCacheLocator, *defaults]  # type: ignore[list-item]
         caching.Cache.save_overload = _save_overload  # type: ignore[method-assign]
         caching.Cache.load_overload = _load_overload  # type: ignore[method-assign]
     except AttributeError as exc:

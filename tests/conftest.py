@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,3 +58,17 @@ def serve() -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for process in processes:
         process.close()
+
+
+_KERNEL_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests' own kernel cache, new for every run (hotwire.kernels.cache reads NUMBA_CACHE_DIR when a kernel is
+    decorated; servers started as subprocesses inherit it): no test depends on what an earlier run, or a `hotwire
+    serve` of the same install, left in the per-user cache."""
+    config.stash[_KERNEL_CACHE] = os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="hotwire-test-kernels-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash[_KERNEL_CACHE], ignore_errors=True)

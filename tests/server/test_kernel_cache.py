@@ -1,5 +1,6 @@
-"""The kernel cache read-only (issue 5 item 3): warmed once by `hotwire warm-kernels`, then used by processes that
-cannot write to it, compiling nothing; cold and read-only, or with nothing writable at all, kernels still work.
+"""The kernel cache: by default in the user's cache directory, never inside the installed package; read-only
+(issue 5 item 3): warmed once by `hotwire warm-kernels`, then used by processes that cannot write to it, compiling
+nothing; cold and read-only, or with nothing writable at all, kernels still work.
 
 "Read-only" is real here: the reading processes are refused writes by the kernel (a non-root test runner with the
 directory chmod'ed a-w, or root with CAP_DAC_OVERRIDE dropped by `setpriv`); each test checks that first and skips
@@ -18,6 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from hotwire import kernels
+from hotwire.kernels import cache as kernel_cache_paths
 
 CANNOT_WRITE = ["--bounding-set", "-dac_override,-dac_read_search,-fowner,-linux_immutable", "--"]
 
@@ -84,18 +88,39 @@ def _last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def _numba_files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.suffix in (".nbi", ".nbc")]
+
+
 @pytest.fixture(scope="module")
 def warmed_cache(tmp_path_factory: pytest.TempPathFactory, read_only_prefix: list[str]) -> Iterator[Path]:
-    """A kernel cache filled by `hotwire warm-kernels`, then made read-only."""
-    cache = tmp_path_factory.mktemp("warmed") / "kernel-cache"
-    result = subprocess.run([sys.executable, "-m", "hotwire.server", "warm-kernels", "--kernel-cache-dir", str(cache)],
-                            env=_env(), capture_output=True, text=True, check=False, timeout=600)
+    """A kernel cache filled by `hotwire warm-kernels` with no directory configured (so: the per-user default
+    under XDG_CACHE_HOME), then made read-only; as NUMBA_CACHE_DIR it has the same layout."""
+    xdg = tmp_path_factory.mktemp("xdg")
+    package_files = _numba_files(Path(kernels.__file__).parent)
+    result = subprocess.run([sys.executable, "-m", "hotwire.server", "warm-kernels"],
+                            env=_env(XDG_CACHE_HOME=str(xdg)), capture_output=True, text=True, check=False,
+                            timeout=600)
     assert result.returncode == 0, result.stderr
+    cache = xdg / "hotwire" / "kernels"
     assert "compiled" in result.stdout and str(cache) in result.stdout, result.stdout
-    assert any(cache.rglob("*.nbi")), "warm-kernels cached nothing"
+    assert _numba_files(cache), "warm-kernels cached nothing"
+    # nothing written inside the package: pip's uninstall would leave it behind
+    assert _numba_files(Path(kernels.__file__).parent) == package_files
     _make_read_only(cache)
     yield cache
     _make_writable(cache)
+
+
+def test_the_default_cache_is_per_user_and_never_inside_the_package(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert kernel_cache_paths.cache_root() == str(tmp_path / "xdg" / "hotwire" / "kernels")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert kernel_cache_paths.cache_root() == str(tmp_path / "home" / ".cache" / "hotwire" / "kernels")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "configured"))
+    assert kernel_cache_paths.cache_root() == str(tmp_path / "configured")
 
 
 def _snapshot(path: Path) -> dict[Path, int]:
@@ -167,8 +192,9 @@ def test_a_cold_read_only_cache_compiles_in_memory_with_a_warning(tmp_path, read
 
 
 def test_importing_kernels_needs_no_writable_directory(tmp_path, read_only_prefix):
-    """Nothing writable at all (no cache directory, read-only sources and home): numba alone fails the import
-    ("cannot cache function ...: no locator available"); here the kernel compiles in memory with a warning."""
+    """Nothing writable at all (no cache directory configured, read-only sources and home): numba alone fails the
+    import ("cannot cache function ...: no locator available"); here the kernel compiles in memory with a warning,
+    and nothing is written next to its source."""
     package = tmp_path / "src"
     package.mkdir()
     (package / "ro_kernel.py").write_text("from numba import njit\n\n\n"
@@ -189,9 +215,11 @@ def test_importing_kernels_needs_no_writable_directory(tmp_path, read_only_prefi
                                 env=_env(HOME=str(home), XDG_CACHE_HOME=str(home), PYTHONDONTWRITEBYTECODE="1"),
                                 capture_output=True, text=True, check=False, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert result.stdout.split() == [str(package / "__pycache__"), "1"]
+        cache_path, misses = result.stdout.split()
+        assert cache_path.startswith(str(home / "hotwire" / "kernels")) and misses == "1", result.stdout
         assert "compile in memory" in result.stderr
         assert sorted(p.name for p in package.iterdir()) == ["ro_kernel.py"]
+        assert list(home.iterdir()) == []
     finally:
         _make_writable(package)
         _make_writable(home)
