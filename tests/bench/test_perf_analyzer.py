@@ -1,5 +1,6 @@
 """Triton's perf_analyzer completes a measurement against hotwire (it calls ServerMetadata, ModelMetadata,
-ModelConfig and ModelInfer, and trusts the advertised extensions). Skips, saying why, where it can't run."""
+ModelConfig and ModelInfer, and trusts the advertised extensions). Skips, saying why, where it can't run, except
+under CI=true, where that is a failure (`.ci/run` installs it with `python -m hotwire.bench.perf_analyzer install`)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,27 @@ import pytest
 
 from hotwire.bench import perf_analyzer
 from hotwire.server.config import bundled_repository
+from external_tools import missing
 from server_harness import ServerThread
 
-TOOL, WHY_NOT = perf_analyzer.locate()
+
+@pytest.fixture(scope="module")
+def tool() -> perf_analyzer.PerfAnalyzer:
+    found, why = perf_analyzer.locate()
+    if found is None:
+        missing(why)
+    assert found is not None
+    return found
 
 
-@pytest.mark.skipif(TOOL is None, reason=WHY_NOT)
 @pytest.mark.parametrize("streaming", [False, True])
-def test_perf_analyzer_measures_the_bundled_classifier(streaming):
+def test_perf_analyzer_measures_the_bundled_classifier(tool, streaming):
     server = ServerThread(bundled_repository()).start()
     try:
         # A loose stability bound: this checks that perf_analyzer completes against hotwire, not how steady a
         # shared CI box is (one stalled 300 ms window used to drop a level).
         extra = ["--stability-percentage", "1000", "--max-trials", "5"] + (["--streaming"] if streaming else [])
-        assert TOOL is not None
-        results = perf_analyzer.measure(TOOL, "classifier", server.address, [1, 2], window_ms=300, extra=extra)
+        results = perf_analyzer.measure(tool, "classifier", server.address, [1, 2], window_ms=300, extra=extra)
     finally:
         server.stop()
     assert [r.concurrency for r in results] == [1, 2]
