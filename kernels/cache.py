@@ -35,9 +35,15 @@ import os
 import tempfile
 from typing import Any
 
+import numba
 from numba.core import caching, config
 
 log = logging.getLogger("hotwire.kernels")
+
+# The numba releases this module's use of numba's private caching internals was run against: [lowest, first
+# untested). pyproject.toml pins the same range (tests/kernels/test_cache.py checks both); widen it only after
+# running tests/server/test_kernel_cache.py under the new release.
+TESTED_NUMBA = ((0, 61, 2), (0, 69))
 
 _probed: dict[str, bool] = {}  # cache path -> writable, probed once per process
 _warned: set[str] = set()  # cache paths whose in-memory compiles were already explained at WARNING
@@ -157,12 +163,23 @@ _numba_save_overload = caching.Cache.save_overload
 _numba_load_overload = caching.Cache.load_overload
 
 
+def numba_tested(version: str) -> bool:
+    """Whether a numba version string lies in TESTED_NUMBA."""
+    release = tuple(int(part) for part in version.split("+")[0].split(".")[:3] if part.isdigit())
+    low, high = TESTED_NUMBA
+    return low <= release < high
+
+
 def install() -> None:
     """Put the locators around numba's defaults and guard saves and loads; idempotent. Run before kernels are
-    decorated (`hotwire.kernels` does it on import). These are numba internals (checked against numba 0.68): if a
-    numba release moves them, numba's own behaviour is kept and a warning says a read-only cache won't be used."""
+    decorated (`hotwire.kernels` does it on import). These are numba internals (see TESTED_NUMBA): if a numba
+    release moves them, numba's own behaviour is kept and a warning says a read-only cache won't be used."""
     if getattr(caching.CacheImpl, "_hotwire_kernel_cache", False):
         return
+    if not numba_tested(numba.__version__):
+        log.warning("numba %s is outside the releases hotwire's kernel cache was tested with (%s to before %s): "
+                    "its cache may be written next to the kernels or not be used read-only",
+                    numba.__version__, ".".join(map(str, TESTED_NUMBA[0])), ".".join(map(str, TESTED_NUMBA[1])))
     try:
         # numba's own stay behind ours but are reached only for sources not on disk (its zip locator): ours takes
         # every function whose file exists, so nothing is ever written next to the sources.

@@ -3,7 +3,7 @@
 # Post-processed by `python -m hotwire.proto.generate`: private descriptor pool, absolute imports.
 # NO CHECKED-IN PROTOBUF GENCODE
 # source: model_config.proto
-# Protobuf Python Version: 7.35.1
+# Protobuf Python Version: 6.31.1
 """Generated protocol buffer code."""
 from google.protobuf import descriptor as _descriptor
 from hotwire.proto import _pool
@@ -12,8 +12,8 @@ from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
 _runtime_version.ValidateProtobufRuntimeVersion(
     _runtime_version.Domain.PUBLIC,
-    7,
-    35,
+    6,
+    31,
     1,
     '',
     'model_config.proto'

@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import pathlib
 import re
+from typing import Any
 
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from hotwire.proto import _pool, grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
-from hotwire.proto.generate import OUTPUTS, generate
+from hotwire.proto.generate import GRPCIO_TOOLS, OUTPUTS, generate, installed_grpcio_tools
 
 tc_service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
 tc_service_pb2_grpc = pytest.importorskip("tritonclient.grpc.service_pb2_grpc")
 tc_model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
-PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "proto"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PROTO_DIR = ROOT / "proto"
 SERVICE = "inference.GRPCInferenceService"
-# Lines of protoc/grpc output that name the generator's version.
-_TOOLCHAIN_LINE = re.compile(rb"^(# Protobuf Python Version: .*|GRPC_GENERATED_VERSION = .*)$", re.MULTILINE)
+_GRPC_GENERATED = re.compile(r"^GRPC_GENERATED_VERSION = '([^']+)'$", re.MULTILINE)
+_PROTOBUF_GENCODE = re.compile(r"^# Protobuf Python Version: (\S+)$", re.MULTILINE)
+_RUNTIME_CHECK = re.compile(
+    r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),"
+)
 
 
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    pytest.importorskip("grpc_tools", reason="grpcio-tools is not installed (it is in the test extra)")
     out = tmp_path_factory.mktemp("stubs")
     written = generate(out)
     assert sorted(p.name for p in written) == sorted(OUTPUTS)
@@ -40,13 +48,54 @@ def test_committed_stubs_exist() -> None:
 
 
 def test_committed_stubs_are_byte_identical_to_regenerated(regenerated: pathlib.Path) -> None:
+    tools = installed_grpcio_tools()
+    if tools != GRPCIO_TOOLS:
+        pytest.skip(f"needs grpcio-tools=={GRPCIO_TOOLS} (the test extra pins it), found {tools}")
     committed = {name: (PROTO_DIR / name).read_bytes() for name in OUTPUTS}
     fresh = {name: (regenerated / name).read_bytes() for name in OUTPUTS}
-    toolchain = _TOOLCHAIN_LINE.findall
-    if any(toolchain(committed[name]) != toolchain(fresh[name]) for name in OUTPUTS):
-        pytest.skip("installed grpcio-tools differs from the one that generated the committed stubs")
     stale = [name for name in OUTPUTS if committed[name] != fresh[name]]
     assert not stale, f"stale generated stubs {stale}: run python -m hotwire.proto.generate"
+
+
+def _pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def _requirement(requirements: list[str], name: str) -> Requirement:
+    (found,) = [r for r in map(Requirement, requirements) if r.name == name]
+    return found
+
+
+def _floor(requirement: Requirement) -> Version:
+    (floor,) = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==")]
+    return floor
+
+
+def test_committed_stubs_come_from_the_pinned_grpcio_tools() -> None:
+    """The stubs' toolchain fits the declared ranges, so every environment pip resolves can import them."""
+    project = _pyproject()["project"]
+    dependencies = project["dependencies"]
+    grpc_stub = (PROTO_DIR / "grpc_service_pb2_grpc.py").read_text()
+    (generated,) = _GRPC_GENERATED.findall(grpc_stub)
+    assert generated == GRPCIO_TOOLS
+    # The generated servicer raises on import under an older grpcio than the one that generated it.
+    assert _floor(_requirement(dependencies, "grpcio")) >= Version(generated)
+    assert f"grpcio-tools=={GRPCIO_TOOLS}" in project["optional-dependencies"]["test"]
+
+    protobuf = _requirement(dependencies, "protobuf")
+    for name in ("grpc_service_pb2.py", "model_config_pb2.py"):
+        text = (PROTO_DIR / name).read_text()
+        (gencode,) = _PROTOBUF_GENCODE.findall(text)
+        (checked,) = _RUNTIME_CHECK.findall(text)
+        assert ".".join(checked) == gencode, name
+        # A runtime older than the gencode refuses it; a runtime one major newer still accepts it.
+        assert _floor(protobuf) >= Version(gencode), name
+        assert f"<{Version(gencode).major + 2}" in str(protobuf.specifier), name
+        assert gencode.startswith("6."), (
+            f"{name}: gencode {gencode} would not run on protobuf 6 (tritonclient)"
+        )
 
 
 def test_generation_is_deterministic(regenerated: pathlib.Path, tmp_path: pathlib.Path) -> None:
