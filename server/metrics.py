@@ -4,6 +4,10 @@ This module owns every Prometheus object. The exact numbers live in each version
 mirrors them into Prometheus by setting absolute values, so the request path pays nothing for metrics. It runs on
 the event loop about once a second, and again just before each scrape in a single-process server.
 
+Lifecycle events (`hotwire_lifecycle_events_total`) carry `model` and `version` too, so an alert can name the
+model a canary guard rolled back. Each loaded version has all four events at 0 (a series born at 1 shows no
+increase to Prometheus), and a count above 0 stays after its version is gone, like any counter's history.
+
 A version's series exist while it is loaded: when a (model, version) is no longer among the watched versions (it
 was swapped out, unloaded or rolled back from), the next publish removes every series labelled with it, as Triton
 does for an unloaded model, so no gauge keeps reading its last value (a pending count, a drift p-value) forever.
@@ -86,8 +90,9 @@ HISTOGRAMS: tuple[tuple[str, str, Callable[[VersionStats], Histogram]], ...] = (
     ("hotwire_queue_duration_us", "Time requests waited in the batcher's queue, microseconds", lambda s: s.queue_us),
     ("hotwire_batch_size", "Rows per executed batch", lambda s: s.batch_rows),
 )
+LIFECYCLE = "hotwire_lifecycle_events_total"
 LIFECYCLE_EVENTS = ("swap", "rollback", "guard_rollback", "load_failure")
-COUNTER_NAMES = frozenset({f.name for f in COUNTERS} | {FAILURES, "hotwire_lifecycle_events_total",
+COUNTER_NAMES = frozenset({f.name for f in COUNTERS} | {FAILURES, LIFECYCLE,
                                                         "hotwire_shadow_comparisons_total",
                                                         "process_cpu_seconds_total"})  # the --workers one
 # Multiprocess only, never exposed: 1 for each (model, version) a worker has loaded, per worker pid.
@@ -106,7 +111,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()  # publish runs on the loop and, before a scrape, on the HTTP thread
         self._versions: Callable[[], Iterable[VersionView]] = lambda: ()
-        self._events: Callable[[], dict[str, int]] = dict
+        self._events: Callable[[], dict[tuple[str, str, str], int]] = dict
         self._shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: ()
         self._drift: Callable[[], Iterable[DriftRow]] = lambda: ()
         self._multiprocess = multiprocess_dir() is not None
@@ -137,9 +142,8 @@ class Metrics:
             name: (gauge(f"{name}_bucket", doc, ["le"]), gauge(f"{name}_sum", doc), gauge(f"{name}_count", doc), read)
             for name, doc, read in HISTOGRAMS
         }
-        self._lifecycle = Gauge("hotwire_lifecycle_events_total", "Model lifecycle events: swaps, rollbacks, "
-                                "canary guard rollbacks, failed loads", ["event"], registry=self.registry,
-                                multiprocess_mode="sum")
+        self._lifecycle = gauge(LIFECYCLE, "Model lifecycle events: swaps (to version), rollbacks (to version), "
+                                "canary guard rollbacks (of version), failed loads", ["event"])
         self._shadow_count = gauge("hotwire_shadow_comparisons_total", "Requests mirrored to the shadow and compared")
         self._shadow_diff = gauge("hotwire_shadow_max_abs_diff", "Largest |served - shadow| output difference in the "
                                   "recent comparisons", mode="max")
@@ -156,11 +160,13 @@ class Metrics:
         if self._multiprocess:
             self._loaded = gauge(LOADED_MARKER, "1 while this worker has the version loaded", mode="liveall")
 
-    def watch(self, versions: Callable[[], Iterable[VersionView]], events: Callable[[], dict[str, int]] = dict,
+    def watch(self, versions: Callable[[], Iterable[VersionView]],
+              events: Callable[[], dict[tuple[str, str, str], int]] = dict,
               shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: (),
               drift: Callable[[], Iterable[DriftRow]] = lambda: ()) -> None:
-        """What to publish: every loaded version; lifecycle event counts; shadow comparisons as (model, version,
-        count, max abs diff, argmax agreement); drift as (model, version, feature, ks, p-value, psi)."""
+        """What to publish: every loaded version; lifecycle event counts by (model, version, event); shadow
+        comparisons as (model, version, count, max abs diff, argmax agreement); drift as (model, version,
+        feature, ks, p-value, psi)."""
         self._versions, self._events, self._shadow, self._drift = versions, events, shadow, drift
 
     def publish(self) -> None:
@@ -171,8 +177,12 @@ class Metrics:
                 gauge.labels(*labels).set(value)
                 published.setdefault(gauge, set()).add(labels)
 
+            events = self._events()
             for view in list(self._versions()):
                 labels = (view.model, view.version)
+                # A loaded version's events start at 0, so Prometheus sees the first one as an increase.
+                for event in LIFECYCLE_EVENTS:
+                    put(self._lifecycle, (*labels, event), events.get((*labels, event), 0))
                 stats = view.stats
                 for family in COUNTERS:
                     put(self._counters[family.name], labels, family.read(stats))
@@ -188,22 +198,25 @@ class Metrics:
                         put(bucket, (*labels, _le(bound)), cumulative)
                     put(total, labels, histogram.total)
                     put(count, labels, cumulative)
-            for event, value in self._events().items():
-                self._lifecycle.labels(event).set(value)
-            for model, version, count, diff, agreement in self._shadow():
-                labels = (model, str(version))
-                put(self._shadow_count, labels, count)
-                put(self._shadow_diff, labels, diff)
-                put(self._shadow_agreement, labels, agreement)
+            for key, value in events.items():  # counts outlive their version (a failed load never loaded)
+                put(self._lifecycle, key, value)
+            for model, number, compared, diff, agreement in self._shadow():
+                shadow = (model, str(number))
+                put(self._shadow_count, shadow, compared)
+                put(self._shadow_diff, shadow, diff)
+                put(self._shadow_agreement, shadow, agreement)
             for model, version, feature, ks, pvalue, psi in self._drift():
                 if ks is not None and pvalue is not None:
                     put(self._drift_ks, (model, version, feature), ks)
                     put(self._drift_p, (model, version, feature), pvalue)
                 put(self._drift_psi, (model, version, feature), psi)
             if self._multiprocess:
-                loaded = {labels[:2] for series in published.values() for labels in series}
-                for labels in loaded:
-                    put(self._loaded, labels, 1)
+                assert self._loaded is not None
+                # Lifecycle counts outlive their version: they must not mark it loaded.
+                loaded = {key[:2] for gauge, series in published.items() if gauge is not self._lifecycle
+                          for key in series}
+                for marked in loaded:
+                    put(self._loaded, marked, 1)
             self._retire(published)
             if self._multiprocess:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -333,7 +346,8 @@ class _Exposed(Collector):
 
 def _loaded_series_only(families: list[Metric]) -> Iterator[Metric]:
     """Drop the marker family, and every (model, version) series no live worker has loaded: per pid for the
-    `liveall` families (which carry a pid label), over all live workers for the summed ones."""
+    `liveall` families (which carry a pid label), over all live workers for the summed ones. A lifecycle count
+    above 0 stays, as in a single process: it outlives its version (a failed load never was loaded)."""
     loaded: set[tuple[str, str]] = set()
     loaded_by_pid: set[tuple[str, str, str]] = set()
     for family in families:
@@ -353,7 +367,8 @@ def _loaded_series_only(families: list[Metric]) -> Iterator[Metric]:
             elif "pid" in labels:
                 if (labels["model"], labels["version"], labels["pid"]) in loaded_by_pid:
                     kept.append(sample)
-            elif (labels["model"], labels["version"]) in loaded:
+            elif (labels["model"], labels["version"]) in loaded or (
+                    family.name == LIFECYCLE and sample.value > 0):
                 kept.append(sample)
         family.samples = kept
         yield family

@@ -31,10 +31,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LifecycleEvents:
+    """Lifecycle event counts: in total (the fields), and per (model, version, event) for the metrics, whose
+    alerts name the model. Version "" is the whole model (a load that failed before any version was known)."""
+
     swaps: int = 0
     rollbacks: int = 0
     guard_rollbacks: int = 0
     load_failures: int = 0
+    by_version: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def add(self, event: str, model: str, version: int) -> None:
+        total = {"swap": "swaps", "rollback": "rollbacks", "guard_rollback": "guard_rollbacks",
+                 "load_failure": "load_failures"}[event]
+        setattr(self, total, getattr(self, total) + 1)
+        key = (model, str(version) if version >= 0 else "", event)
+        self.by_version[key] = self.by_version.get(key, 0) + 1
 
 
 @dataclass
@@ -166,15 +177,16 @@ class Registry:
 
     def _load_failed(self, entry: ModelEntry, version: int, reason: str) -> ModelEntry:
         entry.failures[version] = reason
-        self.events.load_failures += 1
+        self.events.add("load_failure", entry.name, version)
+        where = {"version": version} if version >= 0 else {}  # no version: the key is left out, never -1
         if entry.versions:
             log.error("model %s%s failed to load, the loaded versions %s keep serving: %s", entry.name,
                       f" version {version}" if version >= 0 else "", sorted(entry.versions), reason,
-                 extra={"event": "load_failed", "model": entry.name, "version": version})
+                 extra={"event": "load_failed", "model": entry.name, **where})
         else:
             log.error("model %s%s failed to load: %s", entry.name, f" version {version}" if version >= 0 else "",
                       reason,
-                 extra={"event": "load_failed", "model": entry.name, "version": version})
+                 extra={"event": "load_failed", "model": entry.name, **where})
             self._on_health_change(entry.name, False)
         return entry
 
@@ -198,10 +210,10 @@ class Registry:
             if version not in kept:
                 self._drain(version)
         if before is not None and entry.stable is not before:
-            self.events.swaps += 1
-            log.info("model %s: traffic flipped from version %d to %d", entry.name, before.version,
-                     entry.stable.version if entry.stable else -1,
-                 extra={"event": "swap", "model": entry.name})
+            after = entry.stable.version if entry.stable else -1
+            self.events.add("swap", entry.name, after)
+            log.info("model %s: traffic flipped from version %d to %d", entry.name, before.version, after,
+                 extra={"event": "swap", "model": entry.name, **({"version": after} if after >= 0 else {})})
         self._on_health_change(entry.name, entry.stable is not None)
 
     def _drain(self, version: ModelVersion) -> None:
@@ -263,7 +275,7 @@ class Registry:
                 previous = entry.versions.get(current)
                 if previous is not None:
                     previous.state = VersionState.STANDBY
-            self.events.rollbacks += 1
+            self.events.add("rollback", name, to)
             log.info("model %s: rolled back from version %s to %d (%s)", name, current, to,
                      "standby" if to in standby else "loaded",
                  extra={"event": "rollback", "model": name, "version": to})
@@ -286,7 +298,7 @@ class Registry:
             entry.resolve_routes()
             if current is not None and current in entry.versions and current != to:
                 entry.versions[current].state = VersionState.STANDBY
-        self.events.rollbacks += 1
+        self.events.add("rollback", name, to)
         log.info("model %s: rolled back from version %s to %d (reloaded: no standby copy)", name, current, to,
                  extra={"event": "rollback", "model": name, "version": to})
         return to, "reloaded"
@@ -310,7 +322,7 @@ class Registry:
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"Request for unknown model: '{name}' is not found")  # Triton's words, which clients match
         return entry
 
     def route(self, name: str, version: str = "", request: InferRequest | None = None) -> ModelVersion:
@@ -357,7 +369,7 @@ class Registry:
                 entry.guard_checked = now
                 breach = entry.guard.breach(entry.policy.guard, now)
             if breach:
-                self.events.guard_rollbacks += 1
+                self.events.add("guard_rollback", entry.name, version.version)
                 log.warning("model %s: canary version %d breached its guard (%s); all traffic back to stable "
                             "version %d", entry.name, version.version, breach, entry.stable.version if entry.stable else -1,
                  extra={"event": "guard_rollback", "model": entry.name, "version": version.version})
@@ -391,9 +403,9 @@ class Registry:
             if version.drift is not None:
                 version.drift_report = await asyncio.to_thread(version.drift.compute)
 
-    def event_counts(self) -> dict[str, int]:
-        return {"swap": self.events.swaps, "rollback": self.events.rollbacks,
-                "guard_rollback": self.events.guard_rollbacks, "load_failure": self.events.load_failures}
+    def event_counts(self) -> dict[tuple[str, str, str], int]:
+        """Lifecycle event counts per (model, version, event), for the metrics."""
+        return dict(self.events.by_version)
 
     def shadow_summary(self) -> list[tuple[str, int, int, float, float]]:
         rows = []

@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server.logs import JsonFormatter
-from hotwire.server.metrics import render
+from hotwire.server.metrics import LIFECYCLE_EVENTS, render
 from onnx_models import add_sub, write_model
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -61,7 +62,7 @@ def series_of(body: str, model: str, version: str) -> list[str]:
             and f'model="{model}"' in line and f'version="{version}"' in line]
 
 
-def parse_all(body: str) -> dict[str, object]:
+def parse_all(body: str) -> dict[str, Metric]:
     """The whole exposition through prometheus-client's parser, every sample under its family's # TYPE line."""
     families = {family.name: family for family in text_string_to_metric_families(body)}
     for family in families.values():
@@ -207,10 +208,12 @@ def test_a_version_s_series_go_away_once_it_is_swapped_out_or_unloaded(tmp_path,
     parse_all(body)
 
     stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="simple"))
-    body = scrape_until(server.app.metrics_port, lambda body: 'model="simple"' not in body)
-    assert series_of(body, "simple", "2") == [] and 'model="simple"' not in body
+    body = scrape_until(server.app.metrics_port, lambda body: len(series_of(body, "simple", "2")) == 1)
+    # all gone but the history of what happened: the swap to version 2, a counter that must never go down
+    assert series_of(body, "simple", "2") == [
+        'hotwire_lifecycle_events_total{model="simple",version="2",event="swap"} 1.0']
+    assert [line for line in body.splitlines() if 'model="simple"' in line] == series_of(body, "simple", "2")
     assert "# TYPE nv_inference_request_success counter" in body  # the families stay, empty
-    assert re.search(r'^hotwire_lifecycle_events_total\{event="swap"\} 1\.0$', body, re.M)
 
 
 MULTIPROCESS_WORKER = """
@@ -251,20 +254,73 @@ def test_workers_drop_an_unloaded_version_s_series_too(tmp_path):
     parse_all(after)
 
 
-def test_lifecycle_events_are_counted(tmp_path, running_server, stub_for):
+def lifecycle(body: str) -> dict[tuple[str, str, str], float]:
+    """(model, version, event) -> count, from hotwire_lifecycle_events_total."""
+    found = re.findall(r'^hotwire_lifecycle_events_total\{(?=[^}]*event="(\w+)")(?=[^}]*model="(\w*)")'
+                       r'(?=[^}]*version="(\w*)")[^}]*\} (\S+)$', body, re.M)
+    return {(model, version, event): float(count) for event, model, version, count in found}
+
+
+def test_lifecycle_events_are_counted_per_model_version(tmp_path, running_server, stub_for, caplog):
     write_model(tmp_path, "simple", add_sub(offset=1.0),
                 'max_batch_size: 8\nparameters { key: "standby_versions" value: { string_value: "1" } }', version=1)
     server = running_server(tmp_path, metrics_port=0, model_control_mode="explicit", load_model=("simple",))
     stub = stub_for(server)
+    counts = lifecycle(scrape(server.app.metrics_port))
+    # a loaded version's events are there at 0 before any happens, so Prometheus sees the first as an increase
+    assert counts == {("simple", "1", event): 0 for event in LIFECYCLE_EVENTS}
     write_model(tmp_path, "simple", add_sub(offset=2.0), version=2)
-    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
-    request = pb.RepositoryModelLoadRequest(model_name="simple")
-    request.parameters["hotwire.rollback"].string_param = ""
-    stub.RepositoryModelLoad(request)
+    with caplog.at_level(logging.INFO):
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
+        request = pb.RepositoryModelLoadRequest(model_name="simple")
+        request.parameters["hotwire.rollback"].string_param = ""
+        stub.RepositoryModelLoad(request)
     body = scrape(server.app.metrics_port)
     assert "# TYPE hotwire_lifecycle_events_total counter" in body
-    assert re.search(r'^hotwire_lifecycle_events_total\{event="swap"\} 1\.0$', body, re.M)
-    assert re.search(r'^hotwire_lifecycle_events_total\{event="rollback"\} 1\.0$', body, re.M)
+    counts = lifecycle(body)
+    assert counts[("simple", "2", "swap")] == 1  # the swap to version 2
+    assert counts[("simple", "1", "rollback")] == 1  # the rollback to version 1
+    assert sum(counts.values()) == 2
+    lines = {r.event: json.loads(JsonFormatter().format(r)) for r in caplog.records
+             if getattr(r, "event", "") in ("swap", "rollback")}
+    assert (lines["swap"]["model"], lines["swap"]["version"]) == ("simple", 2)  # the same int as everywhere
+    assert (lines["rollback"]["model"], lines["rollback"]["version"]) == ("simple", 1)
+
+
+LIFECYCLE_WORKER = """
+from hotwire.server.metrics import Metrics, VersionView
+from hotwire.server.stats import VersionStats
+
+views = [VersionView("simple", str(n), VersionStats(), 0, 0.5) for n in (1, 2)]
+metrics = Metrics()
+metrics.watch(versions=lambda: list(views),
+              events=lambda: {("simple", "2", "guard_rollback"): 1, ("broken", "", "load_failure"): 1})
+metrics.publish()
+views.pop(0)  # version 1 unloaded in this worker
+metrics.publish()
+"""
+SUPERVISOR = """
+import sys
+from hotwire.server.metrics import Metrics, render
+sys.stdout.write(render(Metrics.multiprocess_exposition()).decode())
+"""
+
+
+def test_workers_sum_the_lifecycle_counts_per_model_version(tmp_path):
+    # --workers: each worker counts its own canary guard's rollbacks; the supervisor adds them up per version
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for script in (LIFECYCLE_WORKER, LIFECYCLE_WORKER, SUPERVISOR):
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+    body = result.stdout
+    counts = lifecycle(body)
+    assert counts[("simple", "2", "guard_rollback")] == 2  # one per worker, summed
+    assert counts[("broken", "", "load_failure")] == 2  # a model that never loaded keeps its failures
+    assert counts[("simple", "2", "swap")] == 0  # version 2 is loaded: its events are there at 0
+    assert not any(version == "1" for _, version, _ in counts)  # version 1's zeros went with it
+    assert 'pid="' not in "".join(line for line in body.splitlines() if "lifecycle" in line)
+    parse_all(body)
 
 
 def test_health_follows_load_unload_and_drain_and_watch_streams_it(tmp_path, running_server):
@@ -336,6 +392,9 @@ def test_json_logs_carry_lifecycle_events_and_request_breakdowns(tmp_path, runni
     assert slow, "every request is slower than 1 ns"
     line = json.loads(formatter.format(slow[0]))
     assert line["level"] == "WARNING" and line["request_id"] == "r2"
+    # one type for `version` in every JSON line: an int, on request lines as on lifecycle lines
+    versions = [json.loads(formatter.format(r))["version"] for r in caplog.records if hasattr(r, "version")]
+    assert len(versions) >= 3 and all(v == 1 and type(v) is int for v in versions), versions
     stages = ("decode_ms", "queue_ms", "preprocess_ms", "compute_ms", "encode_ms", "other_ms")
     assert {*stages, "total_ms"} <= set(line)
     assert line["total_ms"] >= line["compute_ms"] >= 0
