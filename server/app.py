@@ -1,7 +1,7 @@
 """Composition root: builds the pieces in order, and owns the one ordered shutdown.
 
 Startup: metrics endpoint → registry loads the repository → gRPC server (inference, health, reflection) listens.
-Shutdown (DESIGN.md §2.9): health NOT_SERVING → stop accepting and let in-flight RPCs finish (server.stop(grace))
+Shutdown (ARCHITECTURE.md §Shutdown): health NOT_SERVING → stop accepting and let in-flight RPCs finish (server.stop(grace))
 → drain batchers and unload sessions.
 """
 
@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-
 from hotwire.proto import grpc_service_pb2, model_config_pb2
 from hotwire.server.config import ServerConfig
 from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
 from hotwire.server.health import HealthServicer
-from hotwire.server.metrics import Metrics, VersionView, start_metrics_server
 from hotwire.server.logs import RequestLogger
+from hotwire.server.metrics import Metrics, MetricsServer, VersionView, start_metrics_server
 from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
+from hotwire.server.workers import port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ PUBLISH_INTERVAL_S = 1.0  # how often stats are mirrored into Prometheus (always
 DRIFT_EVERY = 5  # drift reports are recomputed every DRIFT_EVERY publishes
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (e.g. --exit-on-error and a model failed to load)."""
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -65,7 +69,7 @@ class App:
         self.grpc_port = 0
         self.metrics_port = 0
         self._draining = False
-        self._metrics_server = None
+        self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._health_updates: set[asyncio.Task[None]] = set()  # held so the loop can't drop them half-done
 
@@ -77,14 +81,27 @@ class App:
         task.add_done_callback(self._health_updates.discard)
 
     def is_ready(self) -> bool:
-        return not self._draining and self.server is not None and self.registry.all_ready()
+        """ServerReady: up and not draining, and (strict readiness, the default) every model ready."""
+        up = not self._draining and self.server is not None
+        return up and (not self.config.strict_readiness or self.registry.all_ready())
 
     async def start(self) -> None:
         if self.config.metrics_port >= 0:
             self._metrics_server = start_metrics_server(self.config.host, self.config.metrics_port,
                                                         self.metrics.exposition())
             self.metrics_port = self._metrics_server.server_port
+        root = self.config.model_repository
+        log.info("model repository %s (model control mode %s)", root, self.config.model_control_mode)
+        log.debug("settings: %s", self.config)
         await self.control.start()
+        if root.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+            log.warning("model repository %s is empty: no models to serve", root)
+        failed = [entry for entry in self.registry.models() if entry.failures]
+        if self.config.exit_on_error and failed:
+            await self.registry.close()
+            self._close_metrics()
+            raise StartupError("--exit-on-error: " + "; ".join(f"model {e.name} failed to load: {e.reason()}"
+                                                                for e in failed))
         self._publisher = asyncio.create_task(self._publish_metrics(), name="metrics-publisher")
         loop = asyncio.get_running_loop()
 
@@ -115,14 +132,12 @@ class App:
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:
             self.grpc_port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpcio raises when the bind fails
+        except RuntimeError:  # grpcio raises when the bind fails, with a message that only points at its logs
             self.grpc_port = 0
-            reason = str(exc)
-        else:
-            reason = ""
         if self.grpc_port == 0:
-            raise OSError(f"could not listen on {address} (is another server using the port, or the host wrong?) "
-                          f"{reason}".strip())
+            problem = port_in_use(self.config.host, self.config.grpc_port) if self.config.grpc_port else None
+            raise OSError(f"{problem or f'could not listen on {address}'} "
+                          "(is another server using the port, or the host wrong?)")
         await server.start()
         self.server = server
         await self.health.set("", SERVING)
@@ -149,11 +164,15 @@ class App:
         # a publish without them would retire their series).
         self.metrics.publish()
         await self.registry.close()
+        self._close_metrics()
+        log.info("shutdown complete")
+        self._stopped.set()
+
+    def _close_metrics(self) -> None:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-        log.info("shutdown complete")
-        self._stopped.set()
+            self._metrics_server = None
 
     async def _publish_metrics(self) -> None:
         published = 0

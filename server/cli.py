@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
+import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from hotwire.server.config import add_serve_arguments, server_config
 from hotwire.server import logs
+from hotwire.server.config import (
+    add_serve_arguments,
+    kernel_cache_dir_from_env,
+    server_config,
+    unknown_variables,
+    unrecognized,
+    version,
+)
 from hotwire.server.errors import ConfigError
 
 log = logging.getLogger("hotwire")
@@ -27,9 +34,7 @@ def _use_kernel_cache(directory: Path | None) -> None:
 
 
 def _warm_kernels(args: argparse.Namespace) -> int:
-    directory = args.kernel_cache_dir
-    if directory is None and os.environ.get("HOTWIRE_KERNEL_CACHE_DIR"):
-        directory = Path(os.environ["HOTWIRE_KERNEL_CACHE_DIR"])
+    directory = args.kernel_cache_dir if args.kernel_cache_dir is not None else kernel_cache_dir_from_env()
     _use_kernel_cache(directory)
     logs.configure("INFO", "plain")
     from hotwire.server import kernel_cache  # imports numba: only now that NUMBA_CACHE_DIR is set
@@ -51,13 +56,16 @@ def _warm_kernels(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     config = server_config(args)
     logs.configure(config.log_level, config.log_format)
+    if not config.reuse_port:  # a worker's environment is its supervisor's, which has warned already
+        for warning in unknown_variables():
+            log.warning("%s", warning)
     _use_kernel_cache(config.kernel_cache_dir)
     if config.workers > 1:
         from hotwire.server.workers import Supervisor  # imports no ORT, numba or event loop
 
         return Supervisor(config).run()
 
-    from hotwire.server.app import App  # imports ORT and gRPC: only in a serving process
+    from hotwire.server.app import App, StartupError  # imports ORT and gRPC: only in a serving process
 
     app = App(config)
 
@@ -65,18 +73,21 @@ def _serve(args: argparse.Namespace) -> int:
         os._exit(1)
 
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(app.run(force_exit))
-    else:
-        uvloop.run(app.run(force_exit))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(app.run(force_exit))
+        else:
+            uvloop.run(app.run(force_exit))
+    except StartupError as exc:
+        print(f"hotwire: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _admin(model: str, url: str, parameters: dict[str, str]) -> tuple[str, str, str]:
     """RepositoryModelLoad carrying an admin parameter; returns the server's (action, version, elapsed ms)."""
     import grpc
-
     from hotwire.proto import grpc_service_pb2 as pb
     from hotwire.proto import grpc_service_pb2_grpc
 
@@ -104,6 +115,9 @@ def _traffic(args: argparse.Namespace) -> int:
                                             ("canary_weight", args.weight), ("sticky_parameter", args.sticky),
                                             ("shadow", args.shadow), ("shadow_fraction", args.fraction),
                                             ("standby", args.standby)) if value is not None}
+    if not update:
+        args.usage_error("nothing to change: give --stable, --canary (with --weight), --sticky, --shadow "
+                         "(with --fraction) or --standby")
     _admin(args.model, args.url, {"hotwire.traffic": json.dumps(update)})
     print(f"{args.model}: traffic policy updated: {update}")
     return 0
@@ -111,10 +125,11 @@ def _traffic(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hotwire", description="High-performance ONNX model server (KServe V2 gRPC)")
+    parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository over gRPC")
     add_serve_arguments(serve)
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=_serve, usage_error=serve.error)
     warm = commands.add_parser("warm-kernels", help="compile the numba kernels into the kernel cache (e.g. at "
                                                     "image build), so servers using it compile nothing")
     warm.add_argument("--kernel-cache-dir", type=Path,
@@ -122,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "default); it can be read-only afterwards")
     warm.add_argument("--check", action="store_true",
                       help="fail (exit 1) unless every kernel loaded from the cache, compiling none")
-    warm.set_defaults(run=_warm_kernels)
+    warm.set_defaults(run=_warm_kernels, usage_error=warm.error)
     rollback = commands.add_parser("rollback", help="send a model's traffic back to an earlier version")
     rollback.add_argument("model")
     rollback.add_argument("--to", type=int, help="the version (default: the previous one)")
     rollback.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
-    rollback.set_defaults(run=_rollback)
+    rollback.set_defaults(run=_rollback, usage_error=rollback.error)
     traffic = commands.add_parser("traffic", help="set a model's traffic policy (canary, shadow, standby)")
     traffic.add_argument("model")
     traffic.add_argument("--stable", type=int)
@@ -138,12 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--fraction", type=float, help="share of requests mirrored to the shadow, 0..1")
     traffic.add_argument("--standby", type=int, help="superseded versions kept loaded for instant rollback")
     traffic.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
-    traffic.set_defaults(run=_traffic)
+    traffic.set_defaults(run=_traffic, usage_error=traffic.error)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Unknown arguments that are tritonserver's flags get a hint, not a bare "unrecognized arguments".
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        args.usage_error(unrecognized(extra) if args.command == "serve" else
+                         "unrecognized arguments: " + " ".join(extra))
     try:
         return int(args.run(args))
     except ConfigError as exc:

@@ -6,11 +6,17 @@ This module is the only reader of environment variables. A flag given on the com
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
-from dataclasses import dataclass, fields
-from importlib import resources
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from importlib import metadata, resources
 from pathlib import Path
-from typing import Mapping, Sequence
+
+# gRPC C-core reads GRPC_VERBOSITY once, when grpc is first imported (hotwire.server.errors imports it), so
+# this runs first: C-core's own log lines (e.g. its bind error beside hotwire's) stay off stderr, in this
+# process and the workers it starts, unless the user sets GRPC_VERBOSITY.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from hotwire.server.errors import ConfigError
 
@@ -43,7 +49,25 @@ class ServerConfig:
     load_model: tuple[str, ...] = ()  # explicit mode: the models loaded at start
     kernel_cache_dir: Path | None = None  # numba's on-disk kernel cache (NUMBA_CACHE_DIR); None: numba's default
     workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT)
+    exit_on_error: bool = False  # a model failing to load at start stops the server (exit 1); Triton: on
+    strict_readiness: bool = True  # ServerReady needs every model ready; false: ready once the server is up
+    log_verbose: int = 0  # Triton's --log-verbose: > 0 means DEBUG logging
     reuse_port: bool = False  # set for the processes of --workers N, never by users
+
+
+_INTERNAL = ("reuse_port",)  # fields with no flag or variable for users
+
+
+def variables() -> list[str]:
+    """Every HOTWIRE_* variable hotwire reads."""
+    return [ENV_PREFIX + f.name.upper() for f in fields(ServerConfig) if f.name not in _INTERNAL]
+
+
+def version() -> str:
+    try:
+        return metadata.version("hotwire")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def _positive(name: str, minimum: int) -> type:
@@ -60,20 +84,47 @@ def _positive(name: str, minimum: int) -> type:
     return parse  # type: ignore[return-value]
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool | None:
+    """Triton's boolean forms (true/false, 1/0) and yes/no, on/off; None when `text` is none of them."""
+    word = text.strip().lower()
+    return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
+
+
+def _boolean(name: str) -> type:
+    def parse(text: str) -> bool:
+        value = parse_bool(text)
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{name}: expected true or false, got '{text}'")
+        return value
+
+    parse.__name__ = name
+    return parse  # type: ignore[return-value]
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `serve` flags; each FLAG also reads HOTWIRE_<FLAG> (e.g. --grpc-port: HOTWIRE_GRPC_PORT)."""
-    parser.add_argument("--model-repository", type=Path, help="model repository (default: the bundled examples)")
-    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    """The `serve` flags; each FLAG also reads HOTWIRE_<FLAG> (e.g. --grpc-port: HOTWIRE_GRPC_PORT). Triton's
+    names for the same settings are aliases (--model-store, --grpc-address, --exit-timeout-secs)."""
+    parser.add_argument("--model-repository", "--model-store", type=Path,
+                        help="model repository (default: the bundled examples)")
+    parser.add_argument("--host", "--grpc-address", dest="host",
+                        help="address to listen on, for gRPC and metrics (default 0.0.0.0)")
     parser.add_argument("--grpc-port", type=_positive("--grpc-port", 0), help="gRPC port, 0 = any free (default 8001)")
     parser.add_argument("--metrics-port", type=_positive("--metrics-port", -1),
                         help="Prometheus /metrics port, 0 = any free, -1 = off (default 8002)")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
+    parser.add_argument("--log-verbose", type=_positive("--log-verbose", 0), metavar="N",
+                        help="Triton's verbosity: N > 0 logs at DEBUG (default 0)")
     parser.add_argument("--log-format", choices=("plain", "json"), help="default plain")
     parser.add_argument("--request-log-rate", type=float, help="fraction of requests logged (default 0)")
     parser.add_argument("--slow-request-ms", type=float, help="log requests slower than this (default 0: off)")
     parser.add_argument("--max-message-bytes", type=_positive("--max-message-bytes", 1),
                         help="largest gRPC message accepted or sent (default 64 MiB)")
-    parser.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on shutdown (default 30)")
+    parser.add_argument("--shutdown-grace-s", "--exit-timeout-secs", dest="shutdown_grace_s", type=float,
+                        help="time in-flight requests get on shutdown (default 30)")
     parser.add_argument("--default-max-batch-size", type=_positive("--default-max-batch-size", 1),
                         help="max_batch_size for models that leave it out of config.pbtxt (default 32)")
     parser.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
@@ -86,7 +137,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "can be read-only afterwards")
     parser.add_argument("--workers", type=_positive("--workers", 1),
                         help="server processes sharing the gRPC port; a crashed one is restarted (default 1)")
+    parser.add_argument("--exit-on-error", type=_boolean("--exit-on-error"), nargs="?", const=True,
+                        metavar="BOOL",
+                        help="exit 1 when a model fails to load at start (default false: the others serve)")
+    parser.add_argument("--strict-readiness", type=_boolean("--strict-readiness"), nargs="?", const=True,
+                        metavar="BOOL",
+                        help="ServerReady only when every model is ready (default true); false: ready once "
+                             "the server is up")
+    parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = ("environment variables (a flag on the command line wins):\n  "
+                     + "\n  ".join(f"{variable:34} {_flag_of(variable)}" for variable in variables()))
+
+
+def _flag_of(variable: str) -> str:
+    return "--" + _flag(variable[len(ENV_PREFIX):].lower())
 
 
 def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -105,7 +171,29 @@ def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         values["model_repository"] = bundled_repository()
     config = ServerConfig(**values)  # type: ignore[arg-type]
     _check(config)
+    if config.log_verbose > 0:
+        config = replace(config, log_level="DEBUG")
     return config
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each HOTWIRE_* variable hotwire does not read (a misspelling would go unnoticed)."""
+    env = os.environ if environ is None else environ
+    known = variables()
+    warnings = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            warnings.append(f"environment variable {name} is not a hotwire setting, ignored ({hint}"
+                            f"see `hotwire serve --help`)")
+    return warnings
+
+
+def kernel_cache_dir_from_env(environ: Mapping[str, str] | None = None) -> Path | None:
+    """HOTWIRE_KERNEL_CACHE_DIR, for `hotwire warm-kernels` (which takes no other setting)."""
+    text = (os.environ if environ is None else environ).get(ENV_PREFIX + "KERNEL_CACHE_DIR")
+    return Path(text) if text else None
 
 
 def _check(config: ServerConfig) -> None:
@@ -119,7 +207,7 @@ def _check(config: ServerConfig) -> None:
         "grpc_port": (0, 65535), "metrics_port": (-1, 65535), "request_log_rate": (0, 1),
         "slow_request_ms": (0, float("inf")), "shutdown_grace_s": (0, float("inf")),
         "repository_poll_secs": (0.01, float("inf")), "max_message_bytes": (1, 2**31 - 1),
-        "default_max_batch_size": (1, float("inf")), "workers": (1, 1024),
+        "default_max_batch_size": (1, float("inf")), "workers": (1, 1024), "log_verbose": (0, float("inf")),
     }
     for name, (low, high) in ranges.items():
         value = getattr(config, name)
@@ -148,7 +236,10 @@ def _from_env(variable: str, text: str, type_name: object) -> object:
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in text.split(",") if part.strip())
     if kind == "bool":
-        return text.strip().lower() in ("1", "true", "yes", "on")
+        value = parse_bool(text)
+        if value is None:
+            raise ConfigError(f"environment variable {variable}: expected true or false, got '{text}'")
+        return value
     if variable == ENV_PREFIX + "LOG_LEVEL":
         return text.upper()
     return text
@@ -157,4 +248,65 @@ def _from_env(variable: str, text: str, type_name: object) -> object:
 def parse_serve_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
     parser = argparse.ArgumentParser(prog="hotwire serve")
     add_serve_arguments(parser)
-    return server_config(parser.parse_args(list(argv)), environ)
+    args, extra = parser.parse_known_args(list(argv))
+    if extra:
+        parser.error(unrecognized(extra))
+    return server_config(args, environ)
+
+
+# tritonserver's flags that `hotwire serve` does not take: what to use instead, or why there is nothing.
+_NO_HTTP = "hotwire serves gRPC only (an HTTP endpoint is not implemented yet)"
+_UNSUPPORTED = "not supported by hotwire"
+TRITON_FLAGS: dict[str, str] = {
+    **{flag: _NO_HTTP for flag in (
+        "--http-port", "--http-address", "--http-thread-count", "--http-header-forward-pattern",
+        "--http-restricted-api", "--reuse-http-port", "--allow-http")},
+    "--allow-grpc": "hotwire always serves gRPC; drop the flag",
+    "--allow-metrics": "use --metrics-port -1 to turn metrics off",
+    "--metrics-address": "use --host (metrics listen on the gRPC address)",
+    "--reuse-grpc-port": "use --workers N: hotwire's workers share the gRPC port",
+    "--log-info": "use --log-level INFO",
+    "--log-warning": "use --log-level WARNING",
+    "--log-error": "use --log-level ERROR",
+    "--log-file": "hotwire logs to stderr; redirect it",
+    "--backend-config": "set ONNX Runtime options per model in config.pbtxt `parameters`",
+    "--strict-model-config": "hotwire always completes a partial config.pbtxt from the ONNX graph",
+    "--disable-auto-complete-config": "hotwire always completes a partial config.pbtxt from the ONNX graph",
+    **{flag: _UNSUPPORTED for flag in (
+        "--id", "--allow-gpu-metrics", "--allow-cpu-metrics", "--metrics-interval-ms", "--metrics-config",
+        "--model-load-thread-count", "--model-load-retry-count", "--model-namespacing", "--model-config-name",
+        "--backend-directory", "--repoagent-directory", "--cache-directory", "--cache-config",
+        "--response-cache-byte-size", "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size",
+        "--cuda-virtual-address-size", "--min-supported-compute-capability", "--buffer-manager-thread-count",
+        "--host-policy", "--rate-limit", "--rate-limit-resource", "--model-load-gpu-limit",
+        "--trace-config", "--trace-file", "--trace-level", "--trace-rate", "--trace-count",
+        "--trace-log-frequency",
+        "--grpc-infer-allocation-pool-size", "--grpc-max-response-pool-size", "--grpc-use-ssl",
+        "--grpc-use-ssl-mutual", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert",
+        "--grpc-infer-response-compression-level", "--grpc-keepalive-time", "--grpc-keepalive-timeout",
+        "--grpc-keepalive-permit-without-calls", "--grpc-http2-max-pings-without-data",
+        "--grpc-http2-min-recv-ping-interval-without-data", "--grpc-http2-max-ping-strikes",
+        "--grpc-max-connection-age", "--grpc-max-connection-age-grace", "--grpc-restricted-protocol",
+        "--grpc-header-forward-pattern", "--allow-sagemaker", "--sagemaker-port",
+        "--sagemaker-safe-port-range",
+        "--sagemaker-thread-count", "--allow-vertex-ai", "--vertex-ai-port", "--vertex-ai-thread-count",
+        "--vertex-ai-default-model")},
+}
+
+
+def unrecognized(extra: Sequence[str]) -> str:
+    """The usage error for arguments `serve` does not take: a hint for each tritonserver flag among them."""
+    hints, unknown = [], []
+    takes_value = False  # the previous argument was a Triton flag without `=VALUE`: this one is its value
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        if flag in TRITON_FLAGS:
+            hints.append(f"tritonserver's {flag}: {TRITON_FLAGS[flag]}")
+            takes_value = "=" not in arg
+            continue
+        if not (takes_value and not arg.startswith("-")):
+            unknown.append(arg)
+        takes_value = False
+    if unknown:
+        hints.append("unrecognized arguments: " + " ".join(unknown))
+    return "; ".join(hints)

@@ -6,14 +6,16 @@ Everything the server acts on is derived from it here, once per load, into froze
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from google.protobuf import text_format
-
+from google.protobuf.message import Message
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes
 from hotwire.server.config import DEFAULT_MAX_BATCH_SIZE
@@ -24,6 +26,53 @@ ONNX_BACKEND = "onnxruntime"
 DEFAULT_MODEL_FILENAME = "model.onnx"
 
 _MAX_BATCH_SIZE_KEY = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
+
+log = logging.getLogger(__name__)
+
+# The ModelConfig fields hotwire acts on: True for a field honoured whole, a dict for a message some of whose
+# fields are. Anything else a config sets is ignored, and said so (ignored_fields); sequence_batching and
+# ensemble_scheduling are refused instead (complete).
+_HONOURED: dict[str, Any] = {
+    "name": True, "platform": True, "backend": True, "version_policy": True, "max_batch_size": True,
+    "input": {"name": True, "data_type": True, "dims": True, "reshape": True, "allow_ragged_batch": True,
+              "optional": True},
+    "output": {"name": True, "data_type": True, "dims": True, "reshape": True},
+    "optimization": {"graph": True},
+    "dynamic_batching": True, "sequence_batching": True, "ensemble_scheduling": True,
+    "instance_group": {"name": True, "kind": True, "count": True, "gpus": True},
+    "default_model_filename": True, "parameters": True, "model_warmup": True,
+}
+_warned: set[tuple[str, bytes]] = set()  # (model, config) warned about: poll mode rereads every config
+
+
+def ignored_fields(config: mc.ModelConfig) -> list[str]:
+    """The fields `config` sets that hotwire does not act on, as paths (`instance_group[0].rate_limiter`)."""
+    found: list[str] = []
+
+    def walk(message: Any, honoured: dict[str, Any], prefix: str) -> None:
+        for descriptor, value in message.ListFields():
+            path = prefix + descriptor.name
+            rule = honoured.get(descriptor.name)
+            if rule is None:
+                found.append(path)
+            elif isinstance(rule, dict):
+                repeated = not isinstance(value, Message)  # a repeated field's container
+                for i, item in enumerate(value if repeated else [value]):
+                    walk(item, rule, f"{path}[{i}]." if repeated else f"{path}.")
+
+    walk(config, _HONOURED, "")
+    return found
+
+
+def _warn_ignored(config: mc.ModelConfig, model_name: str, path: str) -> None:
+    key = (model_name, config.SerializeToString(deterministic=True))
+    if key in _warned:
+        return
+    _warned.add(key)
+    for name in ignored_fields(config):
+        log.warning("model %s: %s sets '%s', which hotwire does not support: it is ignored",
+                    model_name, path, name,
+                    extra={"event": "config_field_ignored", "model": model_name, "field": name})
 
 
 def read_config(path: Path, model_name: str) -> tuple[mc.ModelConfig, bool]:
@@ -59,6 +108,7 @@ def _checked(config: mc.ModelConfig, model_name: str, path: str) -> mc.ModelConf
     config.backend = ONNX_BACKEND
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_MODEL_FILENAME
+    _warn_ignored(config, model_name, path)
     return config
 
 

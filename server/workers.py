@@ -72,6 +72,8 @@ def worker_command(config: ServerConfig, grpc_port: int) -> list[str]:
         "--max-message-bytes", str(config.max_message_bytes), "--shutdown-grace-s", str(config.shutdown_grace_s),
         "--default-max-batch-size", str(config.default_max_batch_size),
         "--model-control-mode", config.model_control_mode, "--repository-poll-secs", str(config.repository_poll_secs),
+        f"--exit-on-error={str(config.exit_on_error).lower()}",
+        f"--strict-readiness={str(config.strict_readiness).lower()}",
         *[arg for name in config.load_model for arg in ("--load-model", name)],
         *(["--kernel-cache-dir", str(config.kernel_cache_dir)] if config.kernel_cache_dir else []),
     ]

@@ -8,11 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -24,7 +21,6 @@ from onnx import TensorProto, helper, numpy_helper
 from hotwire.server.config import ServerConfig, bundled_repository, parse_serve_args
 from hotwire.server.errors import ConfigError
 from onnx_models import write_model
-from server_harness import ServeProcess
 
 def slow_model(layers: int = 40, width: int = 512) -> onnx.ModelProto:
     """A MatMul chain: ~0.1 s per call at batch 128 on one core, so requests are surely in flight at SIGTERM."""

@@ -6,10 +6,9 @@ import os
 
 import pytest
 from google.protobuf import text_format
-
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.errors import ModelLoadError
-from hotwire.server.model_config import default_intra_op_threads, ort_options
+from hotwire.server.model_config import default_intra_op_threads, ignored_fields, ort_options
 from hotwire.server.runner import session_options
 
 
@@ -56,3 +55,18 @@ def test_bad_parameters_are_load_errors_naming_the_key(key, value, expected):
 
 def test_intra_op_threads_are_shared_among_instances():
     assert default_intra_op_threads(instances=64) == 1
+
+
+def test_fields_hotwire_ignores_are_listed_and_those_it_honours_are_not():
+    assert set(ignored_fields(config('''
+        name: "m" max_batch_size: 4 response_cache { enable: true }
+        model_transaction_policy { decoupled: true }
+        input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] format: FORMAT_NCHW allow_ragged_batch: true } ]
+        output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]
+        instance_group [ { count: 1 kind: KIND_CPU },
+                         { count: 2 kind: KIND_GPU gpus: [ 0 ] rate_limiter { } } ]
+        optimization { graph { level: 1 } cuda { graphs: true } }
+        dynamic_batching { max_queue_delay_microseconds: 100 }
+        parameters { key: "execution" value: { string_value: "auto" } }'''))) == {
+        "input[0].format", "output[0].label_filename", "optimization.cuda", "instance_group[1].rate_limiter",
+        "model_transaction_policy", "response_cache"}
