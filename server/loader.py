@@ -11,7 +11,6 @@ import enum
 import logging
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -20,8 +19,8 @@ from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.drift import DriftMonitor, DriftReport, ReferenceProfile
-from hotwire.server.errors import BackendError, DeadlineExceeded, ModelLoadError, ResourceExhausted
-from hotwire.server import preprocess
+from hotwire.server.errors import BackendError, DeadlineExceeded, InvalidInput, ModelLoadError, ResourceExhausted
+from hotwire.server import preprocess, wire
 from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
 from hotwire.server.preprocess import Preprocessor
 from hotwire.server.repository import ModelSource
@@ -269,8 +268,11 @@ def warm(instance: Instance, signature: Signature, config: mc.ModelConfig, model
     """Run the warm-up inputs so no client pays first-run costs (ORT allocations, per-shape kernel selection);
     returns the median compute time of the largest batch, or None when there was nothing to warm with.
 
-    `model_warmup` in the config is honoured (zero_data, random_data, input_data_file under <model>/warmup/);
-    otherwise zeros for every batch-size bucket (1, the preferred sizes, max_batch_size) when the dims are known.
+    `model_warmup` in the config is honoured (zero_data, random_data, input_data_file under <model>/warmup/), and
+    its failure fails the load, as in Triton. Otherwise hotwire warms on its own, with zeros (empty strings for
+    BYTES) for every batch-size bucket (1, the preferred sizes, max_batch_size) when the dims are known; Triton
+    does not warm such a model at all, so a model those inputs don't suit (one that parses its strings, say)
+    still loads: the failure is logged and the model runs on its thread, unwarmed.
     """
     samples: list[tuple[int, dict[str, np.ndarray], int]] = []  # (rows, feeds, repeats)
     if config.model_warmup:
@@ -297,13 +299,17 @@ def warm(instance: Instance, signature: Signature, config: mc.ModelConfig, model
                 instance.run_sync(feeds, names)
                 timings.append(time.perf_counter() - started)
         except Exception as exc:
-            raise ModelLoadError(f"warm-up inference (batch {rows}) failed: {exc}") from exc
+            if config.model_warmup:
+                raise ModelLoadError(f"warm-up inference (batch {rows}) failed: {exc}") from exc
+            log.warning("%s: hotwire's default warm-up (zeros, empty strings; batch %d) failed, so the model loads "
+                        "unwarmed; give it a model_warmup that suits it: %s", instance.name, rows, exc)
+            return None
         largest = timings
     return sorted(largest)[len(largest) // 2]
 
 
 def _filled(shape: tuple[int, ...], dtype: np.dtype, kind: str) -> np.ndarray:
-    if dtype == object:
+    if dtype.kind == "O":
         return np.full(shape, "", dtype=object)
     if kind == "zero":
         return np.zeros(shape, dtype=dtype)
@@ -326,8 +332,11 @@ def _warmup_tensor(name: str, spec: mc.ModelWarmup.Input, batch_size: int, signa
     if kind == "input_data_file":
         path = model_dir / "warmup" / spec.input_data_file
         try:
-            data = np.fromfile(path, dtype=dtype)
-        except OSError as exc:
+            if dtype.kind == "O":  # BYTES: Triton's raw layout, length-prefixed elements
+                data = np.array(wire.bytes_elements(name, memoryview(path.read_bytes())), dtype=object)
+            else:
+                data = np.fromfile(path, dtype=dtype)
+        except (OSError, InvalidInput) as exc:
             raise ModelLoadError(f"model_warmup input '{name}': cannot read {path}: {exc}") from None
         count = int(np.prod(shape))
         if data.size != count // max(1, shape[0] if signature.batched else 1) and data.size != count:

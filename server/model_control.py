@@ -28,7 +28,7 @@ from google.protobuf import json_format
 
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import repository
-from hotwire.server.errors import FailedPrecondition, InvalidInput, NotFound
+from hotwire.server.errors import FailedPrecondition, HotwireError, InvalidInput, NotFound
 from hotwire.server.loader import VersionState
 from hotwire.server.registry import Registry
 from hotwire.server.traffic import parse_update
@@ -142,7 +142,10 @@ class ModelControl:
             return AdminResult("traffic", None, (time.perf_counter() - started) * 1e3)
         if self.mode != "explicit":
             raise FailedPrecondition(f"loading models is only allowed with --model-control-mode explicit (now: {self.mode})")
-        source = self._source(name, parameters)
+        try:
+            source = self._source(name, parameters)
+        except HotwireError as exc:  # Triton's "failed to load '<name>'" wording: clients match on it
+            raise type(exc)(f"failed to load '{name}': {exc}") from None
         entry = await self.registry.load(source)
         if entry.stable is None or entry.failures:
             raise InvalidInput(f"failed to load '{name}': {entry.reason()}")
@@ -184,16 +187,15 @@ class ModelControl:
             raise InvalidInput(f"parameter 'config': not a valid ModelConfig JSON: {exc}") from None
         if files:
             base = Path(tempfile.mkdtemp(prefix=f"hotwire-upload-{name}-"))
+            try:
+                self._write_upload(base / name, files)
+            except BaseException:  # a rejected upload must not replace (or remove) the previous one
+                shutil.rmtree(base, ignore_errors=True)
+                raise
             old = self._uploads.pop(name, None)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             self._uploads[name] = base
-            for relative, content in files.items():
-                target = (base / name / relative).resolve()
-                if not target.is_relative_to((base / name).resolve()):
-                    raise InvalidInput(f"parameter 'file:{relative}': path leaves the model directory")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content if isinstance(content, bytes) else str(content).encode())
             directory = base / name
         else:
             directory = self._uploads.get(name, self.root) / name
@@ -202,3 +204,17 @@ class ModelControl:
                                "were given with its config")
         source = repository.read_model(directory, config_override=config)
         return source
+
+    @staticmethod
+    def _write_upload(directory: Path, files: dict[str, Any]) -> None:
+        for relative, content in files.items():
+            shown = relative if len(relative) <= 80 else relative[:80] + "..."
+            target = (directory / relative).resolve()
+            if not target.is_relative_to(directory.resolve()):
+                raise InvalidInput(f"parameter 'file:{shown}': path leaves the model directory")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content if isinstance(content, bytes) else str(content).encode())
+            except OSError as exc:  # e.g. a name too long for the file system; INTERNAL, as Triton answers it
+                raise HotwireError("failed to poll from model repository: cannot write parameter "
+                                   f"'file:{shown}': {exc.strerror or exc}") from None

@@ -290,6 +290,16 @@ def _array_from_raw(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]
 
 
 def _bytes_array_from_raw(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+    elements = bytes_elements(name, data)
+    if len(elements) != count:
+        raise InvalidInput(
+            f"input '{name}': raw content holds {len(elements)} BYTES elements, expected {count} for shape {list(shape)}"
+        )
+    return _object_array(elements, shape)
+
+
+def bytes_elements(name: str, data: memoryview) -> list[str]:
+    """The elements of a raw BYTES tensor (each a 4-byte little-endian length, then that many UTF-8 bytes)."""
     elements: list[str] = []
     pos = 0
     size = data.nbytes
@@ -302,11 +312,7 @@ def _bytes_array_from_raw(name: str, shape: tuple[int, ...], count: int, data: m
             raise InvalidInput(f"input '{name}': BYTES element {len(elements)} runs past the end of the content")
         elements.append(_utf8(name, data[pos : pos + length]))
         pos += length
-    if len(elements) != count:
-        raise InvalidInput(
-            f"input '{name}': raw content holds {len(elements)} BYTES elements, expected {count} for shape {list(shape)}"
-        )
-    return _object_array(elements, shape)
+    return elements
 
 
 def _utf8(name: str, value: bytes | memoryview) -> str:
@@ -375,7 +381,7 @@ def raw_bytes(array: np.ndarray, dtype: datatypes.Datatype) -> bytes | memoryvie
         return array.astype(dtype.numpy, copy=False).tobytes()  # one small copy is cheaper than building a view
     contiguous = np.ascontiguousarray(array, dtype=dtype.numpy)
     # A flat uint8 view rather than memoryview.cast, which refuses shapes with a zero dimension.
-    return memoryview(contiguous.reshape(-1).view(np.uint8))
+    return memoryview(contiguous.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy stubs: no buffer protocol
 
 
 def _set_parameter(target: pb.InferParameter, value: ParamValue) -> None:

@@ -71,3 +71,38 @@ def write_model(root: Path, name: str, model: onnx.ModelProto | bytes | None, co
         data = model if isinstance(model, bytes) else model.SerializeToString()
         (model_dir / str(version) / "model.onnx").write_bytes(data)
     return model_dir
+
+
+def add_sub_int32(width: int = 16) -> onnx.ModelProto:
+    """Triton's 'simple' model as its examples use it: INT32 [batch, width] inputs INPUT0 and INPUT1,
+    OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1."""
+    shape: list[str | int] = ["batch", width]
+    nodes = [
+        helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+        helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+    ]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.INT32, shape)  # noqa: E731
+    return _model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")])
+
+
+def add_sub_string(width: int = 16) -> onnx.ModelProto:
+    """Triton's 'simple_string': BYTES inputs holding decimal integers, parsed to INT32; OUTPUT0 and OUTPUT1
+    are their sum and difference written back as decimal strings (an empty string fails the Cast)."""
+    shape: list[str | int] = ["batch", width]
+    nodes = [helper.make_node("Cast", [name], [f"{name}_int"], to=TensorProto.INT32) for name in ("INPUT0", "INPUT1")]
+    nodes += [
+        helper.make_node("Add", ["INPUT0_int", "INPUT1_int"], ["sum"]),
+        helper.make_node("Sub", ["INPUT0_int", "INPUT1_int"], ["difference"]),
+        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+        helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+    ]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.STRING, shape)  # noqa: E731
+    return _model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")])
+
+
+def bytes_identity(width: int = 16) -> onnx.ModelProto:
+    """Triton's 'simple_identity': BYTES [batch, width] INPUT0 -> Identity -> OUTPUT0."""
+    shape: list[str | int] = ["batch", width]
+    return _model([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+                  [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, shape)],
+                  [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, shape)])
