@@ -22,11 +22,16 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # onnx and onnxruntime are imported where used: `--only` runs need not load them
+    import onnx
+    import onnxruntime as ort
 
 START_MARKER = "<!-- bench:kernels:start -->"
 END_MARKER = "<!-- bench:kernels:end -->"
@@ -42,7 +47,7 @@ SEQ_LEN = 128
 # ------------------------------------------------------------------------------------------- ONNX helpers
 
 
-def _session(graph: object) -> object:
+def _session(graph: onnx.GraphProto) -> ort.InferenceSession:
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -57,22 +62,22 @@ def _session(graph: object) -> object:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _onnx_runner(graph: object, feeds: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
+def _onnx_runner(graph: onnx.GraphProto, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     session = _session(graph)
 
-    def run() -> np.ndarray:
+    def run() -> object:
         return session.run(None, feeds)[0]
 
     return run
 
 
-def _value(name: str, elem_type: int, shape: list[object]) -> object:
+def _value(name: str, elem_type: int, shape: Sequence[str | int | None]) -> onnx.ValueInfoProto:
     from onnx import helper
 
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
-def _const(name: str, array: np.ndarray) -> object:
+def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
     from onnx import numpy_helper
 
     return numpy_helper.from_array(array, name)
@@ -94,7 +99,8 @@ class Case:
 
 
 def _first(result: object) -> np.ndarray:
-    return result[0] if isinstance(result, tuple) else result
+    """The array to compare of an implementation's result (pad_truncate returns (ids, mask))."""
+    return np.asarray(result[0] if isinstance(result, tuple) else result)
 
 
 def normalize_cases(rng: np.random.Generator) -> list[Case]:
@@ -145,13 +151,23 @@ def normalize_cases(rng: np.random.Generator) -> list[Case]:
             def naive(x: np.ndarray = x) -> np.ndarray:
                 return np.ascontiguousarray(((x.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2))
 
-            def lut_take(x: np.ndarray = x, shape: tuple[int, ...] = shape, dtype: type = out_dtype) -> np.ndarray:
+            def lut_take(
+                x: np.ndarray = x, shape: tuple[int, ...] = shape, dtype: type[np.floating[Any]] = out_dtype
+            ) -> np.ndarray:
                 out = np.empty(shape, dtype)
                 table = lut32 if dtype == np.float32 else lut16
                 for c in range(3):
                     np.take(table[c], x[..., c], out=out[:, c])
                 return out
 
+            # Defaults bind this iteration's arrays (as a lambda's would), with types the checker can see.
+            def ufunc_then_f16(f: Callable[[], np.ndarray] = ufunc_into_nchw) -> np.ndarray:
+                return f().astype(np.float16)
+
+            def numba_normalize(x: np.ndarray = x, d: type[np.floating[Any]] = out_dtype) -> np.ndarray:
+                return image.normalize_hwc_to_nchw(x, MEAN, STD, d)
+
+            candidates: dict[str, Callable[[], object]]
             if out_dtype == np.float32:
                 candidates = {
                     "ufunc into NCHW (fused m,a)": ufunc_into_nchw,
@@ -161,7 +177,7 @@ def normalize_cases(rng: np.random.Generator) -> list[Case]:
                 }
             else:
                 candidates = {
-                    "ufunc into NCHW, astype f16": lambda f=ufunc_into_nchw: f().astype(np.float16),
+                    "ufunc into NCHW, astype f16": ufunc_then_f16,
                     "per-channel LUT take": lut_take,
                 }
             cases.append(
@@ -169,7 +185,7 @@ def normalize_cases(rng: np.random.Generator) -> list[Case]:
                     f"normalize → {np.dtype(out_dtype).name} NCHW",
                     "224×224×3 u8",
                     batch,
-                    lambda x=x, d=out_dtype: image.normalize_hwc_to_nchw(x, MEAN, STD, d),
+                    numba_normalize,
                     candidates,
                     _onnx_runner(graph, {"x": x}),
                 )
@@ -197,7 +213,7 @@ def _numpy_resize(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return np.minimum(value, 255).astype(np.uint8)
 
 
-def _resize_graph(height: int, width: int, sizes: tuple[int, int], pads: list[int] | None) -> object:
+def _resize_graph(height: int, width: int, sizes: tuple[int, int], pads: list[int] | None) -> onnx.GraphProto:
     from onnx import TensorProto, helper
 
     nodes = [
@@ -229,13 +245,20 @@ def resize_cases(rng: np.random.Generator) -> list[Case]:
     cases = []
     for batch in BATCHES:
         x = rng.integers(0, 256, (batch, 480, 640, 3), dtype=np.uint8)
+
+        def numba_resize(x: np.ndarray = x) -> np.ndarray:
+            return image.resize_bilinear(x, 224, 224)
+
+        def numpy_resize(x: np.ndarray = x) -> np.ndarray:
+            return _numpy_resize(x, 224, 224)
+
         cases.append(
             Case(
                 "resize_bilinear → u8",
                 "480×640×3 → 224×224",
                 batch,
-                lambda x=x: image.resize_bilinear(x, 224, 224),
-                {"gather rows/cols, blend f32": lambda x=x: _numpy_resize(x, 224, 224)},
+                numba_resize,
+                {"gather rows/cols, blend f32": numpy_resize},
                 _onnx_runner(_resize_graph(480, 640, (224, 224), None), {"x": x}),
             )
         )
@@ -249,12 +272,15 @@ def resize_cases(rng: np.random.Generator) -> list[Case]:
             out[:, top : top + rh, left : left + rw] = _numpy_resize(x, rh, rw)
             return out
 
+        def numba_letterbox(x: np.ndarray = x) -> tuple[np.ndarray, float, tuple[int, int]]:
+            return image.letterbox(x, 640, 640, 114)
+
         cases.append(
             Case(
                 "letterbox → u8",
                 "720×1280×3 → 640×640",
                 batch,
-                lambda x=x: image.letterbox(x, 640, 640, 114),
+                numba_letterbox,
                 {"resize + np.full + assign": numpy_letterbox},
                 _onnx_runner(_resize_graph(720, 1280, (rh, rw), pads), {"x": x}),
             )
@@ -276,7 +302,7 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
     x_info = _value("x", TensorProto.FLOAT, ["N", FEATURES])
     y_info = _value("y", TensorProto.FLOAT, ["N", FEATURES])
 
-    def graph(nodes: list[object], inits: dict[str, np.ndarray]) -> object:
+    def graph(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray]) -> onnx.GraphProto:
         return helper.make_graph(nodes, "tabular", [x_info], [y_info], [_const(k, v) for k, v in inits.items()])
 
     for batch in BATCHES:
@@ -301,12 +327,27 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
             np.copyto(out, np.broadcast_to(fill, shape), where=np.isnan(x))
             return out
 
+        def numba_standardize(x: np.ndarray = x) -> np.ndarray:
+            return tabular.standardize(x, mean, std)
+
+        def numba_min_max(x: np.ndarray = x) -> np.ndarray:
+            return tabular.min_max(x, lo, hi)
+
+        def numba_clip(x: np.ndarray = x) -> np.ndarray:
+            return tabular.clip(x, lo, hi)
+
+        def np_clip(x: np.ndarray = x) -> np.ndarray:
+            return np.clip(x, lo, hi)
+
+        def numba_fill_nan(x: np.ndarray = x_nan) -> np.ndarray:
+            return tabular.fill_nan(x, fill)
+
         cases += [
             Case(
                 "standardize",
                 f"[N, {FEATURES}] f32",
                 batch,
-                lambda x=x: tabular.standardize(x, mean, std),
+                numba_standardize,
                 {"(x - mean) / std in place": np_standardize},
                 _onnx_runner(
                     graph(
@@ -320,7 +361,7 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
                 "min_max",
                 f"[N, {FEATURES}] f32",
                 batch,
-                lambda x=x: tabular.min_max(x, lo, hi),
+                numba_min_max,
                 {"(x - lo) / (hi - lo) in place": np_min_max},
                 _onnx_runner(
                     graph(
@@ -334,8 +375,8 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
                 "clip (per feature)",
                 f"[N, {FEATURES}] f32",
                 batch,
-                lambda x=x: tabular.clip(x, lo, hi),
-                {"np.clip": lambda x=x: np.clip(x, lo, hi)},
+                numba_clip,
+                {"np.clip": np_clip},
                 _onnx_runner(
                     graph(
                         [helper.make_node("Max", ["x", "lo"], ["c"]), helper.make_node("Min", ["c", "hi"], ["y"])],
@@ -348,7 +389,7 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
                 "fill_nan",
                 f"[N, {FEATURES}] f32, 10% NaN",
                 batch,
-                lambda x=x_nan: tabular.fill_nan(x, fill),
+                numba_fill_nan,
                 {"np.where(isnan)": np_fill_where, "copyto(where=isnan)": np_fill_copyto},
                 _onnx_runner(
                     graph(
@@ -370,6 +411,9 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
             out[np.nonzero(valid)[0], cats[valid]] = 1.0
             return out
 
+        def numba_one_hot(cats: np.ndarray = cats) -> np.ndarray:
+            return tabular.one_hot(cats, NUM_CLASSES)
+
         one_hot_graph = helper.make_graph(
             [helper.make_node("OneHot", ["c", "depth", "values"], ["y"], axis=-1)],
             "one_hot",
@@ -382,7 +426,7 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
                 "one_hot",
                 f"[N] i64 → [N, {NUM_CLASSES}]",
                 batch,
-                lambda cats=cats: tabular.one_hot(cats, NUM_CLASSES),
+                numba_one_hot,
                 {"zeros + fancy assign": np_one_hot},
                 _onnx_runner(one_hot_graph, {"c": cats}),
             )
@@ -415,12 +459,17 @@ def sequence_cases(rng: np.random.Generator) -> list[Case]:
                 mask[i, :n] = 1
             return ids, mask
 
+        def numba_pad_truncate(
+            flat: np.ndarray = flat, offsets: np.ndarray = offsets
+        ) -> tuple[np.ndarray, np.ndarray]:
+            return sequence.pad_truncate(flat, SEQ_LEN, offsets=offsets)
+
         cases.append(
             Case(
                 "pad_truncate (ragged)",
                 f"len 16..511 → {SEQ_LEN}",
                 batch,
-                lambda flat=flat, offsets=offsets: sequence.pad_truncate(flat, SEQ_LEN, offsets=offsets),
+                numba_pad_truncate,
                 {"vectorised gather + where": np_vectorised, "loop over rows": np_rows},
                 None,
                 note="no ONNX equivalent for ragged input",
@@ -433,7 +482,7 @@ def sequence_cases(rng: np.random.Generator) -> list[Case]:
 
 
 def _time_block(fn: Callable[[], object], min_time: float, max_calls: int = 20000) -> list[float]:
-    samples = []
+    samples: list[float] = []
     start = time.perf_counter()
     while len(samples) < max_calls:
         t0 = time.perf_counter_ns()

@@ -29,6 +29,7 @@ import argparse
 import math
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -81,7 +82,8 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name=name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], output: str | None = None, **attrs: object) -> str:
+    def node(self, op: str, inputs: Sequence[str], output: str | None = None, **attrs: Any) -> str:
+        # attrs: ONNX attribute values of any kind (ints, floats, strings, lists, tensors), as make_node takes them
         out = output if output is not None else self._name(op.lower())
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=self._name(op), **attrs))
         return out

@@ -51,7 +51,7 @@ GRPC_OPTIONS = [
 
 # ORT type string -> (protocol datatype, config DataType, numpy dtype). Numeric types only: the benchmark models
 # are FP32, and BYTES would need a different raw encoding.
-_TYPES: dict[str, tuple[str, int, np.dtype]] = {
+_TYPES: dict[str, tuple[str, model_config_pb2.DataType, np.dtype]] = {
     "tensor(bool)": ("BOOL", model_config_pb2.TYPE_BOOL, np.dtype(np.bool_)),
     "tensor(uint8)": ("UINT8", model_config_pb2.TYPE_UINT8, np.dtype(np.uint8)),
     "tensor(uint16)": ("UINT16", model_config_pb2.TYPE_UINT16, np.dtype(np.uint16)),
@@ -71,7 +71,7 @@ _TYPES: dict[str, tuple[str, int, np.dtype]] = {
 class TensorSpec:
     name: str
     datatype: str  # protocol datatype, e.g. "FP32"
-    config_type: int  # model_config_pb2.DataType
+    config_type: model_config_pb2.DataType
     dtype: np.dtype
     dims: tuple[int, ...]  # without the batch dimension when batched; -1 for variable dimensions
 
@@ -239,8 +239,8 @@ class ReferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"onnxruntime: {exc}") from exc
             raw_outputs = [np.ascontiguousarray(r).tobytes() for r in results]
             shapes = [list(r.shape) for r in results]
-        for name, shape in zip(wanted, shapes):
-            response.outputs.add(name=name, datatype=self._outputs[name].datatype, shape=shape)
+        for name, out_shape in zip(wanted, shapes):
+            response.outputs.add(name=name, datatype=self._outputs[name].datatype, shape=out_shape)
         response.raw_output_contents.extend(raw_outputs)
         return response
 

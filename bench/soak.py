@@ -23,7 +23,6 @@ import numpy as np
 
 from hotwire.bench.run import ChildServer, machine_info, markers, replace_section, rss_mib
 from hotwire.proto import grpc_service_pb2 as pb
-from hotwire.proto import grpc_service_pb2_grpc
 
 
 def _requests() -> list[bytes]:

@@ -6,7 +6,7 @@ request path. `gather_rows` is the fixed-shape case (rows of equal size); `gathe
 the corner of a larger per-row block and zero-fills the rest (ragged batching).
 
 Scatter needs no kernel: each request's outputs are row slices (views) of the batch outputs.
-Kernels are serial and nogil: executor threads of several instances call them at once (DESIGN.md §4).
+Kernels are serial and nogil: executor threads of several instances call them at once (ARCHITECTURE.md §Threads and processes).
 """
 
 from __future__ import annotations

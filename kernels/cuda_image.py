@@ -23,13 +23,14 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from hotwire.kernels.image import HWCToNCHW, _check_size
 
 try:  # importing numba.cuda needs no GPU and initialises no driver
     from numba import cuda, float32, int64
 except Exception:  # pragma: no cover - numba built without its CUDA target
-    cuda = None
+    cuda = None  # type: ignore[assignment]  # optional import: None marks numba without its CUDA target
 
 _THREADS = 256
 _MIN_BLOCKS = 128
@@ -203,7 +204,7 @@ def normalize_hwc_to_nchw(
     images: Any,
     mean: object,
     std: object,
-    out_dtype: object = np.float32,
+    out_dtype: DTypeLike = np.float32,
     channel_order: str = "RGB",
     model_channel_order: str = "RGB",
     out: Any = None,
@@ -228,7 +229,7 @@ def normalize_hwc_to_nchw(
 def scale_hwc_to_nchw(
     images: Any,
     scale: object = 1.0 / 255.0,
-    out_dtype: object = np.float32,
+    out_dtype: DTypeLike = np.float32,
     channel_order: str = "RGB",
     model_channel_order: str = "RGB",
     out: Any = None,
@@ -245,7 +246,7 @@ def scale_hwc_to_nchw(
 
 
 def resize_bilinear(
-    image: Any, out_h: int, out_w: int, out_dtype: object = np.uint8, stream: Any = 0, to_host: bool = False
+    image: Any, out_h: int, out_w: int, out_dtype: DTypeLike = np.uint8, stream: Any = 0, to_host: bool = False
 ) -> Any:
     """GPU `hotwire.kernels.image.resize_bilinear`: uint8 [H, W, C] or [N, H, W, C] -> uint8 or float32."""
     cuda = _require()
@@ -277,8 +278,8 @@ def warm() -> None:
     """
     cuda = _require()
     image = np.zeros((1, 2, 3, 3), np.uint8)
-    for dtype in (np.float32, np.float16):
-        normalize_hwc_to_nchw(image, 0.5, 0.25, dtype)
-    for dtype in (np.uint8, np.float32):
-        resize_bilinear(image, 3, 2, dtype)
+    for out_dtype in (np.float32, np.float16):
+        normalize_hwc_to_nchw(image, 0.5, 0.25, out_dtype)
+    for resized_dtype in (np.uint8, np.float32):
+        resize_bilinear(image, 3, 2, resized_dtype)
     cuda.synchronize()

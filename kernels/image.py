@@ -28,9 +28,10 @@ Conventions
   its uint8 results can differ from these by one level.
 * `center_crop` returns a view; `letterbox` keeps the aspect ratio (same bilinear kernel, then constant padding).
 
-Every kernel is serial and ``nogil``: executor threads call them concurrently (no ``parallel=True`` anywhere, see
-DESIGN.md §4). The wrappers canonicalise their arguments (read-only views, C or 'A' layout) so the signatures that
-`warm()` compiles are the only ones a request can hit.
+Every kernel is serial and ``nogil``: executor threads call them concurrently (no ``parallel=True`` anywhere: numba's
+worker threads would compete with those threads and the event loop for the same cores). The wrappers canonicalise
+their arguments (read-only views, C or 'A' layout) so the signatures that `warm()` compiles are the only ones a
+request can hit.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import functools
 
 import numpy as np
 from numba import njit
+from numpy.typing import DTypeLike
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 _OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -246,7 +248,7 @@ class HWCToNCHW:
     Use `HWCToNCHW.normalize(...)` / `HWCToNCHW.scale(...)`; see the module docstring for the exact formulas.
     """
 
-    def __init__(self, mul: np.ndarray, add: np.ndarray, lut: np.ndarray, swap: bool, out_dtype: np.dtype):
+    def __init__(self, mul: np.ndarray, add: np.ndarray, lut: np.ndarray | None, swap: bool, out_dtype: np.dtype):
         self.channels = int(mul.shape[0])
         self.out_dtype = out_dtype
         self.swap = swap
@@ -257,7 +259,11 @@ class HWCToNCHW:
         self._dst = _readonly(dst)
         self._mul = _readonly(np.ascontiguousarray(mul[dst], dtype=np.float32))
         self._add = _readonly(np.ascontiguousarray(add[dst], dtype=np.float32))
-        self._lut = _readonly(np.ascontiguousarray(lut[dst]).view(np.uint16)) if out_dtype == np.float16 else None
+        self._lut: np.ndarray | None = None
+        if out_dtype == np.float16:
+            if lut is None:
+                raise TypeError("float16 output needs its 256-entry lut")
+            self._lut = _readonly(np.ascontiguousarray(lut[dst]).view(np.uint16))
 
     @classmethod
     def normalize(
@@ -265,12 +271,12 @@ class HWCToNCHW:
         mean: object,
         std: object,
         channels: int,
-        out_dtype: object = np.float32,
+        out_dtype: DTypeLike = np.float32,
         channel_order: str = "RGB",
         model_channel_order: str = "RGB",
     ) -> HWCToNCHW:
         """(x/255 - mean)/std; mean/std in the model's channel order, std finite and non-zero."""
-        channels, out_dtype, swap = _common_args(channels, out_dtype, channel_order, model_channel_order)
+        channels, dtype, swap = _common_args(channels, out_dtype, channel_order, model_channel_order)
         mean32 = _per_channel("mean", mean, channels)
         std32 = _per_channel("std", std, channels)
         if not (np.all(np.isfinite(mean32)) and np.all(np.isfinite(std32)) and np.all(std32 != 0)):
@@ -279,30 +285,30 @@ class HWCToNCHW:
         mul = (1.0 / (255.0 * s64)).astype(np.float32)
         add = (-m64 / s64).astype(np.float32)
         lut = None
-        if out_dtype == np.float16:
+        if dtype == np.float16:
             with np.errstate(over="ignore"):  # beyond float16's range -> +-inf, as a float16 cast does
                 lut = ((np.arange(256)[None, :] / 255.0 - m64[:, None]) / s64[:, None]).astype(np.float16)
-        return cls(mul, add, lut, swap, out_dtype)
+        return cls(mul, add, lut, swap, dtype)
 
     @classmethod
     def scale(
         cls,
         scale: object,
         channels: int,
-        out_dtype: object = np.float32,
+        out_dtype: DTypeLike = np.float32,
         channel_order: str = "RGB",
         model_channel_order: str = "RGB",
     ) -> HWCToNCHW:
         """x * scale (scalar or per model channel), scale finite."""
-        channels, out_dtype, swap = _common_args(channels, out_dtype, channel_order, model_channel_order)
+        channels, dtype, swap = _common_args(channels, out_dtype, channel_order, model_channel_order)
         scale32 = _per_channel("scale", scale, channels)
         if not np.all(np.isfinite(scale32)):
             raise ValueError("scale must be finite")
         lut = None
-        if out_dtype == np.float16:
+        if dtype == np.float16:
             with np.errstate(over="ignore"):  # beyond float16's range -> +-inf, as a float16 cast does
                 lut = (np.arange(256)[None, :] * scale32.astype(np.float64)[:, None]).astype(np.float16)
-        return cls(scale32, np.zeros(channels, np.float32), lut, swap, out_dtype)
+        return cls(scale32, np.zeros(channels, np.float32), lut, swap, dtype)
 
     def __call__(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """uint8 [N, H, W, C] (any strides) -> out_dtype [N, C, H, W]; `out` (C-contiguous, that shape) is reused."""
@@ -327,7 +333,9 @@ class HWCToNCHW:
         return out
 
 
-def _common_args(channels: int, out_dtype: object, channel_order: str, model_channel_order: str):
+def _common_args(
+    channels: int, out_dtype: DTypeLike, channel_order: str, model_channel_order: str
+) -> tuple[int, np.dtype, bool]:
     channels = int(channels)
     if channels not in (1, 3, 4):
         raise ValueError(f"channels must be 1, 3 or 4, got {channels}")
@@ -344,12 +352,16 @@ def _key(value: object) -> object:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_normalizer(mean, std, channels, out_dtype, channel_order, model_channel_order) -> HWCToNCHW:
+def _cached_normalizer(
+    mean: object, std: object, channels: int, out_dtype: str, channel_order: str, model_channel_order: str
+) -> HWCToNCHW:
     return HWCToNCHW.normalize(mean, std, channels, out_dtype, channel_order, model_channel_order)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_scaler(scale, channels, out_dtype, channel_order, model_channel_order) -> HWCToNCHW:
+def _cached_scaler(
+    scale: object, channels: int, out_dtype: str, channel_order: str, model_channel_order: str
+) -> HWCToNCHW:
     return HWCToNCHW.scale(scale, channels, out_dtype, channel_order, model_channel_order)
 
 
@@ -357,7 +369,7 @@ def normalize_hwc_to_nchw(
     images: np.ndarray,
     mean: object,
     std: object,
-    out_dtype: object = np.float32,
+    out_dtype: DTypeLike = np.float32,
     channel_order: str = "RGB",
     model_channel_order: str = "RGB",
     out: np.ndarray | None = None,
@@ -377,7 +389,7 @@ def normalize_hwc_to_nchw(
 def scale_hwc_to_nchw(
     images: np.ndarray,
     scale: object = 1.0 / 255.0,
-    out_dtype: object = np.float32,
+    out_dtype: DTypeLike = np.float32,
     channel_order: str = "RGB",
     model_channel_order: str = "RGB",
     out: np.ndarray | None = None,
@@ -402,7 +414,7 @@ def _check_size(name: str, value: int) -> int:
     return value
 
 
-def resize_bilinear(image: np.ndarray, out_h: int, out_w: int, out_dtype: object = np.uint8) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, out_h: int, out_w: int, out_dtype: DTypeLike = np.uint8) -> np.ndarray:
     """uint8 [H, W, C] or [N, H, W, C] -> [out_h, out_w, C] (or batched) of uint8 (rounded half up) or float32.
 
     OpenCV INTER_LINEAR / ONNX half_pixel coordinates; see the module docstring.

@@ -67,8 +67,8 @@ def _as_int64(array: object) -> np.ndarray:
     return np.array(array, dtype=np.int64, order="C")
 
 
-def to_ragged(rows: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
-    """A sequence of 1-D integer rows -> (flat int64, offsets int64 [N + 1])."""
+def to_ragged(rows: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A sequence of 1-D integer rows (or a 2-D array, row by row) -> (flat int64, offsets int64 [N + 1])."""
     arrays = [row if type(row) is np.ndarray else np.asarray(row) for row in rows]
     ends = [0]
     total = 0

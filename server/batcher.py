@@ -12,6 +12,7 @@ Everything here runs on the event loop except `BatchAssembler.assemble`, which r
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import math
@@ -123,7 +124,7 @@ def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> 
 
 @dataclass(eq=False)
 class WorkItem:
-    """One request waiting for an instance. Its future travels with it (DESIGN.md §2.5)."""
+    """One request waiting for an instance. Its future travels with it, so whichever loop runs it settles it."""
 
     feeds: dict[str, np.ndarray]  # model input name -> array shaped as the model takes it
     output_names: tuple[str, ...]
@@ -252,11 +253,11 @@ class Batcher:
             heapq.heappush(self._deadlines, (item.deadline, item.seq, item))
             self._live_deadlines += 1
             self._arm_expiry()
-        future.add_done_callback(lambda f, item=item: self._on_future_done(item))
+        future.add_done_callback(functools.partial(self._on_future_done, item))
         self._wakeup.set()
         return item
 
-    def _on_future_done(self, item: WorkItem) -> None:
+    def _on_future_done(self, item: WorkItem, _future: asyncio.Future[list[np.ndarray]]) -> None:
         if item.future.cancelled() and item.queued:
             # A cancelled client frees its queue slot at once; the item is skipped, never computed.
             self._dequeue(item)
@@ -318,7 +319,7 @@ class Batcher:
             self._dequeue(item)
             error = DeadlineExceeded(f"model '{self.name}': request timed out after waiting "
                                      f"{(now - item.pending.enqueued_at) * 1e3:.1f} ms in the queue")
-            self._settle(item, lambda item=item, error=error: _fail(item.future, error))
+            self._settle(item, functools.partial(_fail, item.future, error))
 
     def _window(self) -> list[WorkItem]:
         """The queued requests a batch may be formed from: level by level, each level's requests in arrival order
@@ -378,7 +379,7 @@ class Batcher:
             self._deliver(batch, assembler, names, outputs, padded, input_s, infer_s)
         except RequestsFailed as exc:  # per-request preprocessing failed for some: they fail alone, the others run
             for index, error in exc.failures.items():
-                self._settle(batch[index], lambda item=batch[index], error=error: _fail(item.future, error))
+                self._settle(batch[index], functools.partial(_fail, batch[index].future, error))
             rest = [item for index, item in enumerate(batch) if index not in exc.failures]
             if rest:
                 await self._run(instance, assembler, rest)
@@ -386,7 +387,7 @@ class Batcher:
             log.warning("model %s: batch of %d failed on %s: %s", self.name, len(batch), instance.name, exc)
             error = BackendError(f"model '{self.name}': onnxruntime failed: {exc}")
             for item in batch:
-                self._settle(item, lambda item=item: _fail(item.future, error))
+                self._settle(item, functools.partial(_fail, item.future, error))
 
     def _deliver(self, batch: list[WorkItem], assembler: BatchAssembler, names: Sequence[str],
                  outputs: list[np.ndarray], padded: tuple[int, ...], input_s: float, infer_s: float) -> None:
@@ -407,7 +408,7 @@ class Batcher:
             self._on_batch(BatchResult(sum(i.pending.rows for i in batch), len(batch), times))
         for item, result in zip(batch, results):
             item.times = times
-            self._settle(item, lambda item=item, result=result: _resolve(item.future, result))
+            self._settle(item, functools.partial(_resolve, item.future, result))
 
     async def close(self) -> None:
         """Stop taking work; queued requests still run to completion (drain), then the loops end."""

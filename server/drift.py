@@ -410,7 +410,9 @@ class ReferenceProfile:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".drift_reference.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                # Explicit allow_pickle: nothing here needs pickling (object arrays became S/U above), and it keeps
+                # an input named "allow_pickle" from being taken for the flag (it fails loudly instead).
+                np.savez(f, allow_pickle=False, **arrays)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""The exception hierarchy and the one table mapping it to gRPC status codes (DESIGN.md §2.4).
+"""The exception hierarchy and the one table mapping it to gRPC status codes (ARCHITECTURE.md §Errors).
 
 Code anywhere on the request path raises one of these; `grpc_service` turns it into a status in one place.
 """

@@ -75,7 +75,7 @@ def session_options(options: OrtOptions) -> ort.SessionOptions:
     so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if options.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
     so.enable_cpu_mem_arena = options.enable_mem_arena
     so.enable_mem_pattern = options.enable_mem_pattern
-    # Spinning threads burn the cores the gRPC loop needs on small machines (DESIGN.md §4).
+    # Spinning intra-op threads burn the cores the gRPC loop needs on small machines: off unless asked for.
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if options.allow_spinning else "0")
     so.log_severity_level = 3

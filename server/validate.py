@@ -79,7 +79,8 @@ def validate(request: InferRequest, signature: Signature, model: str) -> ValidRe
 def make_plan(request: InferRequest, signature: Signature, model: str) -> RequestPlan:
     seen: set[str] = set()
     model_shapes: list[tuple[int, ...] | None] = []
-    shape_key: list[tuple[str, tuple[int, ...]]] = []
+    # per input: its item shape, or only its rank where ragged or resized inputs of any extent batch together
+    shape_key: list[tuple[str, int | tuple[int, ...]]] = []
     rows: int | None = None
     batched = signature.batched
     for tensor in request.inputs:

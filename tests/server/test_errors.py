@@ -1,4 +1,4 @@
-"""The error contract (DESIGN.md §2.4) through the real server: each malformed request gets its status code and a
+"""The error contract (ARCHITECTURE.md §Errors) through the real server: each malformed request gets its status code and a
 message naming the tensor and what was expected, and the server keeps serving afterwards."""
 
 from __future__ import annotations
