@@ -1,0 +1,75 @@
+"""The README's examples run as printed, against a real `hotwire serve` of the bundled models: only the address
+changes (the tests' server listens on an ephemeral port of 127.0.0.1, the README's on localhost:8001)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from external_tools import missing
+from hotwire.bench import perf_analyzer
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+README_ADDRESS = "localhost:8001"
+NUMBER = re.compile(r"[-+]?\d+\.?\d*(?:[eE][-+]?\d+)?")
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+
+
+def _example(language: str, marker: str) -> str:
+    found = [block for block in _blocks(language) if marker in block]
+    assert len(found) == 1, f"expected one {language} example in README.md containing {marker!r}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def address() -> object:
+    from server_harness import ServeProcess
+
+    process = ServeProcess(["--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1"])
+    try:
+        yield f"127.0.0.1:{process.wait_listening(180)}"
+    finally:
+        process.stop()
+        process.close()
+
+
+def _run_python(example: str, address: str) -> str:
+    assert README_ADDRESS in example
+    result = subprocess.run([sys.executable, "-c", example.replace(README_ADDRESS, address)], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize(("marker", "shape"), [('client.infer("classifier"', (2, 4)),
+                                               ('client.infer("image_classifier"', (1, 10))])
+def test_the_tritonclient_examples_print_probabilities(address, marker, shape):
+    printed = _run_python(_example("python", marker), address)
+    probabilities = np.array([float(n) for n in NUMBER.findall(printed)]).reshape(shape)  # a softmax per row
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_the_perf_analyzer_example_completes_up_to_concurrency_16(address):
+    tool, why = perf_analyzer.locate()
+    if tool is None:
+        missing(why)
+    assert tool is not None
+    block = _example("bash", "bin/perf_analyzer -m")
+    command = block[block.index("~/.cache/hotwire/perf-analyzer/bin/perf_analyzer"):].replace("\\\n", " ")
+    argv = shlex.split(command.strip())
+    argv[0] = tool.path  # the README's path is the default install location; the located one may be elsewhere
+    argv = [address if arg == README_ADDRESS else arg for arg in argv]
+    result = subprocess.run(argv, capture_output=True, text=True, env=tool.env, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for level in (4, 8, 12, 16):
+        assert f"Concurrency: {level}, throughput:" in result.stdout, result.stdout[-3000:]
