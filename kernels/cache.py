@@ -85,11 +85,12 @@ def _writable(path: str, create: bool) -> bool:
 class _LoadOnlyWhenReadOnly(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
     """A locator numba always accepts: loads from its directory whether or not it can write there."""
 
-    def __init__(self, py_func: Any, py_file: str, cache_path: str, writable: bool) -> None:
+    def __init__(self, py_func: Any, py_file: str, cache_path: str, writable: bool, loadable: bool = True) -> None:
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
         self._cache_path = cache_path
         self.writable = writable
+        self.loadable = loadable  # False: there is no directory at all, so there is nothing to look for
 
     def get_cache_path(self) -> str:
         return self._cache_path
@@ -108,8 +109,8 @@ class KernelCacheLocator(_LoadOnlyWhenReadOnly):
         if not os.path.exists(py_file):
             return None
         root = cache_root()
-        if not root:  # no directory at all: a path that can't exist, so nothing loads or saves (compiles in memory)
-            return cls(py_func, py_file, os.path.join(os.devnull, "no-kernel-cache-directory"), False)
+        if not root:  # no directory at all (no NUMBA_CACHE_DIR, no home): nothing loads or saves; compiles in memory
+            return cls(py_func, py_file, "(none: no NUMBA_CACHE_DIR and no home directory)", False, loadable=False)
         path = os.path.join(root, cls.get_suitable_cache_subpath(py_file))
         return cls(py_func, py_file, path, _writable(path, create=True))
 
@@ -143,12 +144,15 @@ def _save_overload(self: caching.Cache, sig: Any, data: Any) -> None:
         except OSError as exc:
             reason = f"could not be written ({exc})"
     else:
-        reason = "is read-only"
+        reason = "is read-only" if locator.loadable else "is missing"
     _compiled_in_memory(self, sig, reason)
     return None
 
 
 def _load_overload(self: caching.Cache, sig: Any, target_context: Any) -> Any:
+    locator = self._impl.locator
+    if isinstance(locator, _LoadOnlyWhenReadOnly) and not locator.loadable:
+        return None
     try:
         return _numba_load_overload(self, sig, target_context)
     except OSError as exc:  # an unreadable cache is a miss, never a failed call

@@ -8,11 +8,17 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-import grpc
-import pytest
+# The tests' own kernel cache, new for every run: no test depends on what an earlier run, or a `hotwire serve` of
+# the same install, left in the per-user cache. Set before anything below imports hotwire.kernels (numba fixes a
+# kernel's cache directory when the kernel is decorated); servers started as subprocesses inherit it.
+KERNEL_CACHE = tempfile.mkdtemp(prefix="hotwire-test-kernels-")
+os.environ["NUMBA_CACHE_DIR"] = KERNEL_CACHE
 
-from hotwire.proto import grpc_service_pb2_grpc
-from server_harness import ServeProcess, ServerThread
+import grpc  # noqa: E402
+import pytest  # noqa: E402
+
+from hotwire.proto import grpc_service_pb2_grpc  # noqa: E402
+from server_harness import ServeProcess, ServerThread  # noqa: E402
 
 StartServer = Callable[..., ServerThread]
 
@@ -60,15 +66,6 @@ def serve() -> Iterator[Callable[..., ServeProcess]]:
         process.close()
 
 
-_KERNEL_CACHE = pytest.StashKey[str]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """The tests' own kernel cache, new for every run (hotwire.kernels.cache reads NUMBA_CACHE_DIR when a kernel is
-    decorated; servers started as subprocesses inherit it): no test depends on what an earlier run, or a `hotwire
-    serve` of the same install, left in the per-user cache."""
-    config.stash[_KERNEL_CACHE] = os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="hotwire-test-kernels-")
-
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(config.stash[_KERNEL_CACHE], ignore_errors=True)
+    shutil.rmtree(KERNEL_CACHE, ignore_errors=True)

@@ -19,3 +19,14 @@ def test_each_hotwire_package_is_a_regular_package(name):
         f"{name} was imported as a namespace package from {list(package.__path__)}: a leftover directory of an "
         "earlier install shadows this one; remove it")
     assert Path(package.__file__).name == "__init__.py"
+
+
+def test_the_tests_kernel_cache_is_their_own():
+    """Every kernel of this process caches in the run's own directory (tests/conftest.py), not the user's."""
+    import os
+
+    from hotwire.kernels import batching
+
+    cache = os.environ["NUMBA_CACHE_DIR"]
+    assert Path(cache).name.startswith("hotwire-test-kernels-")
+    assert batching._copy_rows._cache._cache_path.startswith(cache)

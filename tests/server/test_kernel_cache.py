@@ -1,5 +1,5 @@
-"""The kernel cache: by default in the user's cache directory, never inside the installed package; read-only
-(issue 5 item 3): warmed once by `hotwire warm-kernels`, then used by processes that cannot write to it, compiling
+"""The kernel cache: by default in the user's cache directory, never inside the installed package; read-only:
+warmed once by `hotwire warm-kernels`, then used by processes that cannot write to it, compiling
 nothing; cold and read-only, or with nothing writable at all, kernels still work.
 
 "Read-only" is real here: the reading processes are refused writes by the kernel (a non-root test runner with the
@@ -97,7 +97,8 @@ def warmed_cache(tmp_path_factory: pytest.TempPathFactory, read_only_prefix: lis
     """A kernel cache filled by `hotwire warm-kernels` with no directory configured (so: the per-user default
     under XDG_CACHE_HOME), then made read-only; as NUMBA_CACHE_DIR it has the same layout."""
     xdg = tmp_path_factory.mktemp("xdg")
-    package_files = _numba_files(Path(kernels.__file__).parent)
+    package = Path(kernels.__file__).parent
+    package_before = {p: p.stat().st_mtime_ns for p in _numba_files(package)}
     result = subprocess.run([sys.executable, "-m", "hotwire.server", "warm-kernels"],
                             env=_env(XDG_CACHE_HOME=str(xdg)), capture_output=True, text=True, check=False,
                             timeout=600)
@@ -106,7 +107,7 @@ def warmed_cache(tmp_path_factory: pytest.TempPathFactory, read_only_prefix: lis
     assert "compiled" in result.stdout and str(cache) in result.stdout, result.stdout
     assert _numba_files(cache), "warm-kernels cached nothing"
     # nothing written inside the package: pip's uninstall would leave it behind
-    assert _numba_files(Path(kernels.__file__).parent) == package_files
+    assert {p: p.stat().st_mtime_ns for p in _numba_files(package)} == package_before
     _make_read_only(cache)
     yield cache
     _make_writable(cache)
@@ -223,6 +224,21 @@ def test_importing_kernels_needs_no_writable_directory(tmp_path, read_only_prefi
     finally:
         _make_writable(package)
         _make_writable(home)
+
+
+def test_with_no_cache_directory_at_all_kernels_compile_in_memory_with_one_warning(tmp_path):
+    """No NUMBA_CACHE_DIR, no XDG_CACHE_HOME and no home to find a cache in (an arbitrary container UID)."""
+    script = ("from hotwire.kernels import batching\n"
+              "batching.warm()\n"
+              "print(sum(batching._copy_rows.stats.cache_misses.values()))\n")
+    env = {k: v for k, v in _env(HOME="relative").items() if k != "XDG_CACHE_HOME"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.split()[-1]) >= 1
+    warnings = [line for line in result.stderr.splitlines() if "kernel" in line]
+    assert len(warnings) == 1 and "compile in memory" in warnings[0] and "is missing" in warnings[0], warnings
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_warm_kernels_is_a_command():
