@@ -143,12 +143,22 @@ class ModelControl:
         if self.mode != "explicit":
             raise FailedPrecondition(f"loading models is only allowed with --model-control-mode explicit (now: {self.mode})")
         try:
-            source = self._source(name, parameters)
+            source, upload = self._source(name, parameters)
         except HotwireError as exc:  # Triton's "failed to load '<name>'" wording: clients match on it
             raise type(exc)(f"failed to load '{name}': {exc}") from None
-        entry = await self.registry.load(source)
+        # An upload replaces the previous one only once it has loaded: a rejected one leaves the previous upload,
+        # which may still be serving and which reloads and rollbacks read, in place.
+        try:
+            entry = await self.registry.load(source)
+        except BaseException:
+            _remove(upload)
+            raise
         if entry.stable is None or entry.failures:
+            _remove(upload)
             raise InvalidInput(f"failed to load '{name}': {entry.reason()}")
+        if upload is not None:
+            _remove(self._uploads.pop(name, None))
+            self._uploads[name] = upload
         return AdminResult("loaded", entry.stable.version, (time.perf_counter() - started) * 1e3)
 
     async def unload(self, name: str) -> None:
@@ -169,8 +179,9 @@ class ModelControl:
 
         return source_with_version
 
-    def _source(self, name: str, parameters: dict[str, Any]) -> repository.ModelSource:
-        """The model as the repository has it, or as the request's `config` / `file:` parameters give it."""
+    def _source(self, name: str, parameters: dict[str, Any]) -> tuple[repository.ModelSource, Path | None]:
+        """The model as the repository has it, or as the request's `config` / `file:` parameters give it; and the
+        temporary repository its uploaded files were written to, if any (the caller keeps or removes it)."""
         files = {key[len("file:"):]: value for key, value in parameters.items() if key.startswith("file:")}
         config_json = parameters.get("config")
         if files and config_json is None:
@@ -179,31 +190,28 @@ class ModelControl:
             directory = self.root / name
             if not directory.is_dir():
                 raise NotFound(f"model '{name}' is not in the repository {self.root}")
-            return repository.read_model(directory)
+            return repository.read_model(directory), None
         config = mc.ModelConfig()
         try:
             json_format.Parse(str(config_json), config)
         except json_format.ParseError as exc:
             raise InvalidInput(f"parameter 'config': not a valid ModelConfig JSON: {exc}") from None
+        upload: Path | None = None
         if files:
-            base = Path(tempfile.mkdtemp(prefix=f"hotwire-upload-{name}-"))
-            try:
-                self._write_upload(base / name, files)
-            except BaseException:  # a rejected upload must not replace (or remove) the previous one
-                shutil.rmtree(base, ignore_errors=True)
-                raise
-            old = self._uploads.pop(name, None)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            self._uploads[name] = base
-            directory = base / name
+            upload = Path(tempfile.mkdtemp(prefix=f"hotwire-upload-{name}-"))
+            directory = upload / name
         else:
             directory = self._uploads.get(name, self.root) / name
             if not directory.is_dir():  # never create it: the repository may be read-only, and it would list
                 raise NotFound(f"model '{name}' is not in the repository {self.root} and no 'file:' parameters "
                                "were given with its config")
-        source = repository.read_model(directory, config_override=config)
-        return source
+        try:
+            if upload is not None:
+                self._write_upload(directory, files)
+            return repository.read_model(directory, config_override=config), upload
+        except BaseException:  # a rejected upload must not replace (or remove) the previous one
+            _remove(upload)
+            raise
 
     @staticmethod
     def _write_upload(directory: Path, files: dict[str, Any]) -> None:
@@ -218,3 +226,9 @@ class ModelControl:
             except OSError as exc:  # e.g. a name too long for the file system; INTERNAL, as Triton answers it
                 raise HotwireError("failed to poll from model repository: cannot write parameter "
                                    f"'file:{shown}': {exc.strerror or exc}") from None
+
+
+def _remove(upload: Path | None) -> None:
+    """Delete a temporary upload repository (None: there was none)."""
+    if upload is not None:
+        shutil.rmtree(upload, ignore_errors=True)
