@@ -1,9 +1,7 @@
-"""Drift statistics, feature extraction, the monitor, reference profiles, and the monitoring/ config files."""
+"""Drift statistics, feature extraction, the monitor and reference profiles (the monitoring/ files: tests/monitoring)."""
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
 from pathlib import Path
@@ -23,7 +21,6 @@ from hotwire.server.drift import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 
 # -- statistics ---------------------------------------------------------------------------------------------------
 
@@ -291,71 +288,3 @@ def test_reference_profile_roundtrip(tmp_path: Path) -> None:
 
 
 # -- monitoring/ --------------------------------------------------------------------------------------------------
-
-ALLOWED_METRICS = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
-    "nv_inference_pending_request_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-    "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-    "nv_inference_compute_output_duration_us", "hotwire_request_duration_us_bucket",
-    "hotwire_queue_duration_us_bucket",
-    "hotwire_batch_size_bucket", "hotwire_drift_ks", "hotwire_drift_ks_pvalue", "hotwire_drift_psi",
-    "hotwire_lifecycle_events_total", "process_resident_memory_bytes", "process_cpu_seconds_total",
-}
-
-
-PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-                   "group_right", "inf", "nan"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Identifiers used as series selectors.
-
-    A superset of "identifiers followed by `{`, `[` or `)`": label lists (`by (...)`), label matchers and range
-    durations are blanked first, then every identifier that is not a function call (followed by `(`) or a PromQL
-    keyword counts, so a bare `metric < 0.05` is checked too.
-    """
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)  # label lists
-    expr = re.sub(r"\{[^}]*\}", "{}", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "[]", expr)  # range durations ($__rate_interval, 5m)
-    names = re.findall(r"(?<![\w$.])([A-Za-z_:][\w:]*)(?!\s*\()(?![\w:])", expr)
-    return {n for n in names if n.lower() not in PROMQL_KEYWORDS}
-
-
-def test_metric_name_regex() -> None:
-    expr = 'histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{m=~"$model"}[$__rate_interval])))'
-    assert metric_names(expr) == {"a_bucket"}
-    assert metric_names("b < 0.05") == {"b"} and metric_names("sum(c) > bool 1e-3") == {"c"}
-    assert metric_names("x / on (model) group_left y offset 5m") == {"x", "y"}
-
-
-def test_alert_rules() -> None:
-    yaml = pytest.importorskip("yaml")
-    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
-    exprs = {r["alert"]: r["expr"] for group in rules["groups"] for r in group["rules"]}
-    assert len(exprs) == 4
-    used: set[str] = set()
-    for name, expr in exprs.items():
-        names = metric_names(expr)
-        assert names, name
-        assert names <= ALLOWED_METRICS, (name, names - ALLOWED_METRICS)
-        used |= names
-    assert {"hotwire_request_duration_us_bucket", "nv_inference_request_failure", "nv_inference_request_success",
-            "hotwire_drift_ks_pvalue", "hotwire_lifecycle_events_total"} <= used
-
-
-def test_grafana_dashboard() -> None:
-    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text(encoding="utf-8"))
-    assert dashboard["schemaVersion"] >= 36
-    assert any(i["name"] == "DS_PROMETHEUS" for i in dashboard["__inputs"])
-    model = next(v for v in dashboard["templating"]["list"] if v["name"] == "model")
-    assert model["definition"] == "label_values(nv_inference_request_success, model)"
-    used: set[str] = set()
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            names = metric_names(target["expr"])
-            assert names and names <= ALLOWED_METRICS, (panel["title"], names - ALLOWED_METRICS)
-            used |= names
-    assert {"hotwire_request_duration_us_bucket", "hotwire_queue_duration_us_bucket", "hotwire_batch_size_bucket",
-            "nv_inference_pending_request_count", "hotwire_drift_ks_pvalue", "hotwire_drift_psi",
-            "process_resident_memory_bytes", "hotwire_lifecycle_events_total", "nv_inference_request_success",
-            "nv_inference_request_failure"} <= used
