@@ -87,7 +87,7 @@ def locate() -> tuple[PerfAnalyzer | None, str]:
         env["LD_LIBRARY_PATH"] = cudart + os.pathsep + env.get("LD_LIBRARY_PATH", "")
     try:
         probe = subprocess.run([path, "--version"], capture_output=True, text=True, env=env, timeout=30)
-    except OSError as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"perf_analyzer cannot start: {exc}"
     if "error while loading shared libraries" in probe.stderr:
         return None, (f"perf_analyzer lacks a library: {probe.stderr.strip()} (libb64: apt-get install libb64-0d; "

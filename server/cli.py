@@ -25,7 +25,8 @@ log = logging.getLogger("hotwire")
 
 
 def _use_kernel_cache(directory: Path | None) -> None:
-    """Point numba's kernel cache at `directory` (None: numba's default) in this process and the ones it starts.
+    """Point numba's kernel cache at `directory` (None: hotwire's per-user default, ~/.cache/hotwire/kernels) in
+    this process and the ones it starts.
 
     Read before any kernel is decorated (hotwire.kernels' import); hotwire.kernels.cache makes a read-only
     directory usable (numba alone silently skips it)."""
@@ -133,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     warm = commands.add_parser("warm-kernels", help="compile the numba kernels into the kernel cache (e.g. at "
                                                     "image build), so servers using it compile nothing")
     warm.add_argument("--kernel-cache-dir", type=Path,
-                      help="the cache to fill, as given to `serve` (default: $HOTWIRE_KERNEL_CACHE_DIR, else numba's "
-                           "default); it can be read-only afterwards")
+                      help="the cache to fill, as given to `serve` (default: $HOTWIRE_KERNEL_CACHE_DIR, else "
+                           "~/.cache/hotwire/kernels); it can be read-only afterwards")
     warm.add_argument("--check", action="store_true",
                       help="fail (exit 1) unless every kernel loaded from the cache, compiling none")
     warm.set_defaults(run=_warm_kernels, usage_error=warm.error)

@@ -47,7 +47,7 @@ class ServerConfig:
     model_control_mode: str = "none"  # none | poll | explicit
     repository_poll_secs: float = 15.0
     load_model: tuple[str, ...] = ()  # explicit mode: the models loaded at start
-    kernel_cache_dir: Path | None = None  # numba's on-disk kernel cache (NUMBA_CACHE_DIR); None: numba's default
+    kernel_cache_dir: Path | None = None  # numba's on-disk kernel cache (NUMBA_CACHE_DIR); None: the per-user one
     workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT)
     exit_on_error: bool = False  # a model failing to load at start stops the server (exit 1); Triton: on
     strict_readiness: bool = True  # ServerReady needs every model ready; false: ready once the server is up
@@ -58,8 +58,14 @@ class ServerConfig:
 _INTERNAL = ("reuse_port",)  # fields with no flag or variable for users
 
 
+# HOTWIRE_* variables read outside `serve`'s settings, so never taken for misspellings.
+OTHER_VARIABLES = {
+    ENV_PREFIX + "PERF_ANALYZER_HOME": "where `python -m hotwire.bench.perf_analyzer install` puts perf_analyzer",
+}
+
+
 def variables() -> list[str]:
-    """Every HOTWIRE_* variable hotwire reads."""
+    """Every HOTWIRE_* variable `hotwire serve` reads."""
     return [ENV_PREFIX + f.name.upper() for f in fields(ServerConfig) if f.name not in _INTERNAL]
 
 
@@ -133,8 +139,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)")
     parser.add_argument("--load-model", action="append", help="explicit mode: a model to load at start (repeatable)")
     parser.add_argument("--kernel-cache-dir", type=Path,
-                        help="where compiled numba kernels are cached; warm it once (e.g. at image build) and it "
-                             "can be read-only afterwards")
+                        help="where compiled numba kernels are cached (default: ~/.cache/hotwire/kernels); warm it "
+                             "once (e.g. at image build) and it can be read-only afterwards")
     parser.add_argument("--workers", type=_positive("--workers", 1),
                         help="server processes sharing the gRPC port; a crashed one is restarted (default 1)")
     parser.add_argument("--exit-on-error", type=_boolean("--exit-on-error"), nargs="?", const=True,
@@ -182,7 +188,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     known = variables()
     warnings = []
     for name in sorted(env):
-        if name.startswith(ENV_PREFIX) and name not in known:
+        if name.startswith(ENV_PREFIX) and name not in known and name not in OTHER_VARIABLES:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             warnings.append(f"environment variable {name} is not a hotwire setting, ignored ({hint}"

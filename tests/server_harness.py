@@ -100,13 +100,16 @@ class LoggedProcess:
         return "".join(self.lines)
 
     def stop(self) -> int:
+        """SIGTERM, then its exit status once it has exited and every line it wrote is in `lines`."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(30)
+            status = self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+        self._collector.join(10)  # the pipe is at EOF: the collector ends once it has read the last lines
+        return status
 
     def close(self) -> None:
         if self.proc.poll() is None:

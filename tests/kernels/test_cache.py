@@ -3,7 +3,6 @@ was tested with: pyproject's pin and the module's TESTED_NUMBA say the same, and
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numba
@@ -19,6 +18,7 @@ def _dotted(release: tuple[int, ...]) -> str:
 
 
 def test_pyproject_pins_numba_to_the_tested_releases():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
     numba_pins = [d.replace(" ", "") for d in dependencies if d.startswith("numba")]
     low, high = cache.TESTED_NUMBA
