@@ -60,7 +60,7 @@ _INTERNAL = ("reuse_port",)  # fields with no flag or variable for users
 
 # HOTWIRE_* variables read outside `serve`'s settings, so never taken for misspellings.
 OTHER_VARIABLES = {
-    ENV_PREFIX + "PERF_ANALYZER_HOME": "where `python -m hotwire.bench.perf_analyzer install` puts perf_analyzer",
+    ENV_PREFIX + "PERF_ANALYZER_HOME": "where the benchmarks install and look for Triton's perf_analyzer",
 }
 
 
