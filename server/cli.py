@@ -82,6 +82,10 @@ def _serve(args: argparse.Namespace) -> int:
             uvloop.run(app.run(force_exit))
     except StartupError as exc:
         print(f"hotwire: {exc}", file=sys.stderr)
+        if config.reuse_port:  # a --workers worker: tell the supervisor not to restart it
+            from hotwire.server.workers import STARTUP_REFUSED_EXIT
+
+            return STARTUP_REFUSED_EXIT
         return 1
     return 0
 

@@ -58,6 +58,9 @@ class ServerConfig:
 _INTERNAL = ("reuse_port",)  # fields with no flag or variable for users
 
 
+# tritonserver's --log-format values: both are timestamped text lines, which is what hotwire's plain format is.
+TRITON_LOG_FORMATS = {"default": "plain", "ISO8601": "plain"}
+
 # HOTWIRE_* variables read outside `serve`'s settings, so never taken for misspellings.
 OTHER_VARIABLES = {
     ENV_PREFIX + "PERF_ANALYZER_HOME": "where the benchmarks install and look for Triton's perf_analyzer",
@@ -124,7 +127,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     parser.add_argument("--log-verbose", type=_positive("--log-verbose", 0), metavar="N",
                         help="Triton's verbosity: N > 0 logs at DEBUG (default 0)")
-    parser.add_argument("--log-format", choices=("plain", "json"), help="default plain")
+    parser.add_argument("--log-format", choices=("plain", "json", *TRITON_LOG_FORMATS),
+                        help="default plain (Triton's `default` and `ISO8601` are taken as plain)")
     parser.add_argument("--request-log-rate", type=float, help="fraction of requests logged (default 0)")
     parser.add_argument("--slow-request-ms", type=float, help="log requests slower than this (default 0: off)")
     parser.add_argument("--max-message-bytes", type=_positive("--max-message-bytes", 1),
@@ -175,6 +179,8 @@ def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
             values[f.name] = _from_env(variable, env[variable], f.type)
     if "model_repository" not in values:
         values["model_repository"] = bundled_repository()
+    if values.get("log_format") in TRITON_LOG_FORMATS:
+        values["log_format"] = TRITON_LOG_FORMATS[str(values["log_format"])]
     config = ServerConfig(**values)  # type: ignore[arg-type]
     _check(config)
     if config.log_verbose > 0:

@@ -32,6 +32,9 @@ log = logging.getLogger("hotwire.workers")
 RESTART_BACKOFF_S = 1.0  # a worker that dies within RESTART_WINDOW_S of starting is restarted after this pause
 RESTART_WINDOW_S = 10.0
 MAX_FAILED_STARTS = 3  # a worker that dies this many times in a row before listening: the server can't start
+# A worker's exit status for "refuses to start as configured" (--exit-on-error and a model failed to load): a
+# restart would refuse the same way, so the supervisor stops at once instead of retrying.
+STARTUP_REFUSED_EXIT = 3
 POLL_S = 0.2
 
 
@@ -181,6 +184,11 @@ class Supervisor:
             failed = 0 if worker.listening.is_set() else self._failed_starts.get(index, 0) + 1
             self._failed_starts[index] = failed
             how = f"signal {-code}" if code < 0 else f"status {code}"
+            if failed and code == STARTUP_REFUSED_EXIT:
+                log.error("worker %d refused to start as configured (see its log above); stopping", index)
+                self._gave_up = True
+                self._stopping.set()
+                return
             if failed >= MAX_FAILED_STARTS:
                 log.error("worker %d exited with %s before it was listening, %d times in a row: the server cannot "
                           "start (see the worker's log above); stopping", index, how, failed)

@@ -91,6 +91,12 @@ def test_boolean_flags_take_tritons_forms(flag, expected):
     assert parse_serve_args([], {"HOTWIRE_STRICT_READINESS": "false"}).strict_readiness is False
 
 
+@pytest.mark.parametrize(("given", "used"), [("default", "plain"), ("ISO8601", "plain"), ("json", "json")])
+def test_tritons_log_formats_are_taken(given, used):
+    assert parse_serve_args(["--log-format", given], {}).log_format == used
+    assert parse_serve_args([], {"HOTWIRE_LOG_FORMAT": given}).log_format == used
+
+
 def test_tritonserver_flags_get_a_hint_instead_of_unrecognized_arguments():
     result = _run("serve", "--http-port", "8000", "--model-load-thread-count=4", "--allow-metrics", "false",
                   "--log-info", "--reuse-grpc-port=1", "--response-cache-byte-size", "1024", "--frobnicate")

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import tritonclient.grpc as triton
 
 from hotwire.server.config import bundled_repository
+from onnx_models import write_model
 
 
 def metric(port: int, name: str, model: str = "classifier") -> float:
@@ -73,3 +74,15 @@ def test_two_workers_serve_one_port_restart_when_killed_and_sum_their_metrics(se
     assert metric(process.metrics_port, "nv_inference_request_success") == 60
     assert process.stop() == 0
     assert "all workers stopped" in process.log
+
+
+def test_workers_that_refuse_to_start_stop_the_supervisor_at_once(serve, tmp_path):
+    """--exit-on-error=true and a model that fails: each worker refuses to start; the supervisor stops, exit 1,
+    without restarting workers that would refuse again."""
+    write_model(tmp_path, "broken", b"not an onnx model")
+    process = serve("--workers", "2", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port",
+                    "-1", "--host", "127.0.0.1", "--exit-on-error=true")
+    assert process.proc.wait(120) == 1
+    process.wait_for("refused to start as configured")
+    assert "--exit-on-error: model broken failed to load" in process.log
+    assert "restarting it" not in process.log and "hotwire listening" not in process.log
