@@ -184,24 +184,13 @@ def test_statistics_as_json_and_for_every_model(client: grpcclient.InferenceServ
     assert [(s.name, s.version) for s in version_one.model_stats] == [("simple", "1")]
 
 
-def test_keepalive_options_client(server: ServerThread) -> None:
-    """The keepalive example: a client built with KeepAliveOptions, infer with headers."""
-    keepalive_options = grpcclient.KeepAliveOptions(keepalive_time_ms=2**31 - 1, keepalive_timeout_ms=20000,
-                                                    keepalive_permit_without_calls=False,
-                                                    http2_max_pings_without_data=2)
-    client = grpcclient.InferenceServerClient(url=server.address, verbose=False,
-                                              keepalive_options=keepalive_options)
-    try:
-        inputs, outputs, input0, input1 = simple_example_data()
-        check_simple(client.infer(model_name="simple", inputs=inputs, outputs=outputs, headers={"test": "1"}),
-                     input0, input1)
-    finally:
-        client.close()
-
-
-def test_custom_channel_args_client(server: ServerThread) -> None:
-    """The custom-args example: a client built from explicit gRPC channel arguments (1 MiB message limits)."""
-    channel_args = [
+# The keepalive example: a client built with KeepAliveOptions; the custom-args example: one built from explicit
+# gRPC channel arguments (1 MiB message limits). Both then infer with headers.
+CLIENT_OPTIONS = {
+    "keepalive_options": {"keepalive_options": grpcclient.KeepAliveOptions(
+        keepalive_time_ms=2**31 - 1, keepalive_timeout_ms=20000, keepalive_permit_without_calls=False,
+        http2_max_pings_without_data=2)},
+    "channel_args": {"channel_args": [
         ("grpc.max_send_message_length", 1024 * 1024),
         ("grpc.max_receive_message_length", 1024 * 1024),
         ("grpc.keepalive_time_ms", 2**31 - 1),
@@ -209,8 +198,13 @@ def test_custom_channel_args_client(server: ServerThread) -> None:
         ("grpc.keepalive_permit_without_calls", False),
         ("grpc.http2.max_pings_without_data", 2),
         ("grpc.dns_enable_srv_queries", 1),
-    ]
-    client = grpcclient.InferenceServerClient(url=server.address, verbose=False, channel_args=channel_args)
+    ]},
+}
+
+
+@pytest.mark.parametrize("options", list(CLIENT_OPTIONS))
+def test_clients_built_with_keepalive_options_or_channel_args(server: ServerThread, options: str) -> None:
+    client = grpcclient.InferenceServerClient(url=server.address, verbose=False, **CLIENT_OPTIONS[options])
     try:
         inputs, outputs, input0, input1 = simple_example_data()
         check_simple(client.infer(model_name="simple", inputs=inputs, outputs=outputs, headers={"test": "1"}),
