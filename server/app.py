@@ -1,8 +1,8 @@
 """Composition root: builds the pieces in order, and owns the one ordered shutdown.
 
 Startup: metrics endpoint → registry loads the repository → gRPC server (inference, health, reflection) listens.
-Shutdown (ARCHITECTURE.md §Shutdown): health NOT_SERVING → stop accepting and let in-flight RPCs finish (server.stop(grace))
-→ drain batchers and unload sessions.
+Shutdown (ARCHITECTURE.md §Shutdown): health NOT_SERVING → stop accepting and let in-flight RPCs finish
+(server.stop(grace)) → drain batchers and unload sessions.
 """
 
 from __future__ import annotations
