@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         models.write_model_repository(root, {"wide": (models.wide_mlp(seed=1), CONFIG)})
         server = ChildServer("hotwire", [sys.executable, "-m", "hotwire.server", "serve", "--model-repository", tmp,
-                                         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
+                                         "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "-1", "--metrics-port", "-1",
                                          "--model-control-mode", "explicit", "--load-model", "wide"])
         try:
             address = server.wait_listening()

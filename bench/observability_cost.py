@@ -19,8 +19,8 @@ from hotwire.bench.run import MODELS, ChildServer, Client, machine_info, markers
 # statistics extension: perf_analyzer rejects statistics that never move).
 WITHOUT_OBSERVABILITY = """
 import sys
-from hotwire.server import grpc_service, stats, metrics
-grpc_service.EXTENSIONS = tuple(e for e in grpc_service.EXTENSIONS if e != "statistics")
+from hotwire.server import dataplane, stats, metrics
+dataplane.EXTENSIONS = tuple(e for e in dataplane.EXTENSIONS if e != "statistics")
 stats.VersionStats.record_request = lambda self, *a, **k: None
 stats.VersionStats.record_batch = lambda self, *a, **k: None
 metrics.Metrics.publish = lambda self: None
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m hotwire.bench.observability_cost " + " ".join(argv if argv is not None else sys.argv[1:])
     tool, why = perf_analyzer.locate()
     client = Client("perf_analyzer" if tool else "loadgen", args.window_ms, tool)
-    flags = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"]
+    flags = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "-1", "--metrics-port", "0"]
     servers = {
         "with": ChildServer("with", [sys.executable, "-m", "hotwire.server", *flags]),
         "without": ChildServer("without", [sys.executable, "-c", WITHOUT_OBSERVABILITY, *flags]),

@@ -96,11 +96,12 @@ def locate() -> tuple[PerfAnalyzer | None, str]:
 
 
 def measure(tool: PerfAnalyzer, model: str, url: str, concurrency: list[int], window_ms: int = 2000,
-            extra: list[str] | None = None, timeout_s: float = 600) -> list[Measurement]:
-    """One perf_analyzer run over the given concurrency levels; raises with its output when it fails."""
+            extra: list[str] | None = None, timeout_s: float = 600, protocol: str = "grpc") -> list[Measurement]:
+    """One perf_analyzer run over the given concurrency levels (`protocol`: grpc or http); raises with its output
+    when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
-        args = [tool.path, "-m", model, "-i", "grpc", "-u", url, "-p", str(window_ms), "-f", str(report),
+        args = [tool.path, "-m", model, "-i", protocol, "-u", url, "-p", str(window_ms), "-f", str(report),
                 "--percentile", "50"]
         args += ["--concurrency-range", f"{concurrency[0]}:{concurrency[-1]}:{_step(concurrency)}"]
         args += extra or []

@@ -8,11 +8,13 @@
   of the right names, datatypes and shapes (batch size taken from the request). It is the transport-cost floor:
   no server on this stack can answer faster.
 
-Both serve one model (``--name``) and implement ServerLive, ServerReady, ModelReady, ServerMetadata (no extensions:
+* ``inline-http``: ``inline`` over HTTP/REST (reference_http.py), the naive server for hotwire's HTTP frontend.
+
+The gRPC ones serve one model (``--name``) and implement ServerLive, ServerReady, ModelReady, ServerMetadata (no extensions:
 perf_analyzer acts on what is advertised), ModelMetadata, ModelConfig, ModelInfer and ModelStreamInfer. Every
 other RPC of the service answers UNIMPLEMENTED.
 
-    python -m hotwire.bench.reference_servers {inline,echo} --model PATH.onnx --name NAME \
+    python -m hotwire.bench.reference_servers {inline,echo,inline-http} --model PATH.onnx --name NAME \
         [--host 127.0.0.1] [--port 0] [--threads 1]
 
 logs ``listening on HOST:PORT`` to stderr once ready and exits 0 on SIGTERM/SIGINT.
@@ -41,6 +43,7 @@ __all__ = ["MAX_BATCH_SIZE", "MAX_MESSAGE_BYTES", "ModelSignature", "ReferenceSe
 
 log = logging.getLogger("hotwire.bench.reference")
 
+KINDS = ("inline", "echo", "inline-http")
 MAX_BATCH_SIZE = 64  # advertised when every tensor's first dimension is dynamic
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # hotwire's default --max-message-bytes
 GRPC_OPTIONS = [
@@ -274,10 +277,20 @@ for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
 async def serve(kind: str, model_path: str, name: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
                 stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
-    if kind not in ("inline", "echo"):
+    if kind not in KINDS:
         raise ValueError(f"unknown reference server kind '{kind}'")
     # The echo server also reads the graph's signature from a session; it just never runs it.
     session = make_session(model_path, threads)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if kind == "inline-http":
+        from hotwire.bench.reference_http import serve_http
+
+        await serve_http(session, name, host, port, stop)
+        return
     signature = signature_from_session(name, session)
     servicer = ReferenceServicer(signature, session if kind == "inline" else None, kind)
     server = grpc.aio.server(options=GRPC_OPTIONS)
@@ -286,11 +299,6 @@ async def serve(kind: str, model_path: str, name: str, host: str = "127.0.0.1", 
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"could not listen on {address}")
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
     await server.start()
     log.info("%s reference server for model '%s' listening on %s:%d", kind, name, host, bound)
     try:
@@ -303,7 +311,7 @@ async def serve(kind: str, model_path: str, name: str, host: str = "127.0.0.1", 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hotwire.bench.reference_servers",
                                      description="Reference servers for hotwire's benchmarks (inline ORT, echo).")
-    parser.add_argument("kind", choices=("inline", "echo"))
+    parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--model", required=True, help="path of the .onnx file")
     parser.add_argument("--name", required=True, help="model name to serve it under")
     parser.add_argument("--host", default="127.0.0.1")

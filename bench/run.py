@@ -88,11 +88,13 @@ MODELS: dict[str, BenchModel] = {
 }
 
 SERVERS = ("hotwire", "inline", "echo")
+HTTP_SERVERS = ("hotwire", "inline-http")  # perf_analyzer -i http: hotwire's HTTP port against the naive one
 START_MARKER = "<!-- bench:run:start -->"
 END_MARKER = "<!-- bench:run:end -->"
 HOST = "127.0.0.1"  # servers and clients stay on loopback
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 METRICS_PORT = re.compile(r"metrics on :(\d+)")
+HTTP_PORT = re.compile(r"HTTP on :(\d+)")
 SERVER_START_TIMEOUT_S = 120.0
 SERVER_STOP_TIMEOUT_S = 15.0
 # perf_analyzer: stable when the last 3 windows agree within PA_STABILITY %, else up to PA_MAX_TRIALS windows. On a
@@ -119,6 +121,7 @@ class ChildServer:
         self.lines: list[str] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"{label}-log", daemon=True)
         self._reader.start()
@@ -133,6 +136,8 @@ class ChildServer:
                 self.port = int(match.group(1))
                 metrics = METRICS_PORT.search(line)
                 self.metrics_port = int(metrics.group(1)) if metrics else None
+                http = HTTP_PORT.search(line)
+                self.http_port = int(http.group(1)) if http else None
                 self._ready.set()
         self._ready.set()  # EOF: the process is gone
 
@@ -159,7 +164,7 @@ class ChildServer:
 
 def hotwire_argv(repository: Path, extra: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "hotwire.server", "serve", "--model-repository", str(repository), "--host", HOST,
-            "--grpc-port", "0", "--metrics-port", "0", *extra]
+            "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *extra]
 
 
 def reference_argv(kind: str, model_file: Path, name: str, threads: int) -> list[str]:
@@ -208,27 +213,47 @@ class Client:
     def warmup_s(self) -> float:
         return min(1.0, self.window_ms / 2000)
 
-    def measure(self, model: str, url: str, concurrency: int, bench: BenchModel) -> Sample:
+    def measure(self, model: str, url: str, concurrency: int, bench: BenchModel, protocol: str = "grpc") -> Sample:
         if self.kind == "perf_analyzer":
             assert self.tool is not None
             timeout = (PA_MAX_TRIALS + 2) * self.window_ms / 1000 + 120
             extra = ["--input-data", "zero", "--stability-percentage", PA_STABILITY, "--max-trials", str(PA_MAX_TRIALS)]
             try:
-                rows = perf_analyzer.measure(self.tool, model, url, [concurrency], self.window_ms, extra, timeout)
+                rows = perf_analyzer.measure(self.tool, model, url, [concurrency], self.window_ms, extra, timeout,
+                                             protocol)
                 unstable = False
             except RuntimeError as exc:
                 if "stable measurement" not in str(exc):
                     raise
                 extra = ["--input-data", "zero", *PA_RETRY]
-                rows = perf_analyzer.measure(self.tool, model, url, [concurrency], self.window_ms, extra, timeout)
+                rows = perf_analyzer.measure(self.tool, model, url, [concurrency], self.window_ms, extra, timeout,
+                                             protocol)
                 unstable = True
             row = rows[0]
             return Sample(row.throughput, row.p50_us, row.p99_us, unstable)
+        if protocol != "grpc":
+            raise RuntimeError("hotwire.bench.loadgen speaks gRPC only: HTTP needs perf_analyzer")
         inputs = {bench.input_name: np.zeros((1, *bench.row_shape), dtype=np.float32)}
         result = loadgen.run_load(url, model, inputs, concurrency, self.window_ms / 1000, self.warmup_s())
         if result.errors:
             raise RuntimeError(f"loadgen: {result.errors} failed calls")
         return Sample(result.throughput, result.p50_us, result.p99_us)
+
+
+def measure_cell(client: Client, cell: Cell, label: str, model: str, url: str, concurrency: int, bench: BenchModel,
+                 protocol: str = "grpc") -> bool:
+    """One measurement into `cell` (a failure is kept as the cell's error); True when it succeeded."""
+    try:
+        sample = client.measure(model, url, concurrency, bench, protocol)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        message = str(exc).strip().splitlines()
+        cell.errors.append(message[0] if message else type(exc).__name__)
+        log(f"{label}: FAILED {exc}")
+        return False
+    cell.samples.append(sample)
+    log(f"{label}: {sample.throughput:,.0f} inf/s, p50 {sample.p50_us:,.0f} µs, p99 {sample.p99_us:,.0f} µs"
+        + (" (unstable)" if sample.unstable else ""))
+    return True
 
 
 def perf_analyzer_version(tool: perf_analyzer.PerfAnalyzer) -> str:
@@ -352,7 +377,9 @@ def render_section(info: dict[str, str], command: str, client: str, window_ms: i
                    inline_threads: int, hotwire_args: Sequence[str], ort_p50: dict[str, float],
                    cells: dict[tuple[str, int, str], Cell], model_names: Sequence[str],
                    concurrencies: Sequence[int], overhead: dict[str, list[float]] | None = None,
-                   memory: dict[str, float | None] | None = None, section: str = "") -> str:
+                   memory: dict[str, float | None] | None = None, section: str = "",
+                   http_cells: dict[tuple[str, int, str], Cell] | None = None, http_models: Sequence[str] = (),
+                   http_concurrencies: Sequence[int] = ()) -> str:
     start_marker, end_marker = markers(section)
     lines = [
         start_marker,
@@ -400,6 +427,25 @@ def render_section(info: dict[str, str], command: str, client: str, window_ms: i
             lines.append("| " + " | ".join(row) + " |")
             for s in SERVERS:
                 errors += [f"{name} c={c} {s}: {e}" for e in cells[(name, c, s)].errors]
+    if http_models and http_cells:
+        lines += ["", "HTTP/REST, perf_analyzer `-i http` (binary tensors), same settings: hotwire's HTTP port "
+                  "against `inline-http`, the inline reference over the same HTTP stack (uvicorn + httptools):", "",
+                  "| model | conc. | hotwire inf/s | inline-http inf/s | hotwire p50 / p99 µs | inline-http p50 / p99 µs "
+                  "| hotwire / inline-http thr. | hotwire HTTP / gRPC thr. |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name in http_models:
+            for c in http_concurrencies:
+                got = {s: http_cells[(name, c, s)] for s in HTTP_SERVERS}
+                thr = {s: got[s].median("throughput") for s in HTTP_SERVERS}
+                marks = {s: "~" if any(x.unstable for x in got[s].samples) else "" for s in HTTP_SERVERS}
+                unstable = unstable or any(marks.values())
+                grpc_thr = cells[(name, c, "hotwire")].median("throughput") if (name, c, "hotwire") in cells else None
+                lines.append("| " + " | ".join([
+                    name, str(c), marks["hotwire"] + _num(thr["hotwire"]), marks["inline-http"] + _num(thr["inline-http"]),
+                    *(f"{_num(got[s].median('p50_us'))} / {_num(got[s].median('p99_us'))}" for s in HTTP_SERVERS),
+                    _ratio(thr["hotwire"], thr["inline-http"]), _ratio(thr["hotwire"], grpc_thr)]) + " |")
+                for s in HTTP_SERVERS:
+                    errors += [f"HTTP {name} c={c} {s}: {e}" for e in got[s].errors]
     if unstable:
         lines += ["", "`~`: perf_analyzer could not stabilise within the trials; measured over 3 windows anyway."]
     if overhead:
@@ -460,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", type=_model_list, default=list(MODELS), help="comma-separated model names")
     parser.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 64], help="comma-separated levels")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--http-models", type=_model_list, default=["classifier"],
+                        help="models also measured over HTTP (perf_analyzer -i http; needs perf_analyzer)")
+    parser.add_argument("--http-concurrency", type=_int_list, default=[1, 16], help="levels for the HTTP rows")
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--client", choices=("perf_analyzer", "loadgen", "auto"), default="auto")
     parser.add_argument("--output", type=Path, default=Path("bench/RESULTS.md"))
@@ -497,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info()
     cells: dict[tuple[str, int, str], Cell] = {
         (m, c, s): Cell() for m in args.models for c in args.concurrency for s in SERVERS}
+    # perf_analyzer -i http rows: the HTTP frontend against the inline HTTP reference (loadgen speaks gRPC only)
+    http_models = [m for m in args.http_models if m in args.models] if client.kind == "perf_analyzer" else []
+    http_cells: dict[tuple[str, int, str], Cell] = {
+        (m, c, s): Cell() for m in http_models for c in args.http_concurrency for s in HTTP_SERVERS}
     ort_p50: dict[str, float] = {}
     overhead: dict[str, list[float]] = {name: [] for name in args.models}
     memory: dict[str, float | None] = {}
@@ -515,7 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             hotwire = ChildServer("hotwire", hotwire_argv(repository, args.hotwire_arg))
             children.append(hotwire)
             hotwire_url = hotwire.wait_listening()
-            log(f"hotwire listening on {hotwire_url}")
+            log(f"hotwire listening on {hotwire_url} (gRPC), :{hotwire.http_port} (HTTP)")
+            if http_models and hotwire.http_port is None:
+                raise RuntimeError("hotwire did not say which HTTP port it listens on")
             time.sleep(1.0)
             memory["idle"] = rss_mib(hotwire.proc.pid)
             for name in args.models:
@@ -535,28 +590,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                         for server in order:
                             cell = cells[(name, c, server)]
                             watch = server == "hotwire" and c == 1 and hotwire.metrics_port is not None
-                            try:
-                                if watch:
-                                    time.sleep(1.2)  # multiprocess workers publish every second
-                                    before = scrape(hotwire.metrics_port)  # type: ignore[arg-type]
-                                sample = client.measure(name, urls[server], c, bench)
-                                if watch:
-                                    time.sleep(1.2)
-                                    measured = server_overhead_us(before, scrape(hotwire.metrics_port), name)  # type: ignore[arg-type]
-                                    if measured is not None:
-                                        overhead[name].append(measured)
-                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                                message = str(exc).strip().splitlines()
-                                cell.errors.append(message[0] if message else type(exc).__name__)
-                                log(f"{name} c={c} #{repeat + 1} {server}: FAILED {exc}")
-                                continue
-                            cell.samples.append(sample)
-                            log(f"{name} c={c} #{repeat + 1} {server}: {sample.throughput:,.0f} inf/s, "
-                                f"p50 {sample.p50_us:,.0f} µs, p99 {sample.p99_us:,.0f} µs"
-                                + (" (unstable)" if sample.unstable else ""))
+                            if watch:
+                                time.sleep(1.2)  # multiprocess workers publish every second
+                                before = scrape(hotwire.metrics_port)  # type: ignore[arg-type]
+                            measured_ok = measure_cell(client, cell, f"{name} c={c} #{repeat + 1} {server}", name,
+                                                       urls[server], c, MODELS[name])
+                            if watch and measured_ok:
+                                time.sleep(1.2)
+                                measured = server_overhead_us(before, scrape(hotwire.metrics_port), name)  # type: ignore[arg-type]
+                                if measured is not None:
+                                    overhead[name].append(measured)
                 for ref in refs.values():
                     ref.stop()
                 memory[f"after {name}"] = rss_mib(hotwire.proc.pid)
+            for name in http_models:
+                reference = ChildServer(f"inline-http[{name}]", reference_argv("inline-http", files[name], name,
+                                                                               args.inline_threads))
+                children.append(reference)
+                urls = {"hotwire": f"{HOST}:{hotwire.http_port}", "inline-http": reference.wait_listening()}
+                for c in args.http_concurrency:
+                    for repeat in range(args.repeats):
+                        order = HTTP_SERVERS[repeat % 2:] + HTTP_SERVERS[:repeat % 2]
+                        for server in order:
+                            measure_cell(client, http_cells[(name, c, server)],
+                                         f"HTTP {name} c={c} #{repeat + 1} {server}", name, urls[server], c,
+                                         MODELS[name], "http")
+                reference.stop()
     except (KeyboardInterrupt, _Terminated):
         log("interrupted; stopping servers")
         return 130
@@ -573,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     section = render_section(info, command, client.describe(), args.window_ms, args.repeats, args.inline_threads,
                              args.hotwire_arg, ort_p50, cells, args.models, args.concurrency, overhead, memory,
-                             args.section)
+                             args.section, http_cells, http_models, args.http_concurrency)
     replace_section(args.output, section, args.section)
     print(section)
     log(f"wrote {args.output}")

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m hotwire.bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
     server = ChildServer("hotwire", [sys.executable, "-m", "hotwire.server", "serve", "--host", "127.0.0.1",
-                                     "--grpc-port", "0", "--metrics-port", "-1"])
+                                     "--grpc-port", "0", "--http-port", "-1", "--metrics-port", "-1"])
     samples: list[tuple[float, float]] = []
     counts = [0, 0]
     try:

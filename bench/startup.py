@@ -33,7 +33,7 @@ def _time_to_ready(cache_dir: str) -> tuple[float, float]:
     os.environ["NUMBA_CACHE_DIR"] = cache_dir  # inherited by the child
     started = time.perf_counter()
     server = ChildServer("hotwire", [sys.executable, "-m", "hotwire.server", "serve", "--host", HOST,
-                                     "--grpc-port", "0", "--metrics-port", "-1"])
+                                     "--grpc-port", "0", "--http-port", "-1", "--metrics-port", "-1"])
     try:
         address = server.wait_listening(READY_TIMEOUT_S)
         with grpc.insecure_channel(address) as channel:

@@ -1,14 +1,16 @@
 """Composition root: builds the pieces in order, and owns the one ordered shutdown.
 
-Startup: metrics endpoint → registry loads the repository → gRPC server (inference, health, reflection) listens.
-Shutdown (ARCHITECTURE.md §Shutdown): health NOT_SERVING → stop accepting and let in-flight RPCs finish
-(server.stop(grace)) → drain batchers and unload sessions.
+Startup: metrics endpoint → registry loads the repository → gRPC server (inference, health, reflection) and the
+HTTP/REST server listen, both on this event loop and both calling one data plane.
+Shutdown (ARCHITECTURE.md §Shutdown): health NOT_SERVING → both frontends stop accepting and let in-flight
+requests finish (within the grace) → drain batchers and unload sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -17,13 +19,18 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from hotwire.proto import grpc_service_pb2, model_config_pb2
+from hotwire.server import readiness
 from hotwire.server.config import ServerConfig
+from hotwire.server.dataplane import DataPlane
 from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
 from hotwire.server.health import HealthServicer
+from hotwire.server.http_server import HttpServer, bind
+from hotwire.server.http_service import HttpService
 from hotwire.server.logs import RequestLogger
 from hotwire.server.metrics import Metrics, MetricsServer, VersionView, start_metrics_server
 from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
+from hotwire.server.tasks import BackgroundTasks
 from hotwire.server.workers import port_in_use
 
 log = logging.getLogger(__name__)
@@ -67,18 +74,21 @@ class App:
         self.server: grpc.aio.Server | None = None
         self._service: InferenceService | None = None
         self.grpc_port = 0
+        self.http_port = 0
+        self._http: HttpServer | None = None
         self.metrics_port = 0
         self._draining = False
         self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
-        self._health_updates: set[asyncio.Task[None]] = set()  # held so the loop can't drop them half-done
+        self._health_updates = BackgroundTasks("health updates")
+        self.plane = DataPlane(self.registry, self.control, self.is_ready,
+                               RequestLogger(config.request_log_rate, config.slow_request_ms),
+                               exact_statistics=not config.reuse_port)
 
     def _set_model_health(self, model: str, serving: bool) -> None:
         # Health callbacks come from the registry on the event loop; HealthServicer.set is a coroutine.
         status = SERVING if serving and not self._draining else NOT_SERVING
-        task = asyncio.get_running_loop().create_task(self.health.set(model, status))
-        self._health_updates.add(task)
-        task.add_done_callback(self._health_updates.discard)
+        self._health_updates.spawn(self.health.set(model, status), name=f"health {model}")
 
     def is_ready(self) -> bool:
         """ServerReady: up and not draining, and (strict readiness, the default) every model ready."""
@@ -121,9 +131,7 @@ class App:
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        self._service = InferenceService(self.registry, self.control, self.is_ready,
-                                         RequestLogger(self.config.request_log_rate, self.config.slow_request_ms),
-                                         exact_statistics=not self.config.reuse_port)
+        self._service = InferenceService(self.plane)
         self._service.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -140,9 +148,32 @@ class App:
                           "(is another server using the port, or the host wrong?)")
         await server.start()
         self.server = server
+        if self.config.http_port >= 0:
+            try:
+                await self._start_http()
+            except BaseException:
+                await server.stop(0)
+                raise
         await self.health.set("", SERVING)
-        log.info("hotwire listening on %s:%d (gRPC)%s", self.config.host, self.grpc_port,
+        log.info("hotwire listening on %s:%d (gRPC)%s%s", self.config.host, self.grpc_port,
+                 f", HTTP on :{self.http_port}" if self._http else "",
                  f", metrics on :{self.metrics_port}/metrics" if self._metrics_server else "")
+        if self.config.ready_fd >= 0:
+            readiness.announce(self.config.ready_fd, readiness.Listening(
+                os.getpid(), self.grpc_port, self.http_port if self._http else -1,
+                self.metrics_port if self._metrics_server else -1))
+
+    async def _start_http(self) -> None:
+        try:
+            sock = bind(self.config.host, self.config.http_port, self.config.reuse_port)
+        except OSError as exc:
+            problem = port_in_use(self.config.host, self.config.http_port) if self.config.http_port else None
+            raise OSError(f"HTTP: {problem or f'could not listen on {self.config.host}:{self.config.http_port}: {exc}'}"
+                          " (is another server using the port, or the host wrong?)") from None
+        self._http = HttpServer(HttpService(self.plane), sock, self.config.max_message_bytes,
+                                self.config.shutdown_grace_s)
+        await self._http.start()
+        self.http_port = self._http.port
 
     async def stop(self) -> None:
         """The one shutdown order. Safe to call twice."""
@@ -155,15 +186,20 @@ class App:
         await self.health.end_watches()  # idle streams must not hold the shutdown for the whole grace
         if self._service is not None:
             self._service.end_streams()  # they finish what they have read, then end
-        if self.server is not None:
-            await self.server.stop(self.config.shutdown_grace_s)
+        # Both frontends stop accepting and finish their in-flight requests, concurrently, within one grace.
+        await asyncio.gather(
+            self.server.stop(self.config.shutdown_grace_s) if self.server is not None else asyncio.sleep(0),
+            self._http.stop() if self._http is not None else asyncio.sleep(0),
+        )
         await self.control.stop()
         if self._publisher is not None:
             self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
         # The final numbers, drained requests included; before the registry closes, which forgets the versions (and
         # a publish without them would retire their series).
         self.metrics.publish()
         await self.registry.close()
+        await self._health_updates.wait()  # the registry's last NOT_SERVING updates
         self._close_metrics()
         log.info("shutdown complete")
         self._stopped.set()

@@ -211,7 +211,7 @@ class Batcher:
 
     # ----- submitting ---------------------------------------------------------------------------------------
 
-    def run_now(self, feeds: dict[str, np.ndarray], rows: int, output_names: tuple[str, ...], priority: int = 0
+    def run_now(self, feeds: dict[str, np.ndarray], rows: int, output_names: tuple[str, ...]
                 ) -> tuple[list[np.ndarray], ComputeTimes] | None:
         """(outputs, compute times) computed right here when an inline instance may take the request at once;
         None when it must queue. Runs on the event loop."""

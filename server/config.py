@@ -36,6 +36,7 @@ class ServerConfig:
     model_repository: Path
     host: str = "0.0.0.0"
     grpc_port: int = 8001
+    http_port: int = 8000  # the Open Inference Protocol's REST binding; -1 disables it
     metrics_port: int = 8002  # -1 disables the metrics endpoint
     log_level: str = "INFO"
     log_format: str = "plain"  # plain | json
@@ -53,9 +54,10 @@ class ServerConfig:
     strict_readiness: bool = True  # ServerReady needs every model ready; false: ready once the server is up
     log_verbose: int = 0  # Triton's --log-verbose: > 0 means DEBUG logging
     reuse_port: bool = False  # set for the processes of --workers N, never by users
+    ready_fd: int = -1  # a pipe the server writes its ports to once listening (supervisors, tests); -1: none
 
 
-_INTERNAL = ("reuse_port",)  # fields with no flag or variable for users
+_INTERNAL = ("reuse_port", "ready_fd")  # fields with no HOTWIRE_* variable (a child would inherit it)
 
 
 # tritonserver's --log-format values: both are timestamped text lines, which is what hotwire's plain format is.
@@ -93,6 +95,7 @@ def _positive(name: str, minimum: int) -> type:
     return parse  # type: ignore[return-value]
 
 
+CONTROL_MODES = ("none", "poll", "explicit")  # --model-control-mode: model_control.py says what each does
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -120,8 +123,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", "--model-store", type=Path,
                         help="model repository (default: the bundled examples)")
     parser.add_argument("--host", "--grpc-address", dest="host",
-                        help="address to listen on, for gRPC and metrics (default 0.0.0.0)")
+                        help="address to listen on, for gRPC, HTTP and metrics (default 0.0.0.0)")
     parser.add_argument("--grpc-port", type=_positive("--grpc-port", 0), help="gRPC port, 0 = any free (default 8001)")
+    parser.add_argument("--http-port", type=_positive("--http-port", -1),
+                        help="HTTP/REST port, 0 = any free, -1 = off (default 8000)")
     parser.add_argument("--metrics-port", type=_positive("--metrics-port", -1),
                         help="Prometheus /metrics port, 0 = any free, -1 = off (default 8002)")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
@@ -137,7 +142,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time in-flight requests get on shutdown (default 30)")
     parser.add_argument("--default-max-batch-size", type=_positive("--default-max-batch-size", 1),
                         help="max_batch_size for models that leave it out of config.pbtxt (default 32)")
-    parser.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
+    parser.add_argument("--model-control-mode", choices=CONTROL_MODES,
                         help="none: load all at start (default); poll: also rescan the repository; explicit: "
                              "only --load-model at start, then RepositoryModelLoad/Unload")
     parser.add_argument("--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)")
@@ -156,6 +161,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "the server is up")
     parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=_positive("--ready-fd", 0), metavar="FD",
+                        help="once listening, write one JSON line with the ports (grpc_port, http_port, "
+                             "metrics_port, pid) to this inherited file descriptor and close it: how a process "
+                             "manager learns a server is up without reading its log")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = ("environment variables (a flag on the command line wins):\n  "
                      + "\n  ".join(f"{variable:34} {_flag_of(variable)}" for variable in variables()))
@@ -173,6 +182,8 @@ def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = tuple(given) if isinstance(given, list) else given
+            continue
+        if f.name in _INTERNAL:
             continue
         variable = ENV_PREFIX + f.name.upper()
         if variable in env:
@@ -211,12 +222,12 @@ def kernel_cache_dir_from_env(environ: Mapping[str, str] | None = None) -> Path 
 def _check(config: ServerConfig) -> None:
     """The same rules for a value from a flag or from its HOTWIRE_* variable; a ConfigError names the setting."""
     choices = {"log_level": LOG_LEVELS, "log_format": ("plain", "json"),
-               "model_control_mode": ("none", "poll", "explicit")}
+               "model_control_mode": CONTROL_MODES}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ConfigError(f"--{_flag(name)} '{getattr(config, name)}': expected one of {', '.join(allowed)}")
     ranges: dict[str, tuple[float, float]] = {
-        "grpc_port": (0, 65535), "metrics_port": (-1, 65535), "request_log_rate": (0, 1),
+        "grpc_port": (0, 65535), "http_port": (-1, 65535), "metrics_port": (-1, 65535), "request_log_rate": (0, 1),
         "slow_request_ms": (0, float("inf")), "shutdown_grace_s": (0, float("inf")),
         "repository_poll_secs": (0.01, float("inf")), "max_message_bytes": (1, 2**31 - 1),
         "default_max_batch_size": (1, float("inf")), "workers": (1, 1024), "log_verbose": (0, float("inf")),
@@ -267,12 +278,14 @@ def parse_serve_args(argv: Sequence[str], environ: Mapping[str, str] | None = No
 
 
 # tritonserver's flags that `hotwire serve` does not take: what to use instead, or why there is nothing.
-_NO_HTTP = "hotwire serves gRPC only (an HTTP endpoint is not implemented yet)"
 _UNSUPPORTED = "not supported by hotwire"
 TRITON_FLAGS: dict[str, str] = {
-    **{flag: _NO_HTTP for flag in (
-        "--http-port", "--http-address", "--http-thread-count", "--http-header-forward-pattern",
-        "--http-restricted-api", "--reuse-http-port", "--allow-http")},
+    "--http-address": "use --host (HTTP listens on the gRPC address)",
+    "--http-thread-count": "hotwire serves HTTP on its event loop; use --workers N for more processes",
+    "--http-header-forward-pattern": _UNSUPPORTED,
+    "--http-restricted-api": _UNSUPPORTED,
+    "--reuse-http-port": "use --workers N: hotwire's workers share the HTTP port",
+    "--allow-http": "use --http-port -1 to turn HTTP off",
     "--allow-grpc": "hotwire always serves gRPC; drop the flag",
     "--allow-metrics": "use --metrics-port -1 to turn metrics off",
     "--metrics-address": "use --host (metrics listen on the gRPC address)",

@@ -5,6 +5,9 @@ Every other module asks this one: the protocol name ("FP32") is the canonical ke
 
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,3 +56,9 @@ def from_numpy(dtype: np.dtype) -> Datatype:
         if d.name != "BYTES" and d.numpy == dtype.newbyteorder("<"):
             return d
     raise KeyError(f"no protocol datatype for numpy dtype {dtype}")
+
+
+def element_count(shape: Iterable[int]) -> int:
+    """The number of elements of a tensor of this shape: exact Python int arithmetic, so huge dims (a client's
+    shape, say) give their true product, never a wrapped-around one as np.prod's int64 would."""
+    return math.prod(map(operator.index, shape))  # index: NumPy ints become Python ints, floats are refused

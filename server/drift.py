@@ -51,6 +51,8 @@ from typing import Literal
 
 import numpy as np
 
+from hotwire.server.datatypes import element_count
+
 __all__ = [
     "DEFAULT_MIN_ROWS",
     "MAX_ELEMENT_FEATURES",
@@ -236,7 +238,7 @@ class FeatureExtractor:
         self.max_summary_elements = max(1, max_summary_elements)
         self.item_shape = tuple(int(d) for d in item_shape)
         self.dtype = np.dtype(dtype)
-        self.item_size = math.prod(self.item_shape)
+        self.item_size = element_count(self.item_shape)
         self.classes: int | None = None
         self.channel_axis: int | None = None  # axis of the item (not the batch)
         self.channels = 0
@@ -298,7 +300,7 @@ class FeatureExtractor:
             return kind == "f" and batch.shape[1:] == self.item_shape
         if self.mode == "elements":
             return batch.shape[1:] == self.item_shape
-        if batch.ndim != len(self.item_shape) + 1 or math.prod(batch.shape[1:]) == 0:
+        if batch.ndim != len(self.item_shape) + 1 or element_count(batch.shape[1:]) == 0:
             return False
         return self.channel_axis is None or batch.shape[1 + self.channel_axis] == self.channels
 

@@ -1,53 +1,84 @@
-"""The exception hierarchy and the one table mapping it to gRPC status codes (ARCHITECTURE.md §Errors).
+"""The exception hierarchy and the one table of what each error means on every frontend (ARCHITECTURE.md §Errors).
 
-Code anywhere on the request path raises one of these; `grpc_service` turns it into a status in one place.
+Every class carries all there is to know about itself: its gRPC status, its HTTP status, Triton's failure reason
+(how it is counted in statistics and metrics) and whether it is the client's fault (a bad request says nothing
+about a version's health, so it is not counted against a canary). Code anywhere on the request path raises one of
+these; each frontend turns it into its transport's status in one place, through `status_of` / `http_status_of`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
+
 import grpc
+
+
+class FailureReason(enum.Enum):
+    """Triton's failure reasons (`nv_inference_request_failure{reason=...}`)."""
+
+    REJECTED = "REJECTED"  # queue full, timed out in the queue, rate limited
+    CANCELED = "CANCELED"  # the client went away
+    BACKEND = "BACKEND"  # the model itself failed (ONNX Runtime)
+    OTHER = "OTHER"  # everything else, a client's malformed request included
 
 
 class HotwireError(Exception):
     """Base of every error the server reports to a client; the message is shown to the client as is."""
 
     status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
+    reason: FailureReason = FailureReason.OTHER
+    client_fault: bool = False
 
 
 class InvalidInput(HotwireError):
     status = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+    client_fault = True
 
 
 class NotFound(HotwireError):
     status = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+    client_fault = True
 
 
 class Unavailable(HotwireError):
     """Not ready, failed to load, or draining."""
 
     status = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
 
 
 class FailedPrecondition(HotwireError):
     """The server is not in a state that allows the call (e.g. loading models outside explicit mode)."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 400  # Triton answers a disallowed load/unload with 400
+    client_fault = True
 
 
 class ResourceExhausted(HotwireError):
     """Queue full or rate limited: fail fast rather than queue without bound."""
 
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    reason = FailureReason.REJECTED
 
 
 class DeadlineExceeded(HotwireError):
     status = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+    reason = FailureReason.REJECTED
 
 
 class BackendError(HotwireError):
     """ONNX Runtime failed to run a batch (INTERNAL, with ORT's message)."""
 
     status = grpc.StatusCode.INTERNAL
+    http_status = 500
+    reason = FailureReason.BACKEND
 
 
 class RequestsFailed(HotwireError):
@@ -62,6 +93,7 @@ class RequestsFailed(HotwireError):
 
 class Unimplemented(HotwireError):
     status = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
 
 
 class ModelLoadError(Exception):
@@ -73,7 +105,31 @@ class ConfigError(Exception):
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status and message a client sees for an exception raised while serving a request."""
+    """The gRPC status and message a client sees for an exception raised while serving a request."""
     if isinstance(exc, HotwireError):
         return exc.status, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, _internal(exc)
+
+
+def http_status_of(exc: BaseException) -> tuple[int, str]:
+    """The HTTP status and message a client sees for an exception raised while serving a request."""
+    if isinstance(exc, HotwireError):
+        return exc.http_status, str(exc)
+    return 500, _internal(exc)
+
+
+def failure_reason(exc: BaseException) -> FailureReason:
+    """How a failed request is counted."""
+    if isinstance(exc, HotwireError):
+        return exc.reason
+    if isinstance(exc, asyncio.CancelledError):
+        return FailureReason.CANCELED
+    return FailureReason.OTHER
+
+
+def is_client_fault(exc: BaseException) -> bool:
+    return isinstance(exc, HotwireError) and exc.client_fault
+
+
+def _internal(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"

@@ -7,7 +7,6 @@ ModelVersion reaches the event loop, so a loading model never slows the ones alr
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from pathlib import Path
@@ -18,125 +17,43 @@ from hotwire.kernels import batching as batching_kernels
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
-from hotwire.server.drift import DriftMonitor, DriftReport, ReferenceProfile
-from hotwire.server.errors import BackendError, DeadlineExceeded, InvalidInput, ModelLoadError, ResourceExhausted
-from hotwire.server import preprocess, wire
-from hotwire.server.model_config import Signature, complete, execution_mode, graph_tensors, ort_options
+from hotwire.server.drift import DriftMonitor, ReferenceProfile
+from hotwire.server.errors import InvalidInput, ModelLoadError
+from hotwire.server import datatypes, preprocess, wire
+from hotwire.server.model_config import DriftParameters, Signature, complete, graph_tensors, model_parameters
 from hotwire.server.preprocess import Preprocessor
 from hotwire.server.repository import ModelSource
 from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
-from hotwire.server.stats import ComputeTimes, VersionStats
-from hotwire.server.validate import PlanCache
-from hotwire.server.wire import InferRequest, InferResponse, ResponseEncoder
+from hotwire.server.model_version import ModelVersion
+from hotwire.server.stats import VersionStats
 
 log = logging.getLogger(__name__)
 
 
-class VersionState(enum.Enum):
-    LOADING = "LOADING"
-    READY = "READY"  # receives traffic (stable, canary or shadow) and pinned requests
-    STANDBY = "STANDBY"  # superseded but kept loaded and warm: rollback flips to it at once; pinned requests served
-    DRAINING = "DRAINING"  # no new requests; queued and running ones finish on it
-    UNLOADED = "UNLOADED"
-    FAILED = "FAILED"
-
-
-SERVING_STATES = (VersionState.READY, VersionState.STANDBY)
-
-
-class ModelVersion:
-    """One loaded version: owns its signature, batcher, instances and in-flight count."""
-
-    def __init__(self, name: str, version: int, config: mc.ModelConfig, signature: Signature,
-                 instances: list[Instance], batcher: Batcher, preprocessor: Preprocessor | None = None) -> None:
-        self.name = name
-        self.version = version
-        self.version_str = str(version)
-        self.config = config
-        self.signature = signature
-        self.instances = instances
-        self.batcher = batcher
-        self.state = VersionState.LOADING
-        self.fingerprint: tuple = ()  # what it was loaded from: an unchanged reload keeps it
-        self.load_seconds = 0.0
-        self.drift: DriftMonitor | None = None  # input/prediction drift monitoring, when the model asks for it
-        self.drift_report: DriftReport | None = None  # the latest, computed off the request path
-        self.inflight = 0
-        self.stats = VersionStats()
-        self.encoder = ResponseEncoder(name, self.version_str)
-        self._plans = PlanCache(signature, name, preprocessor.check if preprocessor is not None else None)
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        started = time.monotonic()
-        self.inflight += 1
-        ok = False
-        queue_s = 0.0
-        times = ComputeTimes()
-        reason = "OTHER"
-        try:
-            valid = self._plans.validate(request)
-            done = self.batcher.run_now(valid.feeds, valid.rows, valid.output_names, valid.priority)
-            if done is not None:
-                outputs, times = done
-            else:
-                item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
-                                           valid.priority, valid.timeout_us)
-                try:
-                    outputs = await item.future
-                finally:
-                    if item.batched_at is not None:
-                        queue_s = item.batched_at - item.pending.enqueued_at
-                    times = item.times
-            ok = True
-        except (ResourceExhausted, DeadlineExceeded):
-            reason = "REJECTED"
-            raise
-        except asyncio.CancelledError:
-            reason = "CANCELED"
-            raise
-        except BackendError:
-            reason = "BACKEND"
-            raise
-        finally:
-            self.inflight -= 1
-            self.stats.record_request(ok, time.monotonic() - started, queue_s, times, reason)
-        return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs,
-                             queue_s=queue_s, compute_input_s=times.input_s, compute_infer_s=times.infer_s)
-
-    async def unload(self) -> None:
-        """Drain (queued and running requests finish here), then release the sessions once in-flight is 0."""
-        self.state = VersionState.DRAINING
-        await self.batcher.close()
-        while self.inflight:  # requests between routing and their result (e.g. awaiting a future)
-            await asyncio.sleep(0.001)
-        for instance in self.instances:
-            await asyncio.to_thread(instance.close)
-        self.state = VersionState.UNLOADED
-
-
-
-
-async def load_version(source: ModelSource, version: int, model_file: Path, default_max_batch_size: int
-                       ) -> ModelVersion:
+async def load_version(source: ModelSource, version: int, model_file: Path, default_max_batch_size: int,
+                       fingerprint: tuple = ()) -> ModelVersion:
+    """A complete version in state LOADING (the registry decides when it serves); `fingerprint` is what it is
+    loaded from, so an unchanged reload can keep it."""
     assert source.config is not None
+    started = time.monotonic()
     declared = source.config
     if not declared.instance_group:
         declared = mc.ModelConfig()
         declared.CopyFrom(source.config)
         declared.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
-    options = ort_options(declared)
+    parameters = model_parameters(declared)
     where = [p for group in declared.instance_group for p in placements(group)]
 
     def build() -> tuple[mc.ModelConfig, Signature, list[Instance], Preprocessor | None]:
         # Runs on a worker thread: session creation holds the GIL for long stretches.
-        sessions = [create_session(model_file, options, p) for p in where]
+        sessions = [create_session(model_file, parameters.ort, p) for p in where]
         config, signature = complete(
             declared, source.max_batch_size_given,
             graph_tensors(sessions[0].get_inputs()), graph_tensors(sessions[0].get_outputs()),
             default_max_batch_size,
         )
         preprocessor, client_signature = None, signature
-        pipelines = preprocess.declaration(config, source.path)
+        pipelines = preprocess.declaration(parameters.preprocess, source.path)
         if pipelines is not None:
             preprocess.warm()  # compile or load from cache before the end-to-end check runs them
             preprocessor, client_signature = preprocess.build(pipelines, signature, _gpu_preprocessing(where))
@@ -144,7 +61,7 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
         instances = [
             Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
         ]
-        mode = execution_mode(config)
+        mode = parameters.execution
         compute_s = [warm(instance, signature, config, source.path) for instance in instances]
         # `auto` runs a tiny model inline only when it has one instance: several instances are asked for to run
         # concurrently, which inline instances (all on the loop thread) cannot.
@@ -172,18 +89,14 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
                       on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.times),
                       )
     try:
-        drift = drift_monitor(config, signature, source.path)
+        drift = drift_monitor(parameters.drift, signature, source.path)
     except ModelLoadError:
         for instance in instances:
             instance.close()
         raise
     batcher.start()
-    loaded = ModelVersion(source.name, version, config, signature, instances, batcher, preprocessor)
-    loaded.drift = drift
-    loaded.stats = stats
-    loaded.state = VersionState.READY
-    return loaded
-
+    return ModelVersion(source.name, version, config, signature, instances, batcher, stats, preprocessor=preprocessor,
+                        drift=drift, fingerprint=fingerprint, load_seconds=time.monotonic() - started)
 
 
 def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
@@ -224,24 +137,19 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
     )
 
 
-def drift_monitor(config: mc.ModelConfig, signature: Signature, model_dir: Path) -> DriftMonitor | None:
+def drift_monitor(parameters: DriftParameters, signature: Signature, model_dir: Path) -> DriftMonitor | None:
     """A drift monitor when config parameter `drift_monitoring` is true or `drift_reference.npz` exists in the
     model's directory (the reference; else it is captured from the first `drift_reference_rows` rows).
     Parameters `drift_window_rows` and `drift_reference_rows` size the windows (default 1000 each)."""
-    params = {key: value.string_value.strip().lower() for key, value in config.parameters.items()}
     try:
         reference = ReferenceProfile.for_model(model_dir)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"drift reference in {model_dir}: {exc}") from None
-    if reference is None and params.get("drift_monitoring", "false") not in ("1", "true", "yes", "on"):
+    if reference is None and not parameters.monitoring:
         return None
-    try:
-        window = int(params.get("drift_window_rows", 1000))
-        reference_rows = int(params.get("drift_reference_rows", 1000))
-    except ValueError as exc:
-        raise ModelLoadError(f"parameters 'drift_window_rows'/'drift_reference_rows': {exc}") from None
-    return DriftMonitor([s.name for s in signature.inputs], [s.name for s in signature.outputs], window_rows=window,
-                        reference_rows=reference_rows, reference=reference)
+    return DriftMonitor([s.name for s in signature.inputs], [s.name for s in signature.outputs],
+                        window_rows=parameters.window_rows, reference_rows=parameters.reference_rows,
+                        reference=reference)
 
 
 def _gpu_preprocessing(where: list) -> bool:
@@ -338,7 +246,7 @@ def _warmup_tensor(name: str, spec: mc.ModelWarmup.Input, batch_size: int, signa
                 data = np.fromfile(path, dtype=dtype)
         except (OSError, InvalidInput) as exc:
             raise ModelLoadError(f"model_warmup input '{name}': cannot read {path}: {exc}") from None
-        count = int(np.prod(shape))
+        count = datatypes.element_count(shape)
         if data.size != count // max(1, shape[0] if signature.batched else 1) and data.size != count:
             raise ModelLoadError(f"model_warmup input '{name}': {path} holds {data.size} elements for shape {list(shape)}")
         return np.broadcast_to(data.reshape(shape[1:] if data.size != count else shape), shape).copy()

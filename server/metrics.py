@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from hotwire.server.errors import FailureReason
 from hotwire.server.stats import Histogram, VersionStats
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client reads it at import: set before importing
@@ -60,7 +61,7 @@ class VersionView:
 
 # (model, version, feature, ks or None, ks p-value or None, psi)
 DriftRow = tuple[str, str, str, "float | None", "float | None", float]
-FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+FAILURE_REASONS = tuple(FailureReason)
 COUNTERS: tuple[Family, ...] = (
     Family("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
            lambda s: s.success.count),
@@ -187,7 +188,7 @@ class Metrics:
                 for family in COUNTERS:
                     put(self._counters[family.name], labels, family.read(stats))
                 for reason in FAILURE_REASONS:
-                    put(self._failures, (*labels, reason), stats.fail_by_reason.get(reason, 0))
+                    put(self._failures, (*labels, reason.value), stats.fail_by_reason.get(reason, 0))
                 put(self._pending, labels, view.pending)
                 put(self._load, labels, view.load_seconds)
                 for bucket, total, count, read in self._histograms.values():

@@ -18,8 +18,9 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes
-from hotwire.server.config import DEFAULT_MAX_BATCH_SIZE
-from hotwire.server.errors import ConfigError, ModelLoadError
+from hotwire.server.config import DEFAULT_MAX_BATCH_SIZE, parse_bool
+from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError
+from hotwire.server.traffic import GuardPolicy, TrafficPolicy
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
@@ -267,12 +268,8 @@ def _spec(kind: str, entry: Any, tensor: GraphTensor, batched: bool) -> TensorSp
 
 
 def _known_count(dims: tuple[int, ...]) -> int:
-    if any(d < 0 for d in dims):
-        return 0
-    count = 1
-    for d in dims:
-        count *= d
-    return count
+    """The element count of dims with no -1 in them; 0 otherwise."""
+    return 0 if any(d < 0 for d in dims) else datatypes.element_count(dims)
 
 
 def _check_dims(kind: str, name: str, field: str, dims: tuple[int, ...], model_dims: tuple[int, ...]) -> None:
@@ -285,11 +282,73 @@ def _check_dims(kind: str, name: str, field: str, dims: tuple[int, ...], model_d
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ONNX Runtime session settings
+# config parameters: every `parameters` entry hotwire reads is read and checked here, and nowhere else
+
+
+def parse_bool_parameter(key: str, text: str) -> bool:
+    """The one reading of a boolean config parameter: config.parse_bool's words (true/false, 1/0, yes/no, on/off,
+    any case); anything else is a ModelLoadError naming the parameter, never a silent false."""
+    value = parse_bool(text)
+    if value is None:
+        raise ModelLoadError(f"parameters '{key}': expected true or false, got '{text.strip()}'")
+    return value
+
+
+class _Parameters:
+    """A config's `parameters` (their string_value, stripped), read by key as the type each key takes; a value
+    that is not one raises `error` naming the parameter and what was expected."""
+
+    def __init__(self, config: mc.ModelConfig, error: type[Exception] = ModelLoadError) -> None:
+        self._values = {key: value.string_value.strip() for key, value in config.parameters.items()}
+        self._error = error
+
+    def text(self, key: str) -> str | None:
+        return self._values.get(key)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        text = self._values.get(key)
+        return default if text is None else parse_bool_parameter(key, text)
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        text = self._values.get(key)
+        if text is None:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise self._error(f"parameters '{key}': expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise self._error(f"parameters '{key}': expected >= {minimum}, got {value}")
+        return value
+
+    def optional_integer(self, key: str) -> int | None:
+        """An integer >= 0, or None when absent, empty or `none`."""
+        text = self._values.get(key)
+        return None if text is None or text.lower() in ("", "none") else self.integer(key, 0)
+
+    def number(self, key: str, default: float) -> float:
+        text = self._values.get(key)
+        if text is None:
+            return default
+        try:
+            return float(text)
+        except ValueError:
+            raise self._error(f"parameters '{key}': expected a number, got '{text}'") from None
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        text = self._values.get(key)
+        if text is None:
+            return default
+        value = text.lower()
+        if value not in choices:
+            raise self._error(f"parameters '{key}': expected one of {choices}, got '{value}'")
+        return value
 
 
 @dataclass(frozen=True)
 class OrtOptions:
+    """ONNX Runtime session settings: Triton's ORT backend keys, plus hotwire's, and `optimization.graph`."""
+
     intra_op_threads: int
     inter_op_threads: int
     allow_spinning: bool
@@ -299,17 +358,46 @@ class OrtOptions:
     enable_mem_pattern: bool
 
 
+@dataclass(frozen=True)
+class DriftParameters:
+    """`drift_monitoring` (monitor even without a drift_reference.npz in the model's directory, capturing the
+    reference from the first `reference_rows` rows), `drift_window_rows`, `drift_reference_rows`."""
+
+    monitoring: bool = False
+    window_rows: int = 1000
+    reference_rows: int = 1000
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """What a version's config parameters set, checked. The traffic parameters are the model's, for all its
+    versions: `traffic_policy` reads them."""
+
+    ort: OrtOptions
+    # `execution`: `thread` runs ORT on the instance's thread, `inline` on the event loop, `auto` (default) inline
+    # when warm-up shows the largest batch computes within runner.INLINE_MAX_COMPUTE_S.
+    execution: str
+    drift: DriftParameters
+    preprocess: str | None  # `preprocess`: a pipeline declaration's JSON (preprocess.declaration reads it)
+
+
 _GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 EXECUTION_MODES = ("auto", "inline", "thread")
 
 
-def execution_mode(config: mc.ModelConfig) -> str:
-    """Parameter `execution`: `thread` runs ORT on the instance's thread, `inline` on the event loop, `auto`
-    (default) inline when warm-up shows the largest batch computes within runner.INLINE_MAX_COMPUTE_S."""
-    value = config.parameters["execution"].string_value.strip().lower() if "execution" in config.parameters else "auto"
-    if value not in EXECUTION_MODES:
-        raise ModelLoadError(f"parameters 'execution': expected one of {EXECUTION_MODES}, got '{value}'")
-    return value
+def model_parameters(config: mc.ModelConfig) -> ModelParameters:
+    """Every config parameter a version acts on; ModelLoadError naming the first one that is malformed."""
+    params = _Parameters(config)
+    return ModelParameters(
+        ort=_ort_options(config, params),
+        execution=params.choice("execution", EXECUTION_MODES, "auto"),
+        drift=DriftParameters(
+            monitoring=params.boolean("drift_monitoring", False),
+            window_rows=params.integer("drift_window_rows", 1000, minimum=1),
+            reference_rows=params.integer("drift_reference_rows", 1000, minimum=1),
+        ),
+        preprocess=params.text("preprocess"),
+    )
 
 
 def default_intra_op_threads(instances: int) -> int:
@@ -318,45 +406,41 @@ def default_intra_op_threads(instances: int) -> int:
     return max(1, (cores // 2) // max(1, instances))
 
 
-def ort_options(config: mc.ModelConfig) -> OrtOptions:
-    """Session options from config parameters (Triton's ORT backend keys, plus hotwire's) and `optimization.graph`."""
-    params = {key: value.string_value.strip() for key, value in config.parameters.items()}
+def _ort_options(config: mc.ModelConfig, params: _Parameters) -> OrtOptions:
     instances = sum(group.count for group in config.instance_group) or 1
-
-    def integer(key: str, default: int) -> int:
-        if key not in params:
-            return default
-        try:
-            value = int(params[key])
-        except ValueError:
-            raise ModelLoadError(f"parameters '{key}': expected an integer, got '{params[key]}'") from None
-        if value < 0:
-            raise ModelLoadError(f"parameters '{key}': expected >= 0, got {value}")
-        return value
-
-    def boolean(key: str, default: bool) -> bool:
-        if key not in params:
-            return default
-        value = params[key].lower()
-        if value in ("1", "true", "yes", "on"):
-            return True
-        if value in ("0", "false", "no", "off"):
-            return False
-        raise ModelLoadError(f"parameters '{key}': expected true/false, got '{params[key]}'")
-
     level = "all"
     if config.optimization.HasField("graph"):
         level = {-1: "basic", 1: "extended"}.get(config.optimization.graph.level, "all")  # Triton's mapping
-    if "graph_optimization_level" in params:
-        level = params["graph_optimization_level"].lower()
-        if level not in _GRAPH_LEVELS:
-            raise ModelLoadError(f"parameters 'graph_optimization_level': expected one of {_GRAPH_LEVELS}, got '{level}'")
     return OrtOptions(
-        intra_op_threads=integer("intra_op_thread_count", 0) or default_intra_op_threads(instances),
-        inter_op_threads=integer("inter_op_thread_count", 0) or 1,
-        allow_spinning=boolean("allow_spinning", False),
-        graph_optimization=level,
-        parallel_execution=integer("execution_mode", 0) == 1,
-        enable_mem_arena=boolean("enable_mem_arena", True),
-        enable_mem_pattern=boolean("enable_mem_pattern", True),
+        intra_op_threads=params.integer("intra_op_thread_count", 0) or default_intra_op_threads(instances),
+        inter_op_threads=params.integer("inter_op_thread_count", 0) or 1,
+        allow_spinning=params.boolean("allow_spinning", False),
+        graph_optimization=params.choice("graph_optimization_level", _GRAPH_LEVELS, level),
+        parallel_execution=params.integer("execution_mode", 0) == 1,
+        enable_mem_arena=params.boolean("enable_mem_arena", True),
+        enable_mem_pattern=params.boolean("enable_mem_pattern", True),
     )
+
+
+def traffic_policy(config: mc.ModelConfig) -> TrafficPolicy:
+    """The model's traffic policy from its config parameters: stable_version, canary_version, canary_weight,
+    sticky_parameter, shadow_version, shadow_fraction, standby_versions, canary_max_error_rate, canary_max_p99_ms,
+    canary_guard_window_s, canary_guard_min_requests. InvalidInput, which fails the whole model before any of
+    its versions loads, naming the parameter that is malformed."""
+    params = _Parameters(config, InvalidInput)
+    defaults, guard = TrafficPolicy(), GuardPolicy()
+    return TrafficPolicy(
+        stable=params.optional_integer("stable_version"),
+        canary=params.optional_integer("canary_version"),
+        canary_weight=params.number("canary_weight", defaults.canary_weight),
+        sticky_parameter=params.text("sticky_parameter") or defaults.sticky_parameter,
+        shadow=params.optional_integer("shadow_version"),
+        shadow_fraction=params.number("shadow_fraction", defaults.shadow_fraction),
+        standby=params.optional_integer("standby_versions") or defaults.standby,
+        guard=GuardPolicy(
+            max_error_rate=params.number("canary_max_error_rate", guard.max_error_rate),
+            max_p99_ms=params.number("canary_max_p99_ms", guard.max_p99_ms),
+            window_s=params.number("canary_guard_window_s", guard.window_s),
+            min_requests=params.integer("canary_guard_min_requests", guard.min_requests),
+        ),
+    ).check()

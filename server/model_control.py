@@ -28,14 +28,14 @@ from google.protobuf import json_format
 
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import repository
+from hotwire.server.config import CONTROL_MODES
 from hotwire.server.errors import FailedPrecondition, HotwireError, InvalidInput, NotFound
-from hotwire.server.loader import VersionState
+from hotwire.server.model_version import VersionState
 from hotwire.server.registry import Registry
 from hotwire.server.traffic import parse_update
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "poll", "explicit")
 ROLLBACK_PARAMETER = "hotwire.rollback"
 TRAFFIC_PARAMETER = "hotwire.traffic"
 
@@ -52,8 +52,8 @@ class AdminResult:
 class ModelControl:
     def __init__(self, registry: Registry, root: Path, mode: str = "none", poll_secs: float = 15.0,
                  load_models: tuple[str, ...] = ()) -> None:
-        if mode not in MODES:
-            raise ValueError(f"model control mode '{mode}': expected one of {MODES}")
+        if mode not in CONTROL_MODES:
+            raise ValueError(f"model control mode '{mode}': expected one of {CONTROL_MODES}")
         self.registry = registry
         self.root = root
         self.mode = mode
@@ -73,6 +73,7 @@ class ModelControl:
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         for path in self._uploads.values():
             shutil.rmtree(path, ignore_errors=True)
 

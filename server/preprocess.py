@@ -45,7 +45,6 @@ import numpy as np
 from hotwire.kernels import image as image_kernels
 from hotwire.kernels import sequence as sequence_kernels
 from hotwire.kernels import tabular as tabular_kernels
-from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes
 from hotwire.server.errors import HotwireError, InvalidInput, ModelLoadError, RequestsFailed
 from hotwire.server.model_config import Signature, TensorSpec
@@ -72,6 +71,17 @@ class MinimumImage:
     step: str  # e.g. "step 0 (center_crop 32x32)"
 
 
+@dataclass(frozen=True)
+class PadTruncate:
+    """A token-id pipeline's one stage, `pad_truncate`: each row (of any length) padded or truncated to `length`,
+    the batch's rows gathered into one [rows, length] array (and its attention mask, for `mask_feeds`)."""
+
+    length: int
+    pad_id: int = 0
+    truncation_side: str = "right"
+    padding_side: str = "right"
+
+
 @dataclass
 class InputPipeline:
     client: TensorSpec  # what clients send (dims exclude the batch dimension)
@@ -80,7 +90,7 @@ class InputPipeline:
     per_request: list[Step] = field(default_factory=list)  # on each request's [rows, ...] array
     per_batch: list[Step] = field(default_factory=list)  # on the gathered batch
     sized_by_steps: bool = False  # per-request steps give every request the same item shape
-    pad_args: dict[str, Any] = field(default_factory=dict)  # pad_truncate's arguments
+    pad_truncate: PadTruncate | None = None  # a sequence pipeline: this stage instead of per-request/per-batch steps
     geometry: list[tuple[int, str, int, int]] = field(default_factory=list)  # per-request steps: (index, op, h, w)
 
     @property
@@ -136,17 +146,17 @@ class InputPipeline:
 
     def run_per_batch(self, parts: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The per-batch steps on the requests' per-request results, gathered in order."""
-        if self.per_batch and self.per_batch[0] is _SEQUENCE_MARK:
-            return self._pad_truncate(parts)
+        if self.pad_truncate is not None:
+            return self._pad_truncate(self.pad_truncate, parts)
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
         for step in self.per_batch:
             batch = step(batch)
         return {self.feeds: batch}
 
-
-    def _pad_truncate(self, parts: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def _pad_truncate(self, stage: PadTruncate, parts: list[np.ndarray]) -> dict[str, np.ndarray]:
         rows = [row for part in parts for row in part]
-        ids, mask = sequence_kernels.pad_truncate(rows, **self.pad_args)
+        ids, mask = sequence_kernels.pad_truncate(rows, stage.length, pad_id=stage.pad_id,
+                                                  truncation_side=stage.truncation_side, padding_side=stage.padding_side)
         result = {self.feeds: ids}
         if self.mask_feeds:
             result[self.mask_feeds] = mask
@@ -158,13 +168,6 @@ def _request_error(name: str, exc: Exception) -> HotwireError:
         return exc
     message = f"input '{name}': preprocessing failed: {exc}"
     return InvalidInput(message) if isinstance(exc, (ValueError, TypeError)) else HotwireError(message)
-
-
-def _sequence_mark(batch: np.ndarray) -> np.ndarray:  # pragma: no cover - a marker, never called
-    return batch
-
-
-_SEQUENCE_MARK: Step = _sequence_mark
 
 
 @dataclass
@@ -208,12 +211,13 @@ class Preprocessor:
         return {t for p in self.pipelines.values() for t in (p.feeds, p.mask_feeds) if t is not None}
 
 
-def declaration(config: mc.ModelConfig, model_dir: Path) -> dict[str, Any] | None:
-    """The model's pipeline declaration, from preprocess.json or the `preprocess` config parameter."""
+def declaration(parameter: str | None, model_dir: Path) -> dict[str, Any] | None:
+    """The model's pipeline declaration: the `preprocess` config parameter's JSON (ModelParameters.preprocess) when
+    it has one, else preprocess.json in `model_dir`; None when neither."""
     text = None
     source = ""
-    if "preprocess" in config.parameters:
-        text, source = config.parameters["preprocess"].string_value, "config parameter 'preprocess'"
+    if parameter is not None:
+        text, source = parameter, "config parameter 'preprocess'"
     elif (model_dir / SIDECAR).is_file():
         text, source = (model_dir / SIDECAR).read_text(), str(model_dir / SIDECAR)
     if text is None:
@@ -285,6 +289,8 @@ def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str,
 
 
 def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool = False, index: int = 0) -> None:
+    if pipeline.pad_truncate is not None:
+        raise ValueError("'pad_truncate' must be the only step")
     if op in PER_REQUEST_OPS:
         if pipeline.per_batch:
             raise ValueError(f"'{op}' must come before the batch steps")
@@ -334,10 +340,9 @@ def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool 
         if pipeline.per_request or pipeline.per_batch:
             raise ValueError("'pad_truncate' must be the only step")
         pipeline.mask_feeds = args.pop("mask_feeds", None)
-        pipeline.pad_args = {"length": int(args.pop("length")), "pad_id": int(args.pop("pad_id", 0)),
-                         "truncation_side": str(args.pop("truncation_side", "right")),
-                         "padding_side": str(args.pop("padding_side", "right"))}
-        pipeline.per_batch.append(_SEQUENCE_MARK)
+        pipeline.pad_truncate = PadTruncate(int(args.pop("length")), int(args.pop("pad_id", 0)),
+                                            str(args.pop("truncation_side", "right")),
+                                            str(args.pop("padding_side", "right")))
         pipeline.sized_by_steps = True
     else:
         raise ValueError(f"unknown op '{op}'; known: {PER_REQUEST_OPS + IMAGE_OPS + TABULAR_OPS + SEQUENCE_OPS}")

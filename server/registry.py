@@ -20,8 +20,10 @@ from typing import Callable
 
 from hotwire.server import repository
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
-from hotwire.server.loader import SERVING_STATES, ModelVersion, VersionState, load_version
+from hotwire.server.loader import load_version
+from hotwire.server.model_version import ModelVersion, VersionState
 from hotwire.server.repository import ModelSource
+from hotwire.server.tasks import BackgroundTasks
 from hotwire.server.traffic import (GuardWindow, ShadowComparison, TrafficPolicy, apply_update, compare,
                                     goes_to_canary, policy_from_config)
 from hotwire.server.wire import InferRequest, InferResponse
@@ -70,14 +72,13 @@ class ModelEntry:
         return "; ".join((f"version {v}: {msg}" if v >= 0 else msg) for v, msg in sorted(self.failures.items()))
 
     def resolve_routes(self) -> None:
-        """Point stable/canary/shadow at loaded versions, from the policy (and a rollback, if any)."""
-        ready = {v: m for v, m in self.versions.items() if m.state in SERVING_STATES}
+        """Point stable/canary/shadow at loaded versions, from the policy (and a rollback, if any). Changes no
+        version's state: the caller serves a standby version it makes stable before it calls this."""
+        ready = {v: m for v, m in self.versions.items() if m.serving}
         active = sorted(v for v, m in ready.items() if m.state is VersionState.READY)
         wanted = self.rollback_to if self.rollback_to is not None else self.policy.stable
         stable = wanted if wanted in ready else (active[-1] if active else None)
         self.stable = ready.get(stable) if stable is not None else None
-        if self.stable is not None:
-            self.stable.state = VersionState.READY
         canary = self.policy.canary
         self.canary = ready.get(canary) if canary is not None and canary != stable and self.rollback_to is None else None
         shadow = self.policy.shadow
@@ -97,7 +98,7 @@ class Registry:
         self._clock = clock
         self._rng = random.Random()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks("registry")  # draining versions, shadow requests
         self.draining: set[ModelVersion] = set()  # routed away, still finishing requests (metrics keep reporting)
         self.events = LifecycleEvents()
         self.shadow_results: dict[str, list[ShadowComparison]] = {}  # model -> recent comparisons (bounded)
@@ -154,7 +155,7 @@ class Registry:
                 fresh[version] = current  # unchanged: keep the loaded, warm one
                 continue
             try:
-                loaded = await load_version(source, version, model_file, self._default_max_batch_size)
+                loaded = await load_version(source, version, model_file, self._default_max_batch_size, fingerprint)
             except Exception as exc:  # any failure fails this model only, never the load of the others
                 for version_loaded in fresh.values():
                     if version_loaded not in entry.versions.values():
@@ -163,8 +164,6 @@ class Registry:
                     log.debug("unexpected load failure of %s version %d", source.name, version, exc_info=True)
                     return self._load_failed(entry, version, f"{type(exc).__name__}: {exc}")
                 return self._load_failed(entry, version, str(exc))
-            loaded.fingerprint = fingerprint
-            loaded.load_seconds = time.monotonic() - started
             fresh[version] = loaded
             log.info("loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
                      source.name, version, len(loaded.instances),
@@ -195,11 +194,11 @@ class Registry:
         before = entry.stable
         superseded = [v for number, v in entry.versions.items() if fresh.get(number) is not v]
         for version in fresh.values():  # what the version policy selects serves, even one a rollback set aside
-            version.state = VersionState.READY
+            version.serve()
         kept = sorted((v for v in superseded if v.version not in fresh), key=lambda v: v.version)[-policy.standby:] \
             if policy.standby > 0 else []
         for version in kept:
-            version.state = VersionState.STANDBY
+            version.stand_by()
         entry.versions = {**{v.version: v for v in kept}, **fresh}
         entry.failures = {}
         entry.policy = policy
@@ -217,10 +216,8 @@ class Registry:
         self._on_health_change(entry.name, entry.stable is not None)
 
     def _drain(self, version: ModelVersion) -> None:
-        version.state = VersionState.DRAINING
-        task = asyncio.get_running_loop().create_task(self._unload_logged(version))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        version.drain()
+        self._background.spawn(self._unload_logged(version), name=f"drain {version.name}:{version.version}")
 
     async def _unload_logged(self, version: ModelVersion) -> None:
         self.draining.add(version)
@@ -269,12 +266,13 @@ class Registry:
                 if to is None:
                     raise Unavailable(f"model '{name}': no earlier version with a model file to roll back to")
         if to in entry.versions:
+            entry.versions[to].serve()
             entry.rollback_to = to
             entry.resolve_routes()
             if entry.stable is not None and current is not None and current != to:
                 previous = entry.versions.get(current)
                 if previous is not None:
-                    previous.state = VersionState.STANDBY
+                    previous.stand_by()
             self.events.add("rollback", name, to)
             log.info("model %s: rolled back from version %s to %d (%s)", name, current, to,
                      "standby" if to in standby else "loaded",
@@ -288,16 +286,16 @@ class Registry:
                 if to not in source.versions:
                     raise NotFound(f"model '{name}': version {to} is not in the repository")
                 try:
-                    loaded = await load_version(source, to, source.versions[to], self._default_max_batch_size)
+                    loaded = await load_version(source, to, source.versions[to], self._default_max_batch_size,
+                                                repository.version_fingerprint(source, to))
                 except (ModelLoadError, ConfigError) as exc:
                     raise Unavailable(f"model '{name}': version {to} could not be reloaded: {exc}") from None
-                loaded.fingerprint = repository.version_fingerprint(source, to)
                 entry.versions[to] = loaded
-            entry.versions[to].state = VersionState.READY
+            entry.versions[to].serve()
             entry.rollback_to = to
             entry.resolve_routes()
             if current is not None and current in entry.versions and current != to:
-                entry.versions[current].state = VersionState.STANDBY
+                entry.versions[current].stand_by()
         self.events.add("rollback", name, to)
         log.info("model %s: rolled back from version %s to %d (reloaded: no standby copy)", name, current, to,
                  extra={"event": "rollback", "model": name, "version": to})
@@ -309,6 +307,8 @@ class Registry:
         for version in (policy.canary, policy.shadow, policy.stable):
             if version is not None and version not in entry.versions:
                 raise InvalidInput(f"model '{name}': version {version} is not loaded; loaded: {sorted(entry.versions)}")
+        if policy.stable is not None:  # a standby version named stable serves again
+            entry.versions[policy.stable].serve()
         entry.policy = policy
         entry.rollback_to = None
         entry.guard.clear()
@@ -346,7 +346,7 @@ class Registry:
             if failure:
                 raise Unavailable(f"model '{name}' version {version} failed to load: {failure}")
             raise NotFound(f"model '{name}' has no version {version}; loaded: {sorted(entry.versions)}")
-        if loaded.state not in SERVING_STATES:
+        if not loaded.serving:
             raise Unavailable(f"model '{name}' version {version} is {loaded.state.value}")
         return loaded
 
@@ -379,9 +379,7 @@ class Registry:
         shadow = entry.shadow
         if ok and response is not None and shadow is not None and shadow is not version \
                 and self._rng.random() < entry.policy.shadow_fraction:
-            task = asyncio.get_running_loop().create_task(self._shadow(shadow, request, response))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background.spawn(self._shadow(shadow, request, response), name=f"shadow {shadow.name}")
 
     async def _shadow(self, shadow: ModelVersion, request: InferRequest, served: InferResponse) -> None:
         await asyncio.sleep(0)  # let the served response go out first
@@ -400,8 +398,7 @@ class Registry:
     async def compute_drift(self) -> None:
         """Refresh every monitored version's drift report, on a worker thread (off the request path)."""
         for version in self.versions():
-            if version.drift is not None:
-                version.drift_report = await asyncio.to_thread(version.drift.compute)
+            await version.refresh_drift()
 
     def event_counts(self) -> dict[tuple[str, str, str], int]:
         """Lifecycle event counts per (model, version, event), for the metrics."""
@@ -444,6 +441,6 @@ class Registry:
         for entry in self._models.values():
             entry.versions = {}
             entry.stable = entry.canary = entry.shadow = None
-        await asyncio.gather(*(v.unload() for v in versions), *list(self._background), return_exceptions=True)
+        await asyncio.gather(*(v.unload() for v in versions), self._background.wait(), return_exceptions=True)
         for entry in self._models.values():
             self._on_health_change(entry.name, False)

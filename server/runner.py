@@ -122,7 +122,8 @@ class Instance:
 
     def _run_bound(self, feeds: dict[str, Any], output_names: Sequence[str]) -> list[np.ndarray]:
         """Feeds already on the GPU (a GPU preprocessing pipeline's output) are bound by device pointer: no copy
-        back to the host and up again. Untested here: this machine has no GPU."""
+        back to the host and up again. Only a machine with a CUDA device runs this path (tests/server/test_gpu.py
+        skips it elsewhere)."""
         binding = self.session.io_binding()
         for name, value in feeds.items():
             interface = getattr(value, "__cuda_array_interface__", None)

@@ -63,19 +63,16 @@ _GUARD_KEYS = {"canary_max_error_rate": "max_error_rate", "canary_max_p99_ms": "
 
 
 def policy_from_config(config: mc.ModelConfig) -> TrafficPolicy:
-    """Config parameters: stable_version, canary_version, canary_weight, sticky_parameter, shadow_version,
-    shadow_fraction, standby_versions, canary_max_error_rate, canary_max_p99_ms, canary_guard_window_s,
-    canary_guard_min_requests."""
-    params = {key: value.string_value for key, value in config.parameters.items()}
-    renamed = {"stable_version": "stable", "canary_version": "canary", "shadow_version": "shadow",
-               "standby_versions": "standby"}
-    values = {renamed.get(key, key): value for key, value in params.items()}
-    return apply_update(TrafficPolicy(), values, source="config parameters")
+    """The policy a model's config parameters set (stable_version, canary_version, canary_weight, ...): parsed and
+    checked by model_config.traffic_policy, with every other config parameter; InvalidInput naming a bad one."""
+    from hotwire.server.model_config import traffic_policy  # model_config builds this module's dataclasses
+
+    return traffic_policy(config)
 
 
-def apply_update(policy: TrafficPolicy, values: Mapping[str, Any], source: str = "traffic policy") -> TrafficPolicy:
-    """A new policy with the given keys changed (the admin API's JSON, or config parameters); unknown keys ignored
-    only for config parameters, which also configure other things."""
+def apply_update(policy: TrafficPolicy, values: Mapping[str, Any]) -> TrafficPolicy:
+    """A new policy with the given keys changed (the admin API's JSON, or a guard's rollback); an unknown key is
+    InvalidInput."""
     changes: dict[str, Any] = {}
     guard_changes: dict[str, Any] = {}
     try:
@@ -88,10 +85,10 @@ def apply_update(policy: TrafficPolicy, values: Mapping[str, Any], source: str =
                 changes[key] = str(value)
             elif key in _GUARD_KEYS:
                 guard_changes[_GUARD_KEYS[key]] = int(value) if key == "canary_guard_min_requests" else float(value)
-            elif source != "config parameters":
-                raise InvalidInput(f"{source}: unknown key '{key}'")
+            else:
+                raise InvalidInput(f"traffic policy: unknown key '{key}'")
     except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{source}: {exc}") from None
+        raise InvalidInput(f"traffic policy: {exc}") from None
     if changes.get("standby") is None and "standby" in changes:
         changes["standby"] = 0
     guard = replace(policy.guard, **guard_changes)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from hotwire.server.datatypes import element_count
 from hotwire.server.errors import InvalidInput
 from hotwire.server.model_config import Signature
 from hotwire.server.wire import InferRequest
@@ -72,10 +73,6 @@ class ValidRequest:
     timeout_us: int = 0
 
 
-def validate(request: InferRequest, signature: Signature, model: str) -> ValidRequest:
-    return make_plan(request, signature, model).bind(request)
-
-
 def make_plan(request: InferRequest, signature: Signature, model: str) -> RequestPlan:
     seen: set[str] = set()
     model_shapes: list[tuple[int, ...] | None] = []
@@ -116,7 +113,7 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         model_shape: tuple[int, ...] | None = None
         if spec.model_dims != spec.dims:  # config `reshape`: the model takes another shape of the same elements
             model_shape = ((shape[0],) if batched else ()) + tuple(spec.model_dims)
-            if -1 not in model_shape and _count(model_shape) != _count(shape):
+            if -1 not in model_shape and element_count(model_shape) != element_count(shape):
                 raise InvalidInput(
                     f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's {list(model_shape)}"
                 )
@@ -136,13 +133,6 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         output_names = tuple(request.requested_outputs)
     return RequestPlan(tuple(model_shapes), rows or 1, tuple(sorted(shape_key)), output_names,
                        _int_parameter(request, "priority"), _int_parameter(request, "timeout"))
-
-
-def _count(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def _int_parameter(request: InferRequest, key: str) -> int:

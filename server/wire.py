@@ -1,10 +1,10 @@
 """Protobuf bytes ⇄ request/response objects, without copying tensor payloads.
 
-protobuf copies a bytes field on every access, so ModelInfer is served by a generic handler that receives the raw
-request bytes: `decode_request` scans the top-level fields once, keeps each `raw_input_contents` entry (field 7) as
-a memoryview of the request and lets protobuf parse only the small rest. `ResponseEncoder` writes the response
-fields itself and frames `raw_output_contents` (field 6), so a large output array is copied once, into the
-response bytes.
+protobuf copies a bytes field on every access, so ModelInfer and ModelStreamInfer are registered method handlers
+with no request deserializer: they receive the raw request bytes. `decode_request` scans the top-level fields
+once, keeps each `raw_input_contents` entry (field 7) as a memoryview of the request and lets protobuf parse only
+the small rest. `ResponseEncoder` writes the response fields itself and frames `raw_output_contents` (field 6),
+so a large output array is copied once, into the response bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import datatypes
+from hotwire.server.datatypes import element_count  # the one element-count helper, also as wire.element_count
 from hotwire.server.errors import InvalidInput
 
 _RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
@@ -190,7 +191,7 @@ def decode_request(data: bytes) -> InferRequest:
             f"expected one raw_input_contents entry per input: got {len(raw)} for {len(layout.inputs)} inputs {names}"
             + (f"; input '{names[len(raw)]}' has no data" if len(raw) < len(names) else "")
         )
-    inputs = [InputTensor(name, dtype, shape, _array_from_raw(name, dtype, shape, payload))
+    inputs = [InputTensor(name, dtype, shape, array_from_raw(name, dtype, shape, payload))
               for (name, dtype, shape), payload in zip(layout.inputs, raw)]
     requested = list(layout.requested_outputs) if layout.requested_outputs is not None else None
     return InferRequest(layout.model_name, layout.model_version, request_id, layout.parameters, inputs, requested,
@@ -269,17 +270,10 @@ def _requested_outputs(header: pb.ModelInferRequest) -> tuple[str, ...] | None:
     return tuple(out.name for out in header.outputs) if header.outputs else None
 
 
-def _element_count(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
-
-
-def _array_from_raw(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...], data: memoryview) -> np.ndarray:
-    count = _element_count(shape)
+def array_from_raw(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...], data: memoryview) -> np.ndarray:
+    count = element_count(shape)
     if dtype.name == "BYTES":
-        return _bytes_array_from_raw(name, shape, count, data)
+        return _bytesarray_from_raw(name, shape, count, data)
     expected = count * dtype.itemsize
     if data.nbytes != expected:
         raise InvalidInput(
@@ -289,7 +283,7 @@ def _array_from_raw(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]
     return np.frombuffer(data, dtype=dtype.numpy).reshape(shape)
 
 
-def _bytes_array_from_raw(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+def _bytesarray_from_raw(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
     elements = bytes_elements(name, data)
     if len(elements) != count:
         raise InvalidInput(
@@ -335,7 +329,7 @@ def _array_from_contents(
     if dtype.contents_field is None:
         raise InvalidInput(f"input '{tensor.name}': {dtype.name} has no typed contents field; send it in raw_input_contents")
     values = getattr(tensor.contents, dtype.contents_field)
-    count = _element_count(shape)
+    count = element_count(shape)
     if len(values) != count:
         raise InvalidInput(
             f"input '{tensor.name}': contents holds {len(values)} elements in {dtype.contents_field}, "
@@ -455,11 +449,3 @@ class ResponseEncoder:
         """A serialized ModelStreamInferResponse wrapping the response, with the same single copy."""
         parts = self.parts(response)
         return b"".join([_STREAM_RESPONSE_TAG, _varint(sum(_nbytes(p) for p in parts)), *parts])
-
-
-def encode_response(response: InferResponse) -> bytes:
-    return ResponseEncoder(response.model_name, response.model_version).encode(response)
-
-
-def encode_stream_response(response: InferResponse) -> bytes:
-    return ResponseEncoder(response.model_name, response.model_version).encode_stream(response)

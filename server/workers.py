@@ -1,4 +1,5 @@
-"""`hotwire serve --workers N`: N server processes sharing one gRPC port (SO_REUSEPORT), under a supervisor.
+"""`hotwire serve --workers N`: N server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), under a
+supervisor.
 
 Workers are started as fresh interpreters (`python -m hotwire.server serve --reuse-port ...`), not forked: a forked
 child inherits the parent's threads' locks, and numpy, ONNX Runtime, numba and gRPC all start threads on import. A
@@ -7,6 +8,7 @@ itself serve the aggregated /metrics. The kernel balances connections (not calls
 
 The supervisor runs no event loop and imports no ONNX Runtime: it waits on its children, forwards their logs with
 a `[worker i]` prefix, restarts any that exits unexpectedly, and on SIGTERM/SIGINT passes the signal on and waits.
+Each worker tells it that it listens through its own --ready-fd pipe (readiness.py), never through its log.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
+from hotwire.server import readiness
 from hotwire.server.config import ServerConfig
 
 log = logging.getLogger("hotwire.workers")
@@ -65,11 +68,12 @@ def port_in_use(host: str, port: int) -> str | None:
     return None
 
 
-def worker_command(config: ServerConfig, grpc_port: int) -> list[str]:
+def worker_command(config: ServerConfig, grpc_port: int, http_port: int, ready_fd: int) -> list[str]:
     return [
         sys.executable, "-m", "hotwire.server", "serve", "--reuse-port", "--workers", "1",
         "--model-repository", str(config.model_repository), "--host", config.host,
-        "--grpc-port", str(grpc_port), "--metrics-port", "-1", "--log-level", config.log_level,
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", "-1",
+        "--ready-fd", str(ready_fd), "--log-level", config.log_level,
         "--log-format", config.log_format, "--request-log-rate", str(config.request_log_rate),
         "--slow-request-ms", str(config.slow_request_ms),
         "--max-message-bytes", str(config.max_message_bytes), "--shutdown-grace-s", str(config.shutdown_grace_s),
@@ -86,6 +90,8 @@ class Supervisor:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.grpc_port = config.grpc_port or free_port(config.host)
+        # every worker must bind the same ports: "any free port" is chosen once, here
+        self.http_port = config.http_port if config.http_port != 0 else free_port(config.host)
         self._metrics_dir = tempfile.mkdtemp(prefix="hotwire-metrics-")
         self._workers: dict[int, Worker] = {}
         self._stopping = threading.Event()
@@ -96,18 +102,30 @@ class Supervisor:
 
     def _spawn(self, index: int) -> Worker:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
-        process = subprocess.Popen(worker_command(self.config, self.grpc_port), env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        ready_read, ready_write = os.pipe()
+        try:
+            process = subprocess.Popen(worker_command(self.config, self.grpc_port, self.http_port, ready_write),
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       start_new_session=True, pass_fds=(ready_write,))
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)  # the worker holds it now: its exit closes the pipe
         worker = Worker(index, process, time.monotonic())
         assert process.stdout is not None
         threading.Thread(target=self._forward, args=(worker, process.stdout), daemon=True).start()
+        threading.Thread(target=self._hear_listening, args=(worker, ready_read), daemon=True).start()
         log.info("worker %d started (pid %d)", index, process.pid)
         return worker
 
+    @staticmethod
+    def _hear_listening(worker: Worker, ready_read: int) -> None:
+        if readiness.wait(ready_read) is not None:
+            worker.listening.set()
+
     def _forward(self, worker: Worker, stream: IO[str]) -> None:
         for line in stream:
-            if "hotwire listening on" in line:
-                worker.listening.set()
             sys.stderr.write(self._tagged(worker.index, line))
         stream.close()
 
@@ -140,10 +158,11 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         metrics_server = None
-        problem = port_in_use(self.config.host, self.grpc_port)
-        if problem is not None:
-            log.error("hotwire: %s (is another server using it?)", problem)
-            return 1
+        for port in (self.grpc_port, self.http_port):
+            problem = port_in_use(self.config.host, port) if port >= 0 else None
+            if problem is not None:
+                log.error("hotwire: %s (is another server using it?)", problem)
+                return 1
         try:
             if self.config.metrics_port >= 0:
                 metrics_server = self._serve_metrics()
@@ -170,8 +189,13 @@ class Supervisor:
             for worker in list(self._workers.values()):
                 worker.listening.wait()
             if not self._stopping.is_set():
-                log.info("hotwire listening on %s:%d (gRPC, %d workers)%s", self.config.host, self.grpc_port,
-                         self.config.workers, f", metrics on :{metrics_port}/metrics" if metrics_port else "")
+                log.info("hotwire listening on %s:%d (gRPC, %d workers)%s%s", self.config.host, self.grpc_port,
+                         self.config.workers, f", HTTP on :{self.http_port}" if self.http_port >= 0 else "",
+                         f", metrics on :{metrics_port}/metrics" if metrics_port else "")
+                if self.config.ready_fd >= 0:
+                    readiness.announce(self.config.ready_fd, readiness.Listening(
+                        os.getpid(), self.grpc_port, self.http_port,
+                        metrics_port if metrics_port is not None else -1))
 
         threading.Thread(target=wait, daemon=True).start()
 

@@ -13,6 +13,9 @@ from typing import Callable, Iterator
 # kernel's cache directory when the kernel is decorated); servers started as subprocesses inherit it.
 KERNEL_CACHE = tempfile.mkdtemp(prefix="hotwire-test-kernels-")
 os.environ["NUMBA_CACHE_DIR"] = KERNEL_CACHE
+# Servers the tests start as subprocesses serve HTTP on any free port, never on the fixed default 8000, which
+# another server (or a parallel test) may hold; a test of the HTTP port itself passes --http-port.
+os.environ["HOTWIRE_HTTP_PORT"] = "0"
 
 import grpc  # noqa: E402
 import pytest  # noqa: E402

@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 from typing import Any, Coroutine
 
+from hotwire.server import readiness
 from hotwire.server.app import App
 from hotwire.server.config import ServerConfig
 
 
 class ServerThread:
     def __init__(self, repository: Path, **overrides: Any) -> None:
-        config = ServerConfig(model_repository=repository, host="127.0.0.1", grpc_port=0, metrics_port=-1,
-                              shutdown_grace_s=5.0)
+        config = ServerConfig(model_repository=repository, host="127.0.0.1", grpc_port=0, http_port=0,
+                              metrics_port=-1, shutdown_grace_s=5.0)
         self.config = dataclasses.replace(config, **overrides)
         self.loop = asyncio.new_event_loop()
         self.app = App(self.config)
@@ -50,19 +51,19 @@ class ServerThread:
     def address(self) -> str:
         return f"127.0.0.1:{self.app.grpc_port}"
 
-
-# The line a server (or, with --workers, the supervisor: its line has no "[worker" prefix) logs once it serves.
-# The server's (or the supervisor's) own line: worker lines carry a `[worker i]` prefix, or a "worker" field in JSON.
-LISTENING = re.compile(r'^(?!\[worker)(?!.*"worker": \d).*hotwire listening on [\d.]+:(\d+)(?:.*metrics on :(\d+))?')
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.app.http_port}"
 
 
 class LoggedProcess:
     """A server child process with its output collected on a thread; `listening` matches the line that says it is
     up, its first group being the port."""
 
-    def __init__(self, argv: list[str], listening: re.Pattern[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], listening: re.Pattern[str] | None, env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, pass_fds=pass_fds)
         self.lines: list[str] = []
         self.port: int | None = None
         self.listening_match: re.Match[str] | None = None
@@ -75,7 +76,7 @@ class LoggedProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
-            match = self._listening.search(line)
+            match = self._listening.search(line) if self._listening is not None else None
             if match:
                 self.listening_match = match
                 self.port = int(match.group(1))
@@ -121,12 +122,38 @@ class LoggedProcess:
 
 
 class ServeProcess(LoggedProcess):
-    """`python -m hotwire.server serve ...`."""
+    """`python -m hotwire.server serve ...`; it says it listens, and on which ports, through --ready-fd."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        super().__init__([sys.executable, "-m", "hotwire.server", "serve", *args], LISTENING, env)
+        ready_read, ready_write = os.pipe()
+        try:
+            super().__init__([sys.executable, "-m", "hotwire.server", "serve", *args, "--ready-fd", str(ready_write)],
+                             None, env, pass_fds=(ready_write,))
+        finally:
+            os.close(ready_write)
+        self._ready_read = ready_read
+        self.listening: readiness.Listening | None = None
+        self._heard = False
+
+    def wait_listening(self, timeout: float = 60) -> int:
+        if not self._heard:
+            self._heard = True
+            self.listening = readiness.wait(self._ready_read, timeout)
+        assert self.listening is not None, "server did not start:\n" + self.log
+        self.port = self.listening.grpc_port
+        return self.port
+
+    def close(self) -> None:
+        if not self._heard:
+            self._heard = True
+            os.close(self._ready_read)
+        super().close()
+
+    @property
+    def http_port(self) -> int | None:
+        return self.listening.http_port if self.listening is not None and self.listening.http_port >= 0 else None
 
     @property
     def metrics_port(self) -> int | None:
-        match = self.listening_match
-        return int(match.group(2)) if match is not None and match.group(2) else None
+        return self.listening.metrics_port if self.listening is not None and self.listening.metrics_port >= 0 \
+            else None

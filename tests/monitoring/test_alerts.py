@@ -295,7 +295,7 @@ def test_the_lifecycle_counters_carry_model_and_version(single_process_scrape: s
     assert all((labels["model"], labels["version"]) == ("simple", "1") for labels in lifecycle)
     failures = {labels["reason"] for name, labels, _ in parse_samples(single_process_scrape)
                 if name == "nv_inference_request_failure"}
-    assert failures == set(FAILURE_REASONS)
+    assert failures == {reason.value for reason in FAILURE_REASONS}
 
 
 def test_the_dashboard_is_grafana_json_with_job_filters_and_no_deprecated_style() -> None:

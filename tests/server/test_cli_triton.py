@@ -98,11 +98,11 @@ def test_tritons_log_formats_are_taken(given, used):
 
 
 def test_tritonserver_flags_get_a_hint_instead_of_unrecognized_arguments():
-    result = _run("serve", "--http-port", "8000", "--model-load-thread-count=4", "--allow-metrics", "false",
+    result = _run("serve", "--http-thread-count", "8", "--model-load-thread-count=4", "--allow-metrics", "false",
                   "--log-info", "--reuse-grpc-port=1", "--response-cache-byte-size", "1024", "--frobnicate")
     assert result.returncode == 2
     stderr = result.stderr
-    assert "--http-port: hotwire serves gRPC only" in stderr
+    assert "--http-thread-count: hotwire serves HTTP on its event loop" in stderr
     assert "--model-load-thread-count: not supported by hotwire" in stderr
     assert "--allow-metrics: use --metrics-port -1" in stderr
     assert "--log-info: use --log-level INFO" in stderr

@@ -27,6 +27,7 @@ from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import registry as registry_module
 from hotwire.server import wire
+from hotwire.server.errors import FailureReason
 from onnx_models import write_model
 
 WIDTH = 4
@@ -388,7 +389,7 @@ def test_canary_guard_sends_traffic_back_to_stable_on_errors(tmp_path, running_s
     assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(50)} == {"1"}  # no errors after it
     assert "breached its guard" in caplog.text
     failures = registry.entry("m").versions[2].stats.fail_by_reason
-    assert failures["BACKEND"] > 0 and failures.get("OTHER", 0) == 0
+    assert failures[FailureReason.BACKEND] > 0 and failures.get(FailureReason.OTHER, 0) == 0
 
 
 def test_client_errors_never_trip_the_canary_guard(tmp_path, running_server, stub_for):

@@ -1,19 +1,41 @@
-"""ORT session options come from config.pbtxt (Triton's ORT backend keys and hotwire's), with small-machine defaults."""
+"""Config parameters are read and checked in model_config only: ORT session options (Triton's ORT backend keys and
+hotwire's, with small-machine defaults), the execution mode, drift monitoring, the preprocessing declaration and
+the traffic policy; booleans take one word list and a typo is a load error naming the parameter."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 
 import pytest
 from google.protobuf import text_format
+from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import model_config_pb2 as mc
-from hotwire.server.errors import ModelLoadError
-from hotwire.server.model_config import default_intra_op_threads, ignored_fields, ort_options
+from hotwire.server.errors import InvalidInput, ModelLoadError
+from hotwire.server.model_config import (
+    DriftParameters,
+    default_intra_op_threads,
+    ignored_fields,
+    model_parameters,
+    parse_bool_parameter,
+    traffic_policy,
+)
 from hotwire.server.runner import session_options
+from hotwire.server.traffic import GuardPolicy, TrafficPolicy, policy_from_config
+from onnx_models import add_sub, write_model
 
 
 def config(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
+
+
+def parameters(**values: str) -> mc.ModelConfig:
+    return config("".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in values.items()))
+
+
+def ort_options(model_config: mc.ModelConfig):
+    return model_parameters(model_config).ort
 
 
 def test_defaults_leave_cores_for_the_event_loop_and_never_spin():
@@ -45,7 +67,8 @@ def test_triton_parameters_and_graph_level_are_honoured():
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("intra_op_thread_count", "many", "expected an integer"),
-    ("allow_spinning", "maybe", "expected true/false"),
+    ("allow_spinning", "maybe", "expected true or false, got 'maybe'"),
+    ("enable_mem_pattern", "ture", "expected true or false, got 'ture'"),
     ("graph_optimization_level", "max", "expected one of"),
 ])
 def test_bad_parameters_are_load_errors_naming_the_key(key, value, expected):
@@ -70,3 +93,91 @@ def test_fields_hotwire_ignores_are_listed_and_those_it_honours_are_not():
         parameters { key: "execution" value: { string_value: "auto" } }'''))) == {
         "input[0].format", "output[0].label_filename", "optimization.cuda", "instance_group[1].rate_limiter",
         "model_transaction_policy", "response_cache"}
+
+
+# -- the one boolean parser ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("true", True), ("TRUE", True), (" 1 ", True), ("yes", True), ("On", True),
+    ("false", False), ("0", False), ("no", False), ("off", False),
+])
+def test_boolean_parameters_take_one_word_list(text, expected):
+    assert parse_bool_parameter("drift_monitoring", text) is expected
+
+
+@pytest.mark.parametrize("text", ["ture", "", "2", "enabled", "t"])
+def test_a_boolean_parameter_that_is_no_boolean_is_a_load_error_naming_it(text):
+    with pytest.raises(ModelLoadError) as raised:
+        parse_bool_parameter("drift_monitoring", text)
+    assert str(raised.value) == f"parameters 'drift_monitoring': expected true or false, got '{text}'"
+
+
+# -- every parameter a version reads ------------------------------------------------------------------------------
+
+
+def test_model_parameters_defaults():
+    read = model_parameters(config(""))
+    assert read.execution == "auto" and read.preprocess is None
+    assert read.drift == DriftParameters(monitoring=False, window_rows=1000, reference_rows=1000)
+
+
+def test_model_parameters_read_execution_drift_and_preprocess():
+    read = model_parameters(parameters(execution=" Thread ", drift_monitoring="on", drift_window_rows="80",
+                                       drift_reference_rows="40", preprocess="{}"))
+    assert read.execution == "thread" and read.preprocess == "{}"
+    assert read.drift == DriftParameters(monitoring=True, window_rows=80, reference_rows=40)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        read.execution = "inline"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("drift_monitoring", "ture", "expected true or false, got 'ture'"),
+    ("drift_window_rows", "many", "expected an integer, got 'many'"),
+    ("drift_reference_rows", "0", "expected >= 1, got 0"),
+    ("execution", "fast", "expected one of ('auto', 'inline', 'thread'), got 'fast'"),
+])
+def test_malformed_version_parameters_are_load_errors_naming_them(key, value, expected):
+    with pytest.raises(ModelLoadError, match=f"^parameters '{key}': {re.escape(expected)}$"):
+        model_parameters(parameters(**{key: value}))
+
+
+def test_a_model_whose_drift_monitoring_is_a_typo_fails_to_load_saying_so(tmp_path, running_server, stub_for):
+    write_model(tmp_path, "good", add_sub(width=4), "max_batch_size: 8")
+    write_model(tmp_path, "typo", add_sub(width=4),
+                'max_batch_size: 8\nparameters { key: "drift_monitoring" value: { string_value: "ture" } }')
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    assert stub.ModelReady(pb.ModelReadyRequest(name="good")).ready
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="typo")).ready
+    assert "parameters 'drift_monitoring': expected true or false, got 'ture'" \
+        in server.app.registry.entry("typo").reason()
+
+
+# -- the traffic policy ---------------------------------------------------------------------------------------------
+
+
+def test_traffic_policy_from_config_parameters():
+    assert traffic_policy(config("")) == TrafficPolicy()
+    policy = traffic_policy(parameters(
+        stable_version="1", canary_version="2", canary_weight="0.25", sticky_parameter="user",
+        shadow_version="none", shadow_fraction="0.5", standby_versions="2", canary_max_error_rate="0.1",
+        canary_max_p99_ms="50", canary_guard_window_s="10", canary_guard_min_requests="5",
+        intra_op_thread_count="1"))  # another module's parameter: not the traffic policy's business
+    assert policy == TrafficPolicy(stable=1, canary=2, canary_weight=0.25, sticky_parameter="user", shadow=None,
+                                   shadow_fraction=0.5, standby=2,
+                                   guard=GuardPolicy(max_error_rate=0.1, max_p99_ms=50.0, window_s=10.0,
+                                                     min_requests=5))
+    assert policy_from_config(parameters(standby_versions="2")) == TrafficPolicy(standby=2)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("canary_version", "two", "parameters 'canary_version': expected an integer, got 'two'"),
+    ("canary_weight", "lots", "parameters 'canary_weight': expected a number, got 'lots'"),
+    ("canary_weight", "1.5", "traffic policy: canary_weight 1.5 is outside 0..1"),
+    ("standby_versions", "-1", "parameters 'standby_versions': expected >= 0, got -1"),
+    ("canary_guard_min_requests", "0.5", "parameters 'canary_guard_min_requests': expected an integer, got '0.5'"),
+])
+def test_malformed_traffic_parameters_are_invalid_input_naming_them(key, value, expected):
+    with pytest.raises(InvalidInput, match=f"^{re.escape(expected)}$"):
+        policy_from_config(parameters(**{key: value}))

@@ -23,7 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 from hotwire.bench import models
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import model_config_pb2 as mc
-from hotwire.server import preprocess
+from hotwire.server import datatypes, preprocess
+from hotwire.server.model_config import Signature, TensorSpec
 from hotwire.server.config import bundled_repository
 from onnx_models import write_model
 
@@ -178,6 +179,9 @@ def test_tabular_and_sequence_pipelines_equal_numpy(tmp_path, running_server, st
                                      {"op": "center_crop", "height": 64, "width": 64},
                                      {"op": "normalize", "mean": [0, 0, 0], "std": [1, 1, 1]}]}}},
      "crop 64x64 is larger than the image 48x48"),
+    ({"inputs": {"image": {"datatype": "INT64", "dims": [-1], "feeds": "input",
+                           "steps": [{"op": "pad_truncate", "length": 8}, {"op": "clip", "lo": 0, "hi": 1}]}}},
+     "step 1 (clip): 'pad_truncate' must be the only step"),
 ])
 def test_a_malformed_pipeline_is_a_clear_load_error_for_that_model_only(tmp_path, running_server, stub_for,
                                                                        declaration, reason):
@@ -191,6 +195,21 @@ def test_a_malformed_pipeline_is_a_clear_load_error_for_that_model_only(tmp_path
     assert stub.ModelReady(pb.ModelReadyRequest(name="good")).ready
     assert not stub.ModelReady(pb.ModelReadyRequest(name="bad")).ready
     assert reason in server.app.registry.entry("bad").reason()
+
+
+def test_a_sequence_pipeline_is_its_pad_truncate_stage_alone():
+    def spec(name: str) -> TensorSpec:
+        return TensorSpec(name, datatypes.BY_NAME["INT64"], (-1,), (-1,))
+
+    declared = {"inputs": {"tokens": {"datatype": "INT64", "dims": [-1], "feeds": "ids", "steps": [
+        {"op": "pad_truncate", "length": 4, "pad_id": 9, "padding_side": "left", "mask_feeds": "mask"}]}}}
+    preprocessor, _ = preprocess.build(declared, Signature((spec("ids"), spec("mask")), (spec("y"),), 8))
+    pipeline = preprocessor.pipelines["tokens"]
+    assert pipeline.pad_truncate == preprocess.PadTruncate(length=4, pad_id=9, padding_side="left")
+    assert pipeline.per_request == [] and pipeline.per_batch == []
+    fed = pipeline.run([np.array([[1, 2]]), np.array([[1, 2, 3, 4, 5, 6]])])
+    assert fed["ids"].tolist() == [[9, 9, 1, 2], [1, 2, 3, 4]]
+    assert fed["mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
 
 
 def test_kernels_load_from_a_warmed_cache_without_writing_to_it(tmp_path):

@@ -114,8 +114,9 @@ def test_response_has_one_raw_output_per_output_in_order_and_parses():
     outputs = [np.arange(6, dtype=np.int64).reshape(2, 3), np.array([[True, False]]), np.array(["ab", "c"], dtype=object),
                np.asfortranarray(np.arange(6, dtype=np.float16).reshape(2, 3))]
     response = wire.InferResponse("m", "2", "id-1", ["i", "b", "s", "h"], outputs, {"flag": True})
-    for data, unwrap in ((wire.encode_response(response), lambda d: pb.ModelInferResponse.FromString(d)),
-                         (wire.encode_stream_response(response), lambda d: pb.ModelStreamInferResponse.FromString(d).infer_response)):
+    encoder = wire.ResponseEncoder("m", "2")
+    for data, unwrap in ((encoder.encode(response), lambda d: pb.ModelInferResponse.FromString(d)),
+                         (encoder.encode_stream(response), lambda d: pb.ModelStreamInferResponse.FromString(d).infer_response)):
         parsed = unwrap(data)
         assert (parsed.model_name, parsed.model_version, parsed.id) == ("m", "2", "id-1")
         assert [o.name for o in parsed.outputs] == ["i", "b", "s", "h"]

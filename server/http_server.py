@@ -1,0 +1,123 @@
+"""Runs the HTTP/REST frontend (http_service.py) on the server's own event loop: uvicorn with httptools, under
+a bare ASGI callable (no framework: routing is http_service's, and a framework's request objects would cost more
+per call than the rest of the HTTP path).
+
+Measured against aiohttp's web server on this project's 2-core machine (bench/RESULTS.md, "HTTP server choice"):
+uvicorn+httptools answered more requests per second at concurrency 1 and 16, with JSON and binary bodies.
+
+uvicorn's `Server.serve` would install its own signal handlers and run its own tick loop; hotwire owns signals
+and shutdown (app.py), so it calls `startup` on a socket it bound itself (shared with SO_REUSEPORT under
+--workers) and `shutdown` in App.stop's order: stop accepting, let in-flight requests finish, close idle
+keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+import time
+from typing import Any
+
+import uvicorn
+
+from hotwire.server.http_codec import error_body
+from hotwire.server.http_service import HttpService
+
+log = logging.getLogger(__name__)
+# uvicorn's own lines ("Uvicorn running on ...", "Shutting down") would contradict hotwire's; its errors still show.
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+Scope = dict[str, Any]
+
+
+class AsgiApp:
+    """The ASGI callable: reads the body (bounded), hands the request to the service, writes its answer."""
+
+    def __init__(self, service: HttpService, max_body_bytes: int) -> None:
+        self._service = service
+        self._max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not part of the protocol
+            return
+        received = time.perf_counter()
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        body = await self._body(headers, receive)
+        if body is None:
+            await _send(send, 413, error_body(f"request body exceeds {self._max_body_bytes} bytes "
+                                              "(--max-message-bytes)"), "application/json", [])
+            return
+        # raw_path: still percent-encoded, so a model name holding an encoded '/' cannot split the path
+        path = scope.get("raw_path") or scope["path"].encode()
+        response = await self._service.handle(scope["method"], path.decode("latin-1"), headers, body, received)
+        await _send(send, response.status, response.body, response.content_type, response.headers)
+
+    async def _body(self, headers: dict[str, str], receive: Any) -> bytes | None:
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
+            return None
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body"):
+            return body if len(body) <= self._max_body_bytes else None
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body"):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+async def _send(send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]) -> None:
+    raw_headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    raw_headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """The listening socket: SO_REUSEPORT only for the workers of --workers N, which share it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class HttpServer:
+    def __init__(self, service: HttpService, sock: socket.socket, max_body_bytes: int, grace_s: float) -> None:
+        self.port = int(sock.getsockname()[1])
+        self._sock = sock
+        config = uvicorn.Config(AsgiApp(service, max_body_bytes), http="httptools", lifespan="off",
+                                log_config=None, access_log=False, server_header=False, date_header=False,
+                                timeout_graceful_shutdown=math.ceil(grace_s))
+        config.load()
+        self._server = uvicorn.Server(config)
+        # What Server.serve sets up before its startup(); serve itself would take over the process's signals.
+        self._server.lifespan = config.lifespan_class(config)
+
+    async def start(self) -> None:
+        await self._server.startup(sockets=[self._sock])
+        if self._server.should_exit:  # startup failed; uvicorn logged why
+            raise OSError(f"the HTTP server could not start on port {self.port}")
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the grace), close every connection."""
+        self._server.should_exit = True
+        await self._server.shutdown(sockets=[self._sock])
+        self._sock.close()
+        await asyncio.sleep(0)
