@@ -3,6 +3,7 @@ changes (the tests' server listens on an ephemeral port of 127.0.0.1, the README
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -17,6 +18,7 @@ from hotwire.bench import perf_analyzer
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 README_ADDRESS = "localhost:8001"
+README_HTTP_ADDRESS = "localhost:8000"
 NUMBER = re.compile(r"[-+]?\d+\.?\d*(?:[eE][-+]?\d+)?")
 
 
@@ -31,15 +33,26 @@ def _example(language: str, marker: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def address() -> object:
+def server() -> object:
     from server_harness import ServeProcess
 
-    process = ServeProcess(["--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1"])
+    process = ServeProcess(["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1"])
     try:
-        yield f"127.0.0.1:{process.wait_listening(180)}"
+        process.wait_listening(180)
+        yield process
     finally:
         process.stop()
         process.close()
+
+
+@pytest.fixture(scope="module")
+def address(server) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="module")
+def http_address(server) -> str:
+    return f"127.0.0.1:{server.http_port}"
 
 
 def _run_python(example: str, address: str) -> str:
@@ -73,3 +86,24 @@ def test_the_perf_analyzer_example_completes_up_to_concurrency_16(address):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     for level in (4, 8, 12, 16):
         assert f"Concurrency: {level}, throughput:" in result.stdout, result.stdout[-3000:]
+
+
+def test_the_curl_examples_answer_as_described(http_address):
+    block = _example("bash", "curl -s localhost:8000")
+    commands = [c for c in re.split(r"\n(?=curl )", block.strip())]
+    assert len(commands) == 3
+    outputs = []
+    for command in commands:
+        assert README_HTTP_ADDRESS in command
+        result = subprocess.run(["bash", "-c", command.replace(README_HTTP_ADDRESS, http_address)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert outputs[0].strip() == "200"
+    metadata = json.loads(outputs[1])
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}]
+    answer = json.loads(outputs[2])
+    assert (answer["model_name"], answer["model_version"]) == ("classifier", "1")
+    (probabilities,) = answer["outputs"]
+    assert (probabilities["name"], probabilities["datatype"], probabilities["shape"]) == ("probabilities", "FP32", [1, 4])
+    np.testing.assert_allclose(sum(probabilities["data"]), 1.0, rtol=1e-5)
