@@ -1,6 +1,8 @@
 """Server settings: one frozen dataclass, built from command-line flags and HOTWIRE_<FLAG> environment variables.
 
-This module is the only reader of environment variables. A flag given on the command line wins over its variable.
+This module is the only reader of hotwire's own HOTWIRE_* variables; a flag given on the command line wins over its
+variable. Other libraries' variables are read where they are handed over: NUMBA_CACHE_DIR and XDG_CACHE_HOME by
+the kernel cache (kernels/cache.py, set by cli.py), PROMETHEUS_MULTIPROC_DIR by metrics.py and workers.py.
 """
 
 from __future__ import annotations
