@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from hotwire.bench import perf_analyzer
 from hotwire.bench.run import ChildServer
@@ -33,7 +33,8 @@ def spin(us):
     while time.perf_counter() < end:
         pass
 extra = {"nothing": lambda: None, "spin 10 µs (GIL held)": lambda: spin(10),
-         "time.sleep(0) (GIL released)": lambda: time.sleep(0), "session.run (GIL released)": lambda: session.run(None, feeds)}[variant]
+         "time.sleep(0) (GIL released)": lambda: time.sleep(0),
+         "session.run (GIL released)": lambda: session.run(None, feeds)}[variant]
 echo = rs.ReferenceServicer._infer
 def _infer(self, request):
     extra()
@@ -59,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 url = server.wait_listening()
                 extra = ["--stability-percentage", "1000", "--max-trials", "3"]
-                p50[variant].append(perf_analyzer.measure(tool, "classifier", url, [1], 2000, extra)[0].p50_us)
+                p50[variant].append(
+                    perf_analyzer.measure(tool, "classifier", url, [1], 2000, extra)[0].p50_us
+                )
             finally:
                 server.stop()
     print("| echo plus | p50 µs (each run) | median |\n| --- | --- | ---: |")

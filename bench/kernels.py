@@ -1,13 +1,15 @@
-"""Preprocessing kernels: numba (hotwire.kernels) vs. the best NumPy formulation vs. the same op in an ONNX graph.
+"""Preprocessing kernels: numba (hotwire.kernels) vs. the best NumPy formulation vs. the same op in an ONNX
+graph.
 
     python -m hotwire.bench.kernels [--output PATH] [--min-time S] [--rounds R]
 
 For every kernel, at batch 1 and 32: the numba wrapper (argument checks and output allocation included), each
-NumPy formulation listed in `numpy_candidates` (the fastest is reported, by name), and a tiny ONNX graph built with
-onnx.helper running in ONNX Runtime (CPU, intra_op_num_threads=1, spinning off; ``session.run`` with its own output
-allocation). Implementations are timed round-robin (``--rounds`` rounds of at least ``--min-time`` seconds each)
-so a noisy machine's drifts spread over all of them; the table shows the median of all calls. Every output is
-checked against numba's first (the ``max |Δ|`` column: ONNX Runtime's uint8 Resize truncates where hotwire rounds).
+NumPy formulation listed in `numpy_candidates` (the fastest is reported, by name), and a tiny ONNX graph built
+with onnx.helper running in ONNX Runtime (CPU, intra_op_num_threads=1, spinning off; ``session.run`` with its
+own output allocation). Implementations are timed round-robin (``--rounds`` rounds of at least ``--min-time``
+seconds each) so a noisy machine's drifts spread over all of them; the table shows the median of all calls.
+Every output is checked against numba's first (the ``max |Δ|`` column: ONNX Runtime's uint8 Resize truncates
+where hotwire rounds).
 
 Prints a Markdown table; with ``--output`` it also writes it between ``<!-- bench:kernels:start -->`` and
 ``<!-- bench:kernels:end -->`` (the file is created if missing; the rest is left alone).
@@ -110,7 +112,9 @@ def normalize_cases(rng: np.random.Generator) -> list[Case]:
 
     mul = (1.0 / (255.0 * STD.astype(np.float64))).astype(np.float32)
     add = (-MEAN.astype(np.float64) / STD).astype(np.float32)
-    lut32 = ((np.arange(256)[None, :] / 255.0 - MEAN[:, None].astype(np.float64)) / STD[:, None]).astype(np.float32)
+    lut32 = ((np.arange(256)[None, :] / 255.0 - MEAN[:, None].astype(np.float64)) / STD[:, None]).astype(
+        np.float32
+    )
     lut16 = lut32.astype(np.float16)
     cases = []
     for out_dtype, onnx_type in ((np.float32, TensorProto.FLOAT), (np.float16, TensorProto.FLOAT16)):
@@ -195,6 +199,7 @@ def normalize_cases(rng: np.random.Generator) -> list[Case]:
 
 def _numpy_resize(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Vectorised float32 bilinear with the same taps (gather rows, gather columns, blend, round half up)."""
+
     def taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pos = np.clip((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0, in_size - 1)
         i0 = pos.astype(np.int64)
@@ -303,7 +308,9 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
     y_info = _value("y", TensorProto.FLOAT, ["N", FEATURES])
 
     def graph(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray]) -> onnx.GraphProto:
-        return helper.make_graph(nodes, "tabular", [x_info], [y_info], [_const(k, v) for k, v in inits.items()])
+        return helper.make_graph(
+            nodes, "tabular", [x_info], [y_info], [_const(k, v) for k, v in inits.items()]
+        )
 
     for batch in BATCHES:
         x = rng.standard_normal((batch, FEATURES)).astype(np.float32)
@@ -351,7 +358,10 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
                 {"(x - mean) / std in place": np_standardize},
                 _onnx_runner(
                     graph(
-                        [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["y"])],
+                        [
+                            helper.make_node("Sub", ["x", "mean"], ["c"]),
+                            helper.make_node("Div", ["c", "std"], ["y"]),
+                        ],
                         {"mean": mean, "std": std},
                     ),
                     {"x": x},
@@ -365,7 +375,10 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
                 {"(x - lo) / (hi - lo) in place": np_min_max},
                 _onnx_runner(
                     graph(
-                        [helper.make_node("Sub", ["x", "lo"], ["c"]), helper.make_node("Div", ["c", "span"], ["y"])],
+                        [
+                            helper.make_node("Sub", ["x", "lo"], ["c"]),
+                            helper.make_node("Div", ["c", "span"], ["y"]),
+                        ],
                         {"lo": lo, "span": rng_span},
                     ),
                     {"x": x},
@@ -379,7 +392,10 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
                 {"np.clip": np_clip},
                 _onnx_runner(
                     graph(
-                        [helper.make_node("Max", ["x", "lo"], ["c"]), helper.make_node("Min", ["c", "hi"], ["y"])],
+                        [
+                            helper.make_node("Max", ["x", "lo"], ["c"]),
+                            helper.make_node("Min", ["c", "hi"], ["y"]),
+                        ],
                         {"lo": lo, "hi": hi},
                     ),
                     {"x": x},
@@ -419,7 +435,10 @@ def tabular_cases(rng: np.random.Generator) -> list[Case]:
             "one_hot",
             [_value("c", TensorProto.INT64, ["N"])],
             [_value("y", TensorProto.FLOAT, ["N", NUM_CLASSES])],
-            [_const("depth", np.array(NUM_CLASSES, np.int64)), _const("values", np.array([0, 1], np.float32))],
+            [
+                _const("depth", np.array(NUM_CLASSES, np.int64)),
+                _const("values", np.array([0, 1], np.float32)),
+            ],
         )
         cases.append(
             Case(
@@ -442,7 +461,9 @@ def sequence_cases(rng: np.random.Generator) -> list[Case]:
         rows = [rng.integers(0, 30000, rng.integers(16, 512)) for _ in range(batch)]
         flat, offsets = sequence.to_ragged(rows)
 
-        def np_vectorised(flat: np.ndarray = flat, offsets: np.ndarray = offsets) -> tuple[np.ndarray, np.ndarray]:
+        def np_vectorised(
+            flat: np.ndarray = flat, offsets: np.ndarray = offsets
+        ) -> tuple[np.ndarray, np.ndarray]:
             lengths = np.diff(offsets)
             positions = np.arange(SEQ_LEN)
             mask = positions[None, :] < lengths[:, None]
@@ -564,10 +585,13 @@ def render(rows: list[Row], rounds: int, min_time: float) -> str:
         "",
         f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, numba {numba.__version__}, NumPy {np.__version__}, "
-        f"onnxruntime {onnxruntime.__version__} (1 intra-op thread). Median µs per call over {rounds} round-robin "
-        f"rounds of ≥ {min_time:g} s per implementation; wrappers include argument checks and output allocation. "
+        f"onnxruntime {onnxruntime.__version__} (1 intra-op thread). Median µs per call over {rounds} "
+        "round-robin "
+        f"rounds of ≥ {min_time:g} s per implementation; wrappers include argument checks and output "
+        "allocation. "
         "NumPy: the fastest of the listed formulations; ONNX: a tiny graph of the same op, `session.run`. "
-        "Speed-ups are NumPy/numba and ONNX/numba. max |Δ|: largest difference from numba's output (NumPy, ONNX).",
+        "Speed-ups are NumPy/numba and ONNX/numba. max |Δ|: largest difference from numba's output (NumPy, "
+        "ONNX).",
         "",
         "| kernel | input | batch | numba µs | best NumPy µs (formulation) | ONNX µs | ×NumPy | ×ONNX "
         "| max abs Δ (NumPy, ONNX) |",
@@ -590,13 +614,15 @@ def render(rows: list[Row], rounds: int, min_time: float) -> str:
         verdict = "meets" if ratio >= 3 else "misses"
         lines += [
             "",
-            f"**224×224 uint8 HWC → normalized fp32 NCHW, batch 1: numba {head.numba_us:.1f} µs vs best NumPy "
+            f"**224×224 uint8 HWC → normalized fp32 NCHW, batch 1: numba {head.numba_us:.1f} µs vs best "
+            "NumPy "
             f"{head.numpy_us:.1f} µs ({head.numpy_name}) = {ratio:.1f}× ({verdict} the ≥ 3× target); "
             f"ONNX Runtime {_fmt_us(head.onnx_us)} µs.**",
         ]
     lines += [
         "",
-        "Notes: ONNX Runtime's uint8 Resize truncates where hotwire rounds half up (hence Δ = 1 on resize rows); "
+        "Notes: ONNX Runtime's uint8 Resize truncates where hotwire rounds half up (hence Δ = 1 on resize "
+        "rows); "
         "the NumPy resize uses the same taps. center_crop is a view (no kernel, nothing to time).",
         END_MARKER,
     ]
@@ -618,11 +644,17 @@ def replace_section(path: Path, section: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hotwire.bench.kernels", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, help="write the table between the bench:kernels markers of this file")
+    parser = argparse.ArgumentParser(
+        prog="python -m hotwire.bench.kernels", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--output", type=Path, help="write the table between the bench:kernels markers of this file"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds per case (default 5)")
     parser.add_argument("--min-time", type=float, default=0.1, help="seconds per implementation per round")
-    parser.add_argument("--only", default="", help="comma-separated kernel name prefixes to run (default: all)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated kernel name prefixes to run (default: all)"
+    )
     args = parser.parse_args(argv)
 
     from hotwire.kernels import image, sequence, tabular

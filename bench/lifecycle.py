@@ -3,9 +3,9 @@ latency clients see during swaps against steady state.
 
     python -m hotwire.bench.lifecycle [--swaps 10] [--clients 4] [--output bench/RESULTS.md]
 
-Runs `hotwire serve --model-control-mode explicit` on 127.0.0.1 with the wide MLP (a realistic load: ~1 ms a row)
-and a closed-loop client load; every number is measured in this run. Writes a section between
-the `lifecycle` section markers of bench/run.py.
+Runs `hotwire serve --model-control-mode explicit` on 127.0.0.1 with the wide MLP
+(a realistic load: ~1 ms a row) and a closed-loop client load; every number is measured in this run. Writes a
+section between the `lifecycle` section markers of bench/run.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import grpc
 import numpy as np
@@ -41,7 +41,9 @@ class ClientLoad:
         self.samples: list[tuple[float, float, bool]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(address,), daemon=True) for _ in range(clients)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(address,), daemon=True) for _ in range(clients)
+        ]
 
     def _run(self, address: str) -> None:
         with grpc.insecure_channel(address) as channel:
@@ -61,7 +63,7 @@ class ClientLoad:
                 with self._lock:
                     self.samples.append((done, done - started, ok))
 
-    def __enter__(self) -> "ClientLoad":
+    def __enter__(self) -> ClientLoad:
         for thread in self._threads:
             thread.start()
         return self
@@ -87,9 +89,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hotwire-lifecycle-") as tmp:
         root = Path(tmp)
         models.write_model_repository(root, {"wide": (models.wide_mlp(seed=1), CONFIG)})
-        server = ChildServer("hotwire", [sys.executable, "-m", "hotwire.server", "serve", "--model-repository", tmp,
-                                         "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "-1", "--metrics-port", "-1",
-                                         "--model-control-mode", "explicit", "--load-model", "wide"])
+        server = ChildServer(
+            "hotwire",
+            [
+                sys.executable,
+                "-m",
+                "hotwire.server",
+                "serve",
+                "--model-repository",
+                tmp,
+                "--host",
+                "127.0.0.1",
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "-1",
+                "--metrics-port",
+                "-1",
+                "--model-control-mode",
+                "explicit",
+                "--load-model",
+                "wide",
+            ],
+        )
         try:
             address = server.wait_listening()
             channel = grpc.insecure_channel(address)
@@ -116,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     _, call = stub.RepositoryModelLoad.with_call(request, timeout=300)
                     trailers = dict(call.trailing_metadata())
                     (rollback_ms if trailers["hotwire-action"] == "rollback:standby" else reload_ms).append(
-                        float(trailers["hotwire-elapsed-ms"]))
+                        float(trailers["hotwire-elapsed-ms"])
+                    )
                     time.sleep(0.3)
                     stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="wide"), timeout=300)
                     time.sleep(0.3)
@@ -141,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "| --- | ---: | ---: |",
         f"| swap: RepositoryModelLoad call → traffic on the new version (load + warm + flip), ms | "
         f"{statistics.median(swap_ms):.1f} | {max(swap_ms):.1f} |",
-        f"| rollback from standby (flip, measured in the server), ms | {statistics.median(rollback_ms):.3f} | "
-        f"{max(rollback_ms):.3f} |" if rollback_ms else "| rollback from standby | — | — |",
+        f"| rollback from standby (flip, measured in the server), ms | {statistics.median(rollback_ms):.3f} "
+        "| "
+        f"{max(rollback_ms):.3f} |"
+        if rollback_ms
+        else "| rollback from standby | — | — |",
         f"| client p99 latency, steady state, µs | {p99(steady) * 1e6:,.0f} | |",
         f"| client p99 latency, requests finishing during a swap, µs | {p99(during) * 1e6:,.0f} | |",
         "",

@@ -1,10 +1,11 @@
 """hotwire's own closed-loop load generator, for when perf_analyzer can't run.
 
-``concurrency`` coroutines share one grpc.aio channel; each sends ModelInfer back to back (the next call leaves
-when the previous answer arrives). The request is serialized once and the same bytes are sent every time through
-a raw ``unary_unary`` call (no serializer, no response parsing), so the client spends as little CPU as possible
-on a machine it shares with the server. Only calls that both start and finish inside the measured window count;
-the warm-up before it is discarded. Everything is bounded by time: the generator stops by itself.
+``concurrency`` coroutines share one grpc.aio channel; each sends ModelInfer back to back
+(the next call leaves when the previous answer arrives). The request is serialized once and the same bytes are
+sent every time through a raw ``unary_unary`` call (no serializer, no response parsing), so the client spends
+as little CPU as possible on a machine it shares with the server. Only calls that both start and finish inside
+the measured window count; the warm-up before it is discarded. Everything is bounded by time: the generator
+stops by itself.
 """
 
 from __future__ import annotations
@@ -30,9 +31,18 @@ _ERROR_BACKOFF_S = 0.001  # after a failed call, so a dead server doesn't turn t
 
 # (numpy kind, item size) -> protocol datatype; byte order is normalised to little-endian on the wire.
 _DATATYPES: dict[tuple[str, int], str] = {
-    ("b", 1): "BOOL", ("u", 1): "UINT8", ("u", 2): "UINT16", ("u", 4): "UINT32", ("u", 8): "UINT64",
-    ("i", 1): "INT8", ("i", 2): "INT16", ("i", 4): "INT32", ("i", 8): "INT64",
-    ("f", 2): "FP16", ("f", 4): "FP32", ("f", 8): "FP64",
+    ("b", 1): "BOOL",
+    ("u", 1): "UINT8",
+    ("u", 2): "UINT16",
+    ("u", 4): "UINT32",
+    ("u", 8): "UINT64",
+    ("i", 1): "INT8",
+    ("i", 2): "INT16",
+    ("i", 4): "INT32",
+    ("i", 8): "INT64",
+    ("f", 2): "FP16",
+    ("f", 4): "FP32",
+    ("f", 8): "FP64",
 }
 
 
@@ -60,15 +70,18 @@ def build_request(model: str, inputs: dict[str, np.ndarray], version: str = "") 
     return request.SerializeToString()
 
 
-async def run_load_async(url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int,
-                         duration_s: float, warmup_s: float) -> LoadResult:
+async def run_load_async(
+    url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, duration_s: float, warmup_s: float
+) -> LoadResult:
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     if duration_s <= 0 or warmup_s < 0:
         raise ValueError("duration_s must be > 0 and warmup_s >= 0")
     payload = build_request(model, inputs)
-    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
     latencies: list[float] = []  # seconds, successes inside the window
     errors = 0
     clock = time.perf_counter
@@ -111,19 +124,28 @@ async def run_load_async(url: str, model: str, inputs: dict[str, np.ndarray], co
     return LoadResult(len(latencies) / duration_s, p50, p90, p99, errors, len(latencies))
 
 
-def run_load(url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, duration_s: float,
-             warmup_s: float) -> LoadResult:
-    """Closed-loop load on ``url`` (host:port) for warmup_s + duration_s; blocks until done (not in a loop)."""
+def run_load(
+    url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, duration_s: float, warmup_s: float
+) -> LoadResult:
+    """Closed-loop load on ``url`` (host:port) for warmup_s + duration_s; blocks until done
+    (not in a loop)."""
     return asyncio.run(run_load_async(url, model, inputs, concurrency, duration_s, warmup_s))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hotwire.bench.loadgen",
-                                     description="Closed-loop ModelInfer load with zero-filled FP32 inputs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m hotwire.bench.loadgen",
+        description="Closed-loop ModelInfer load with zero-filled FP32 inputs.",
+    )
     parser.add_argument("--url", default="127.0.0.1:8001")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--input", action="append", required=True, metavar="NAME:D0,D1,...",
-                        help="an FP32 input and its shape including the batch dimension, e.g. input:1,16")
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="NAME:D0,D1,...",
+        help="an FP32 input and its shape including the batch dimension, e.g. input:1,16",
+    )
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=1.0)

@@ -83,7 +83,8 @@ class _Graph:
         return name
 
     def node(self, op: str, inputs: Sequence[str], output: str | None = None, **attrs: Any) -> str:
-        # attrs: ONNX attribute values of any kind (ints, floats, strings, lists, tensors), as make_node takes them
+        # attrs: ONNX attribute values of any kind (ints, floats, strings, lists, tensors), as make_node takes
+        # them
         out = output if output is not None else self._name(op.lower())
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=self._name(op), **attrs))
         return out
@@ -180,7 +181,8 @@ def image_classifier_uint8(height: int = 64, width: int = 64, seed: int = 1) -> 
 
 def image_classifier_nchw(height: int = 64, width: int = 64, seed: int = 1) -> onnx.ModelProto:
     """``input`` FP32 [batch, 3, H, W] (normalized NCHW, as the bundled preprocessing pipeline produces it)
-    -> Conv(3->8, k3 s2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->10) -> Softmax -> ``probabilities``."""
+    -> Conv(3->8, k3 s2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->10) -> Softmax ->
+    ``probabilities``."""
     g = _Graph(seed)
     x = g.conv("input", 3, 8, "conv1", kernel=3, stride=2, pad=1)
     x = g.node("Relu", [x])
@@ -299,7 +301,8 @@ instance_group [
 ]
 """
 
-# Clients send a uint8 RGB image of any size; the server resizes and normalizes it (hotwire.server.preprocess).
+# Clients send a uint8 RGB image of any size; the server resizes and normalizes it
+# (hotwire.server.preprocess).
 IMAGE_CLASSIFIER_PIPELINE = """\
 {
   "inputs": {
@@ -344,7 +347,9 @@ def write_example_repository(root: pathlib.Path) -> None:
     """Write the bundled example repository (``classifier`` and ``image_classifier``, the latter with its
     preprocessing pipeline in ``preprocess.json``) under ``root``."""
     write_model_repository(pathlib.Path(root), example_models())
-    (pathlib.Path(root) / "image_classifier" / "preprocess.json").write_bytes(IMAGE_CLASSIFIER_PIPELINE.encode())
+    (pathlib.Path(root) / "image_classifier" / "preprocess.json").write_bytes(
+        IMAGE_CLASSIFIER_PIPELINE.encode()
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

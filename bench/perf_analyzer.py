@@ -1,12 +1,12 @@
 """Run Triton's perf_analyzer (shipped in the tritonclient[grpc]==2.41.0 wheel) against a server.
 
-2.41.0 is the last tritonclient wheel that ships perf_analyzer (the `perf-analyzer` package's wheels need a newer
-glibc than Debian 12's), and it must not pin the tritonclient of hotwire's own environment, so it lives apart: in
-its own directory, `home()` (`$HOTWIRE_PERF_ANALYZER_HOME`, else `~/.cache/hotwire/perf-analyzer`), filled by
-`python -m hotwire.bench.perf_analyzer install` with pip's --target (the binary and the libcudart.so.12 of the
-nvidia-cuda-runtime-cu12 wheel; none of their Python code is imported). perf_analyzer also needs Debian's
-libb64-0d even for CPU-only use. `locate()` finds it (on PATH, beside this Python, or in `home()`), puts libcudart
-on LD_LIBRARY_PATH, and says why when it can't run.
+2.41.0 is the last tritonclient wheel that ships perf_analyzer (the `perf-analyzer` package's wheels need a
+newer glibc than Debian 12's), and it must not pin the tritonclient of hotwire's own environment, so it lives
+apart: in its own directory, `home()` (`$HOTWIRE_PERF_ANALYZER_HOME`, else `~/.cache/hotwire/perf-analyzer`),
+filled by `python -m hotwire.bench.perf_analyzer install` with pip's --target (the binary and the
+libcudart.so.12 of the nvidia-cuda-runtime-cu12 wheel; none of their Python code is imported). perf_analyzer
+also needs Debian's libb64-0d even for CPU-only use. `locate()` finds it (on PATH, beside this Python, or in
+`home()`), puts libcudart on LD_LIBRARY_PATH, and says why when it can't run.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 # What `install` puts in home(): perf_analyzer (in the tritonclient wheel's scripts) and libcudart.so.12.
 PACKAGES = ("tritonclient[grpc]==2.41.0", "nvidia-cuda-runtime-cu12")
@@ -52,8 +52,21 @@ def home() -> Path:
 
 def install(target: Path) -> None:
     """pip-install perf_analyzer and libcudart into `target` (no dependencies: only the binary is used)."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--no-deps", "--target",
-                    str(target), *PACKAGES], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--upgrade",
+            "--no-deps",
+            "--target",
+            str(target),
+            *PACKAGES,
+        ],
+        check=True,
+    )
 
 
 def _cudart_dir() -> str | None:
@@ -71,8 +84,11 @@ def _cudart_dir() -> str | None:
 
 
 def _find() -> str | None:
-    candidates = [shutil.which("perf_analyzer"), str(Path(sys.executable).parent / "perf_analyzer"),
-                  str(home() / "bin" / "perf_analyzer")]
+    candidates = [
+        shutil.which("perf_analyzer"),
+        str(Path(sys.executable).parent / "perf_analyzer"),
+        str(home() / "bin" / "perf_analyzer"),
+    ]
     return next((c for c in candidates if c and Path(c).exists()), None)
 
 
@@ -90,33 +106,70 @@ def locate() -> tuple[PerfAnalyzer | None, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"perf_analyzer cannot start: {exc}"
     if "error while loading shared libraries" in probe.stderr:
-        return None, (f"perf_analyzer lacks a library: {probe.stderr.strip()} (libb64: apt-get install libb64-0d; "
-                      "libcudart: python -m hotwire.bench.perf_analyzer install)")
+        return None, (
+            f"perf_analyzer lacks a library: {probe.stderr.strip()} (libb64: apt-get install libb64-0d; "
+            "libcudart: python -m hotwire.bench.perf_analyzer install)"
+        )
     return PerfAnalyzer(path, env), ""
 
 
-def measure(tool: PerfAnalyzer, model: str, url: str, concurrency: list[int], window_ms: int = 2000,
-            extra: list[str] | None = None, timeout_s: float = 600, protocol: str = "grpc") -> list[Measurement]:
-    """One perf_analyzer run over the given concurrency levels (`protocol`: grpc or http); raises with its output
-    when it fails."""
+def measure(
+    tool: PerfAnalyzer,
+    model: str,
+    url: str,
+    concurrency: list[int],
+    window_ms: int = 2000,
+    extra: list[str] | None = None,
+    timeout_s: float = 600,
+    protocol: str = "grpc",
+) -> list[Measurement]:
+    """One perf_analyzer run over the given concurrency levels (`protocol`: grpc or http); raises with its
+    output when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
-        args = [tool.path, "-m", model, "-i", protocol, "-u", url, "-p", str(window_ms), "-f", str(report),
-                "--percentile", "50"]
+        args = [
+            tool.path,
+            "-m",
+            model,
+            "-i",
+            protocol,
+            "-u",
+            url,
+            "-p",
+            str(window_ms),
+            "-f",
+            str(report),
+            "--percentile",
+            "50",
+        ]
         args += ["--concurrency-range", f"{concurrency[0]}:{concurrency[-1]}:{_step(concurrency)}"]
         args += extra or []
         result = subprocess.run(args, capture_output=True, text=True, env=tool.env, timeout=timeout_s)
         if result.returncode != 0:
-            raise RuntimeError(f"perf_analyzer failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"perf_analyzer failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         rows = list(csv.DictReader(io.StringIO(report.read_text())))
-        measured = [Measurement(int(r["Concurrency"]), float(r["Inferences/Second"]), float(r["p50 latency"]),
-                                float(r["p90 latency"]), float(r["p99 latency"])) for r in rows]
-        missing = sorted(set(range(concurrency[0], concurrency[-1] + 1, _step(concurrency)))
-                         - {m.concurrency for m in measured})
+        measured = [
+            Measurement(
+                int(r["Concurrency"]),
+                float(r["Inferences/Second"]),
+                float(r["p50 latency"]),
+                float(r["p90 latency"]),
+                float(r["p99 latency"]),
+            )
+            for r in rows
+        ]
+        missing = sorted(
+            set(range(concurrency[0], concurrency[-1] + 1, _step(concurrency)))
+            - {m.concurrency for m in measured}
+        )
         if missing:
             # Over a range, perf_analyzer stops at the first level it can't stabilise and still exits 0.
-            raise RuntimeError(f"perf_analyzer reported no stable measurement for concurrency {missing}:\n"
-                               f"{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"perf_analyzer reported no stable measurement for concurrency {missing}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
     return sorted(measured, key=lambda m: m.concurrency)  # perf_analyzer's CSV is not in concurrency order
 
 
@@ -128,9 +181,10 @@ def _step(levels: list[int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hotwire.bench.perf_analyzer",
-                                     description="install Triton's perf_analyzer apart from this environment, or "
-                                                 "check that it runs")
+    parser = argparse.ArgumentParser(
+        prog="python -m hotwire.bench.perf_analyzer",
+        description="install Triton's perf_analyzer apart from this environment, or check that it runs",
+    )
     parser.add_argument("action", choices=["install", "check"])
     parser.add_argument("--home", type=Path, default=None, help=f"where to install it (default: {home()})")
     args = parser.parse_args(argv)

@@ -1,18 +1,20 @@
-"""Reference servers that hotwire is measured against, on the same gRPC stack (grpc.aio, same channel options).
+"""Reference servers that hotwire is measured against, on the same gRPC stack (grpc.aio, same channel
+options).
 
 * ``inline``: the simplest honest single-process server. One ORT session (CPU, ``--threads`` intra-op threads,
   spinning off); every ModelInfer is parsed by protobuf as usual, inputs are ``np.frombuffer`` views over
-  ``raw_input_contents``, and ``session.run`` is called directly in the handler: no executor, no batching. While
-  ORT runs, the event loop waits; that is the point of the baseline.
-* ``echo``: the same metadata and transport, but ModelInfer does no inference: it answers with zero-filled outputs
-  of the right names, datatypes and shapes (batch size taken from the request). It is the transport-cost floor:
-  no server on this stack can answer faster.
+  ``raw_input_contents``, and ``session.run`` is called directly in the handler: no executor, no batching.
+  While ORT runs, the event loop waits; that is the point of the baseline.
+* ``echo``: the same metadata and transport, but ModelInfer does no inference: it answers with zero-filled
+  outputs of the right names, datatypes and shapes (batch size taken from the request). It is the
+  transport-cost floor: no server on this stack can answer faster.
 
-* ``inline-http``: ``inline`` over HTTP/REST (reference_http.py), the naive server for hotwire's HTTP frontend.
+* ``inline-http``: ``inline`` over HTTP/REST (reference_http.py), the naive server for hotwire's HTTP
+  frontend.
 
-The gRPC ones serve one model (``--name``) and implement ServerLive, ServerReady, ModelReady, ServerMetadata (no extensions:
-perf_analyzer acts on what is advertised), ModelMetadata, ModelConfig, ModelInfer and ModelStreamInfer. Every
-other RPC of the service answers UNIMPLEMENTED.
+The gRPC ones serve one model (``--name``) and implement ServerLive, ServerReady, ModelReady, ServerMetadata
+(no extensions: perf_analyzer acts on what is advertised), ModelMetadata, ModelConfig, ModelInfer and
+ModelStreamInfer. Every other RPC of the service answers UNIMPLEMENTED.
 
     python -m hotwire.bench.reference_servers {inline,echo,inline-http} --model PATH.onnx --name NAME \
         [--host 127.0.0.1] [--port 0] [--threads 1]
@@ -38,8 +40,17 @@ import onnxruntime as ort
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import grpc_service_pb2_grpc, model_config_pb2
 
-__all__ = ["MAX_BATCH_SIZE", "MAX_MESSAGE_BYTES", "ModelSignature", "ReferenceServicer", "TensorSpec", "main",
-           "make_session", "serve", "signature_from_session"]
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_MESSAGE_BYTES",
+    "ModelSignature",
+    "ReferenceServicer",
+    "TensorSpec",
+    "main",
+    "make_session",
+    "serve",
+    "signature_from_session",
+]
 
 log = logging.getLogger("hotwire.bench.reference")
 
@@ -52,8 +63,8 @@ GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
 ]
 
-# ORT type string -> (protocol datatype, config DataType, numpy dtype). Numeric types only: the benchmark models
-# are FP32, and BYTES would need a different raw encoding.
+# ORT type string -> (protocol datatype, config DataType, numpy dtype). Numeric types only: the benchmark
+# models are FP32, and BYTES would need a different raw encoding.
 _TYPES: dict[str, tuple[str, model_config_pb2.DataType, np.dtype]] = {
     "tensor(bool)": ("BOOL", model_config_pb2.TYPE_BOOL, np.dtype(np.bool_)),
     "tensor(uint8)": ("UINT8", model_config_pb2.TYPE_UINT8, np.dtype(np.uint8)),
@@ -107,8 +118,12 @@ def signature_from_session(name: str, session: ort.InferenceSession) -> ModelSig
         shape = [_dim(d) for d in arg.shape]
         return TensorSpec(arg.name, datatype, config_type, dtype, tuple(shape[1:] if batched else shape))
 
-    return ModelSignature(name, MAX_BATCH_SIZE if batched else 0,
-                          tuple(spec(a) for a in session.get_inputs()), tuple(spec(a) for a in session.get_outputs()))
+    return ModelSignature(
+        name,
+        MAX_BATCH_SIZE if batched else 0,
+        tuple(spec(a) for a in session.get_inputs()),
+        tuple(spec(a) for a in session.get_outputs()),
+    )
 
 
 def make_session(model_path: str, threads: int = 1) -> ort.InferenceSession:
@@ -153,28 +168,48 @@ class ReferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self._model_known(request.name, request.version))
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=f"hotwire-reference-{self.kind}", version="0", extensions=[])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         await self._require_model(request.name, request.version, context)
         sig = self.signature
         return pb.ModelMetadataResponse(
-            name=sig.name, versions=["1"], platform="onnxruntime_onnx",
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype,
-                                                            shape=sig.metadata_shape(s)) for s in sig.inputs],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype,
-                                                             shape=sig.metadata_shape(s)) for s in sig.outputs],
+            name=sig.name,
+            versions=["1"],
+            platform="onnxruntime_onnx",
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.datatype, shape=sig.metadata_shape(s)
+                )
+                for s in sig.inputs
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.datatype, shape=sig.metadata_shape(s)
+                )
+                for s in sig.outputs
+            ],
         )
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         await self._require_model(request.name, request.version, context)
         sig = self.signature
         config = model_config_pb2.ModelConfig(
-            name=sig.name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=sig.max_batch_size,
-            input=[model_config_pb2.ModelInput(name=s.name, data_type=s.config_type, dims=s.dims) for s in sig.inputs],
-            output=[model_config_pb2.ModelOutput(name=s.name, data_type=s.config_type, dims=s.dims)
-                    for s in sig.outputs],
+            name=sig.name,
+            platform="onnxruntime_onnx",
+            backend="onnxruntime",
+            max_batch_size=sig.max_batch_size,
+            input=[
+                model_config_pb2.ModelInput(name=s.name, data_type=s.config_type, dims=s.dims)
+                for s in sig.inputs
+            ],
+            output=[
+                model_config_pb2.ModelOutput(name=s.name, data_type=s.config_type, dims=s.dims)
+                for s in sig.outputs
+            ],
         )
         return pb.ModelConfigResponse(config=config)
 
@@ -191,8 +226,9 @@ class ReferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
-                               context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in request_iterator:
             try:
                 yield pb.ModelStreamInferResponse(infer_response=self._infer(request))
@@ -202,12 +238,16 @@ class ReferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         """Runs on the event loop thread, deliberately (inline: session.run blocks the loop)."""
         if not self._model_known(request.model_name, request.model_version):
-            raise _Abort(grpc.StatusCode.NOT_FOUND,
-                         f"unknown model '{request.model_name}' version '{request.model_version}'")
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model '{request.model_name}' version '{request.model_version}'",
+            )
         raws = list(request.raw_input_contents)  # one copy of each bytes field, not one per access
         if len(raws) != len(request.inputs):
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"expected one raw_input_contents entry per input ({len(request.inputs)}), got {len(raws)}")
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"expected one raw_input_contents entry per input ({len(request.inputs)}), got {len(raws)}",
+            )
         if self.signature.max_batch_size > 0 and request.inputs and request.inputs[0].shape:
             batch = int(request.inputs[0].shape[0])
         else:
@@ -228,13 +268,17 @@ class ReferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 if spec is None:
                     raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown input '{tensor.name}'")
                 if tensor.datatype != spec.datatype:
-                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"input '{tensor.name}': datatype {tensor.datatype}, expected {spec.datatype}")
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"input '{tensor.name}': datatype {tensor.datatype}, expected {spec.datatype}",
+                    )
                 shape = tuple(tensor.shape)
                 count = int(np.prod(shape)) if shape else 1
                 if len(raw) != count * spec.dtype.itemsize:
-                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"input '{tensor.name}': {len(raw)} bytes for shape {list(shape)}")
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"input '{tensor.name}': {len(raw)} bytes for shape {list(shape)}",
+                    )
                 feeds[tensor.name] = np.frombuffer(raw, dtype=spec.dtype).reshape(shape)
             try:
                 results = self.session.run(wanted, feeds)
@@ -263,19 +307,29 @@ class ReferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
 def _unimplemented(name: str) -> Any:
     async def handler(self: Any, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by the reference server")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by the reference server"
+        )
 
     return handler
 
 
-# Everything else in the service answers UNIMPLEMENTED (the generated base class would raise from a sync method).
+# Everything else in the service answers UNIMPLEMENTED (the generated base class would raise from a sync
+# method).
 for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
     if _method.name not in ReferenceServicer.__dict__:
         setattr(ReferenceServicer, _method.name, _unimplemented(_method.name))
 
 
-async def serve(kind: str, model_path: str, name: str, host: str = "127.0.0.1", port: int = 0, threads: int = 1,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(
+    kind: str,
+    model_path: str,
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int = 1,
+    stop: asyncio.Event | None = None,
+) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
     if kind not in KINDS:
         raise ValueError(f"unknown reference server kind '{kind}'")
@@ -309,8 +363,10 @@ async def serve(kind: str, model_path: str, name: str, host: str = "127.0.0.1", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hotwire.bench.reference_servers",
-                                     description="Reference servers for hotwire's benchmarks (inline ORT, echo).")
+    parser = argparse.ArgumentParser(
+        prog="python -m hotwire.bench.reference_servers",
+        description="Reference servers for hotwire's benchmarks (inline ORT, echo).",
+    )
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--model", required=True, help="path of the .onnx file")
     parser.add_argument("--name", required=True, help="model name to serve it under")
@@ -322,8 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     runner = serve(args.kind, args.model, args.name, args.host, args.port, max(1, args.threads))
     try:
         try:

@@ -1,4 +1,5 @@
-"""Side-by-side benchmark: hotwire vs. the ``inline`` and ``echo`` reference servers, same models, same client.
+"""Side-by-side benchmark: hotwire vs. the ``inline`` and ``echo`` reference servers, same models, same
+client.
 
     python -m hotwire.bench.run [--models classifier,wide_mlp,convnet] [--concurrency 1,4,16,64] [--repeats 3]
                                 [--window-ms 2000] [--client perf_analyzer|loadgen|auto]
@@ -9,10 +10,10 @@ What it does, in order:
 1. writes a temporary Triton-layout repository with the chosen models and the hotwire configs of
    ``HOTWIRE_CONFIGS`` (below);
 2. measures the in-process ORT p50 of one single-row call per model (hotwire's default thread settings);
-3. starts ``hotwire serve`` on the repository, and per model an ``inline`` and an ``echo`` reference server, all
-   subprocesses on 127.0.0.1 ephemeral ports;
-4. for each model, concurrency and repeat, runs the client against hotwire, inline and echo interleaved, rotating
-   the order each repeat so that slow drifts of a noisy machine spread evenly over the three servers;
+3. starts ``hotwire serve`` on the repository, and per model an ``inline`` and an ``echo`` reference server,
+   all subprocesses on 127.0.0.1 ephemeral ports;
+4. for each model, concurrency and repeat, runs the client against hotwire, inline and echo interleaved,
+   rotating the order each repeat so that slow drifts of a noisy machine spread evenly over the three servers;
 5. writes medians over repeats and the ratios into the output file, between ``<!-- bench:run:start -->`` and
    ``<!-- bench:run:end -->`` (other sections are left alone), and prints the same Markdown.
 
@@ -97,8 +98,9 @@ METRICS_PORT = re.compile(r"metrics on :(\d+)")
 HTTP_PORT = re.compile(r"HTTP on :(\d+)")
 SERVER_START_TIMEOUT_S = 120.0
 SERVER_STOP_TIMEOUT_S = 15.0
-# perf_analyzer: stable when the last 3 windows agree within PA_STABILITY %, else up to PA_MAX_TRIALS windows. On a
-# noisy machine that can fail; the retry takes 3 windows whatever their spread and the result is marked "~".
+# perf_analyzer: stable when the last 3 windows agree within PA_STABILITY %, else up to PA_MAX_TRIALS windows.
+# On a noisy machine that can fail; the retry takes 3 windows whatever their spread and the result is marked
+# "~".
 PA_STABILITY = "25"
 PA_MAX_TRIALS = 6
 PA_RETRY = ["--stability-percentage", "1000", "--max-trials", "3"]
@@ -108,7 +110,8 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- child processes
+# ---------------------------------------------------------------------------------------------- child
+# processes
 
 
 class ChildServer:
@@ -116,8 +119,9 @@ class ChildServer:
 
     def __init__(self, label: str, argv: list[str]) -> None:
         self.label = label
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
+        )
         self.lines: list[str] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -145,7 +149,9 @@ class ChildServer:
         self._ready.wait(timeout)
         if self.port is None:
             tail = "".join(self.lines[-30:])
-            raise RuntimeError(f"{self.label} did not start within {timeout:.0f} s (exit {self.proc.poll()}):\n{tail}")
+            raise RuntimeError(
+                f"{self.label} did not start within {timeout:.0f} s (exit {self.proc.poll()}):\n{tail}"
+            )
         return f"{HOST}:{self.port}"
 
     def stop(self) -> None:
@@ -163,13 +169,42 @@ class ChildServer:
 
 
 def hotwire_argv(repository: Path, extra: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "hotwire.server", "serve", "--model-repository", str(repository), "--host", HOST,
-            "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "hotwire.server",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--host",
+        HOST,
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        *extra,
+    ]
 
 
 def reference_argv(kind: str, model_file: Path, name: str, threads: int) -> list[str]:
-    return [sys.executable, "-m", "hotwire.bench.reference_servers", kind, "--model", str(model_file), "--name", name,
-            "--host", HOST, "--port", "0", "--threads", str(threads)]
+    return [
+        sys.executable,
+        "-m",
+        "hotwire.bench.reference_servers",
+        kind,
+        "--model",
+        str(model_file),
+        "--name",
+        name,
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        "--threads",
+        str(threads),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- measurements
@@ -204,30 +239,47 @@ class Client:
     def describe(self) -> str:
         if self.kind == "perf_analyzer":
             assert self.tool is not None
-            return (f"perf_analyzer ({perf_analyzer_version(self.tool)}), gRPC, `--input-data zero`, batch 1, "
-                    f"`-p {self.window_ms}`, `--stability-percentage {PA_STABILITY} --max-trials {PA_MAX_TRIALS}` "
-                    f"(3 stable windows merged)")
-        return (f"hotwire.bench.loadgen (closed loop, grpc.aio, one channel, pre-serialized request, zeros, batch 1), "
-                f"{self.window_ms} ms window after {self.warmup_s():.1f} s warm-up")
+            return (
+                f"perf_analyzer ({perf_analyzer_version(self.tool)}), gRPC, `--input-data zero`, batch 1, "
+                f"`-p {self.window_ms}`, `--stability-percentage {PA_STABILITY} --max-trials "
+                f"{PA_MAX_TRIALS}` "
+                f"(3 stable windows merged)"
+            )
+        return (
+            "hotwire.bench.loadgen (closed loop, grpc.aio, one channel, pre-serialized request, zeros, "
+            "batch 1), "
+            f"{self.window_ms} ms window after {self.warmup_s():.1f} s warm-up"
+        )
 
     def warmup_s(self) -> float:
         return min(1.0, self.window_ms / 2000)
 
-    def measure(self, model: str, url: str, concurrency: int, bench: BenchModel, protocol: str = "grpc") -> Sample:
+    def measure(
+        self, model: str, url: str, concurrency: int, bench: BenchModel, protocol: str = "grpc"
+    ) -> Sample:
         if self.kind == "perf_analyzer":
             assert self.tool is not None
             timeout = (PA_MAX_TRIALS + 2) * self.window_ms / 1000 + 120
-            extra = ["--input-data", "zero", "--stability-percentage", PA_STABILITY, "--max-trials", str(PA_MAX_TRIALS)]
+            extra = [
+                "--input-data",
+                "zero",
+                "--stability-percentage",
+                PA_STABILITY,
+                "--max-trials",
+                str(PA_MAX_TRIALS),
+            ]
             try:
-                rows = perf_analyzer.measure(self.tool, model, url, [concurrency], self.window_ms, extra, timeout,
-                                             protocol)
+                rows = perf_analyzer.measure(
+                    self.tool, model, url, [concurrency], self.window_ms, extra, timeout, protocol
+                )
                 unstable = False
             except RuntimeError as exc:
                 if "stable measurement" not in str(exc):
                     raise
                 extra = ["--input-data", "zero", *PA_RETRY]
-                rows = perf_analyzer.measure(self.tool, model, url, [concurrency], self.window_ms, extra, timeout,
-                                             protocol)
+                rows = perf_analyzer.measure(
+                    self.tool, model, url, [concurrency], self.window_ms, extra, timeout, protocol
+                )
                 unstable = True
             row = rows[0]
             return Sample(row.throughput, row.p50_us, row.p99_us, unstable)
@@ -240,8 +292,16 @@ class Client:
         return Sample(result.throughput, result.p50_us, result.p99_us)
 
 
-def measure_cell(client: Client, cell: Cell, label: str, model: str, url: str, concurrency: int, bench: BenchModel,
-                 protocol: str = "grpc") -> bool:
+def measure_cell(
+    client: Client,
+    cell: Cell,
+    label: str,
+    model: str,
+    url: str,
+    concurrency: int,
+    bench: BenchModel,
+    protocol: str = "grpc",
+) -> bool:
     """One measurement into `cell` (a failure is kept as the cell's error); True when it succeeded."""
     try:
         sample = client.measure(model, url, concurrency, bench, protocol)
@@ -251,22 +311,27 @@ def measure_cell(client: Client, cell: Cell, label: str, model: str, url: str, c
         log(f"{label}: FAILED {exc}")
         return False
     cell.samples.append(sample)
-    log(f"{label}: {sample.throughput:,.0f} inf/s, p50 {sample.p50_us:,.0f} µs, p99 {sample.p99_us:,.0f} µs"
-        + (" (unstable)" if sample.unstable else ""))
+    log(
+        f"{label}: {sample.throughput:,.0f} inf/s, p50 {sample.p50_us:,.0f} µs, p99 {sample.p99_us:,.0f} µs"
+        + (" (unstable)" if sample.unstable else "")
+    )
     return True
 
 
 def perf_analyzer_version(tool: perf_analyzer.PerfAnalyzer) -> str:
     try:
-        probe = subprocess.run([tool.path, "--version"], capture_output=True, text=True, env=tool.env, timeout=30,
-                               check=False)
+        probe = subprocess.run(
+            [tool.path, "--version"], capture_output=True, text=True, env=tool.env, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "version unknown"
     match = re.search(r"Version (\S+)", probe.stdout + probe.stderr)
     return match.group(1) if match else "version unknown"
 
 
-def ort_p50_us(model_file: Path, bench: BenchModel, threads: int, min_calls: int = 200, min_s: float = 0.5) -> float:
+def ort_p50_us(
+    model_file: Path, bench: BenchModel, threads: int, min_calls: int = 200, min_s: float = 0.5
+) -> float:
     """Median in-process session.run of one row, with hotwire's default session settings."""
     import onnxruntime as ort
 
@@ -297,21 +362,28 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
 
     body = urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10).read().decode()
     values: dict[tuple[str, str], float] = {}
-    for name, model, value in re.findall(r'^(\w+)\{model="([^"]+)",version="[^"]+"\} (\S+)$', body, re.MULTILINE):
+    for name, model, value in re.findall(
+        r'^(\w+)\{model="([^"]+)",version="[^"]+"\} (\S+)$', body, re.MULTILINE
+    ):
         values[(name, model)] = values.get((name, model), 0.0) + float(value)
     return values
 
 
-def server_overhead_us(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
-                       model: str) -> float | None:
+def server_overhead_us(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], model: str
+) -> float | None:
     """Mean (request bytes in -> response bytes out) minus mean ORT compute, per request, over a window."""
+
     def delta(name: str) -> float:
         return after.get((name, model), 0.0) - before.get((name, model), 0.0)
 
     count, success = delta("hotwire_request_handler_count"), delta("nv_inference_request_success")
     if count <= 0 or success <= 0:
         return None
-    return delta("hotwire_request_handler_duration_us") / count - delta("nv_inference_compute_infer_duration_us") / success
+    return (
+        delta("hotwire_request_handler_duration_us") / count
+        - delta("nv_inference_compute_infer_duration_us") / success
+    )
 
 
 def rss_mib(pid: int) -> float | None:
@@ -373,35 +445,59 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
-def render_section(info: dict[str, str], command: str, client: str, window_ms: int, repeats: int,
-                   inline_threads: int, hotwire_args: Sequence[str], ort_p50: dict[str, float],
-                   cells: dict[tuple[str, int, str], Cell], model_names: Sequence[str],
-                   concurrencies: Sequence[int], overhead: dict[str, list[float]] | None = None,
-                   memory: dict[str, float | None] | None = None, section: str = "",
-                   http_cells: dict[tuple[str, int, str], Cell] | None = None, http_models: Sequence[str] = (),
-                   http_concurrencies: Sequence[int] = ()) -> str:
+def render_section(
+    info: dict[str, str],
+    command: str,
+    client: str,
+    window_ms: int,
+    repeats: int,
+    inline_threads: int,
+    hotwire_args: Sequence[str],
+    ort_p50: dict[str, float],
+    cells: dict[tuple[str, int, str], Cell],
+    model_names: Sequence[str],
+    concurrencies: Sequence[int],
+    overhead: dict[str, list[float]] | None = None,
+    memory: dict[str, float | None] | None = None,
+    section: str = "",
+    http_cells: dict[tuple[str, int, str], Cell] | None = None,
+    http_models: Sequence[str] = (),
+    http_concurrencies: Sequence[int] = (),
+) -> str:
     start_marker, end_marker = markers(section)
     lines = [
         start_marker,
         "## Side by side: hotwire vs. inline vs. echo",
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores; {info['date']}",
-        (f"- versions: python {info['python']}, onnxruntime {info['onnxruntime']}, grpcio {info['grpc']}, "
-         f"numpy {info['numpy']}"),
+        (
+            f"- versions: python {info['python']}, onnxruntime {info['onnxruntime']}, grpcio {info['grpc']}, "
+            f"numpy {info['numpy']}"
+        ),
         f"- command: `{command}`",
         f"- client: {client}",
-        (f"- window {window_ms} ms, {repeats} repeat(s) per cell, servers interleaved with the order rotated each "
-         "repeat; every number is the median over repeats"),
-        "- hotwire: `max_batch_size: 64`, `dynamic_batching { }`, one KIND_CPU instance, default session options"
-        + (f", extra flags `{' '.join(hotwire_args)}`" if hotwire_args else ""),
-        (f"- inline: one ORT session, {inline_threads} intra-op thread(s), spinning off, `session.run` in the "
-         "handler; echo: zeros, no inference (the transport floor); one process per model for each"),
+        (
+            f"- window {window_ms} ms, {repeats} repeat(s) per cell, servers interleaved with the order "
+            "rotated each "
+            "repeat; every number is the median over repeats"
+        ),
+        "- hotwire: `max_batch_size: 64`, `dynamic_batching { }`, one KIND_CPU instance, default session "
+        "options" + (f", extra flags `{' '.join(hotwire_args)}`" if hotwire_args else ""),
+        (
+            f"- inline: one ORT session, {inline_threads} intra-op thread(s), spinning off, `session.run` in "
+            "the "
+            "handler; echo: zeros, no inference (the transport floor); one process per model for each"
+        ),
         "- in-process ORT p50, one row ("
         + f"{default_threads()} intra-op thread(s), spinning off): "
         + ", ".join(f"{name} {_num(ort_p50.get(name), 1)} µs" for name in model_names),
         "",
-        ("| model | conc. | hotwire inf/s | inline inf/s | echo inf/s | hotwire p50 / p99 µs | inline p50 / p99 µs "
-         "| echo p50 / p99 µs | hotwire / inline thr. | hotwire / echo thr. | hotwire p50 / (echo p50 + ORT p50) |"),
+        (
+            "| model | conc. | hotwire inf/s | inline inf/s | echo inf/s | hotwire p50 / p99 µs | inline p50 "
+            "/ p99 µs "
+            "| echo p50 / p99 µs | hotwire / inline thr. | hotwire / echo thr. | hotwire p50 / (echo p50 + "
+            "ORT p50) |"
+        ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     errors: list[str] = []
@@ -428,33 +524,65 @@ def render_section(info: dict[str, str], command: str, client: str, window_ms: i
             for s in SERVERS:
                 errors += [f"{name} c={c} {s}: {e}" for e in cells[(name, c, s)].errors]
     if http_models and http_cells:
-        lines += ["", "HTTP/REST, perf_analyzer `-i http` (binary tensors), same settings: hotwire's HTTP port "
-                  "against `inline-http`, the inline reference over the same HTTP stack (uvicorn + httptools):", "",
-                  "| model | conc. | hotwire inf/s | inline-http inf/s | hotwire p50 / p99 µs | inline-http p50 / p99 µs "
-                  "| hotwire / inline-http thr. | hotwire HTTP / gRPC thr. |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "HTTP/REST, perf_analyzer `-i http` (binary tensors), same settings: hotwire's HTTP port "
+            "against `inline-http`, the inline reference over the same HTTP stack (uvicorn + httptools):",
+            "",
+            "| model | conc. | hotwire inf/s | inline-http inf/s | hotwire p50 / p99 µs | inline-http p50 / "
+            "p99 µs "
+            "| hotwire / inline-http thr. | hotwire HTTP / gRPC thr. |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for name in http_models:
             for c in http_concurrencies:
                 got = {s: http_cells[(name, c, s)] for s in HTTP_SERVERS}
                 thr = {s: got[s].median("throughput") for s in HTTP_SERVERS}
                 marks = {s: "~" if any(x.unstable for x in got[s].samples) else "" for s in HTTP_SERVERS}
                 unstable = unstable or any(marks.values())
-                grpc_thr = cells[(name, c, "hotwire")].median("throughput") if (name, c, "hotwire") in cells else None
-                lines.append("| " + " | ".join([
-                    name, str(c), marks["hotwire"] + _num(thr["hotwire"]), marks["inline-http"] + _num(thr["inline-http"]),
-                    *(f"{_num(got[s].median('p50_us'))} / {_num(got[s].median('p99_us'))}" for s in HTTP_SERVERS),
-                    _ratio(thr["hotwire"], thr["inline-http"]), _ratio(thr["hotwire"], grpc_thr)]) + " |")
+                grpc_thr = (
+                    cells[(name, c, "hotwire")].median("throughput")
+                    if (name, c, "hotwire") in cells
+                    else None
+                )
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [
+                            name,
+                            str(c),
+                            marks["hotwire"] + _num(thr["hotwire"]),
+                            marks["inline-http"] + _num(thr["inline-http"]),
+                            *(
+                                f"{_num(got[s].median('p50_us'))} / {_num(got[s].median('p99_us'))}"
+                                for s in HTTP_SERVERS
+                            ),
+                            _ratio(thr["hotwire"], thr["inline-http"]),
+                            _ratio(thr["hotwire"], grpc_thr),
+                        ]
+                    )
+                    + " |"
+                )
                 for s in HTTP_SERVERS:
                     errors += [f"HTTP {name} c={c} {s}: {e}" for e in got[s].errors]
     if unstable:
-        lines += ["", "`~`: perf_analyzer could not stabilise within the trials; measured over 3 windows anyway."]
+        lines += [
+            "",
+            "`~`: perf_analyzer could not stabilise within the trials; measured over 3 windows anyway.",
+        ]
     if overhead:
-        lines += ["", "Server-side overhead at concurrency 1, measured inside hotwire (request bytes in → response "
-                  "bytes out, minus ORT compute; median over repeats of each window's mean): "
-                  + ", ".join(f"{m} {_num(statistics.median(v), 0)} µs" for m, v in overhead.items() if v)]
+        lines += [
+            "",
+            "Server-side overhead at concurrency 1, measured inside hotwire (request bytes in → response "
+            "bytes out, minus ORT compute; median over repeats of each window's mean): "
+            + ", ".join(f"{m} {_num(statistics.median(v), 0)} µs" for m, v in overhead.items() if v),
+        ]
     if memory:
-        lines += ["", "hotwire resident memory (MiB, workers included): "
-                  + ", ".join(f"{k} {_num(v, 0)}" for k, v in memory.items())]
+        lines += [
+            "",
+            "hotwire resident memory (MiB, workers included): "
+            + ", ".join(f"{k} {_num(v, 0)}" for k, v in memory.items()),
+        ]
     if errors:
         lines += ["", "Failed measurements:", ""] + [f"- {e}" for e in errors]
     lines.append(end_marker)
@@ -473,7 +601,7 @@ def replace_section(path: Path, section: str, name: str = "") -> None:
     text = path.read_text() if path.exists() else "# hotwire benchmark results\n\n"
     start, end = text.find(start_marker), text.find(end_marker)
     if start != -1 and end != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(end_marker):]
+        text = text[:start] + section.rstrip("\n") + text[end + len(end_marker) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     if not text.endswith("\n"):
@@ -488,7 +616,9 @@ def replace_section(path: Path, section: str, name: str = "") -> None:
 def _int_list(text: str) -> list[int]:
     values = [int(v) for v in text.split(",") if v.strip()]
     if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of positive integers, got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of positive integers, got '{text}'"
+        )
     return values
 
 
@@ -501,24 +631,51 @@ def _model_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hotwire.bench.run",
-                                     description="hotwire vs. inline and echo reference servers, side by side.")
-    parser.add_argument("--models", type=_model_list, default=list(MODELS), help="comma-separated model names")
-    parser.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 64], help="comma-separated levels")
+    parser = argparse.ArgumentParser(
+        prog="python -m hotwire.bench.run",
+        description="hotwire vs. inline and echo reference servers, side by side.",
+    )
+    parser.add_argument(
+        "--models", type=_model_list, default=list(MODELS), help="comma-separated model names"
+    )
+    parser.add_argument(
+        "--concurrency", type=_int_list, default=[1, 4, 16, 64], help="comma-separated levels"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--http-models", type=_model_list, default=["classifier"],
-                        help="models also measured over HTTP (perf_analyzer -i http; needs perf_analyzer)")
-    parser.add_argument("--http-concurrency", type=_int_list, default=[1, 16], help="levels for the HTTP rows")
+    parser.add_argument(
+        "--http-models",
+        type=_model_list,
+        default=["classifier"],
+        help="models also measured over HTTP (perf_analyzer -i http; needs perf_analyzer)",
+    )
+    parser.add_argument(
+        "--http-concurrency", type=_int_list, default=[1, 16], help="levels for the HTTP rows"
+    )
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--client", choices=("perf_analyzer", "loadgen", "auto"), default="auto")
     parser.add_argument("--output", type=Path, default=Path("bench/RESULTS.md"))
-    parser.add_argument("--inline-threads", type=int, default=default_threads(),
-                        help="intra-op threads of the inline server (default: hotwire's default, half the cores)")
-    parser.add_argument("--warmup-s", type=float, default=0.5,
-                        help="loadgen warm-up per server and model before measuring (0 turns it off)")
-    parser.add_argument("--section", default="", help="name of the results section (several runs side by side)")
-    parser.add_argument("--hotwire-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for `hotwire serve`, e.g. --hotwire-arg=--log-level=WARNING")
+    parser.add_argument(
+        "--inline-threads",
+        type=int,
+        default=default_threads(),
+        help="intra-op threads of the inline server (default: hotwire's default, half the cores)",
+    )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=0.5,
+        help="loadgen warm-up per server and model before measuring (0 turns it off)",
+    )
+    parser.add_argument(
+        "--section", default="", help="name of the results section (several runs side by side)"
+    )
+    parser.add_argument(
+        "--hotwire-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `hotwire serve`, e.g. --hotwire-arg=--log-level=WARNING",
+    )
     return parser
 
 
@@ -545,11 +702,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m hotwire.bench.run " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
     info = machine_info()
     cells: dict[tuple[str, int, str], Cell] = {
-        (m, c, s): Cell() for m in args.models for c in args.concurrency for s in SERVERS}
-    # perf_analyzer -i http rows: the HTTP frontend against the inline HTTP reference (loadgen speaks gRPC only)
+        (m, c, s): Cell() for m in args.models for c in args.concurrency for s in SERVERS
+    }
+    # perf_analyzer -i http rows: the HTTP frontend against the inline HTTP reference
+    # (loadgen speaks gRPC only)
     http_models = [m for m in args.http_models if m in args.models] if client.kind == "perf_analyzer" else []
     http_cells: dict[tuple[str, int, str], Cell] = {
-        (m, c, s): Cell() for m in http_models for c in args.http_concurrency for s in HTTP_SERVERS}
+        (m, c, s): Cell() for m in http_models for c in args.http_concurrency for s in HTTP_SERVERS
+    }
     ort_p50: dict[str, float] = {}
     overhead: dict[str, list[float]] = {name: [] for name in args.models}
     memory: dict[str, float | None] = {}
@@ -559,7 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="hotwire-bench-") as tmp:
             repository = Path(tmp) / "models"
             models.write_model_repository(
-                repository, {name: (MODELS[name].build(), HOTWIRE_CONFIGS[name]) for name in args.models})
+                repository, {name: (MODELS[name].build(), HOTWIRE_CONFIGS[name]) for name in args.models}
+            )
             files = {name: repository / name / "1" / "model.onnx" for name in args.models}
             for name in args.models:
                 ort_p50[name] = ort_p50_us(files[name], MODELS[name], default_threads())
@@ -574,27 +735,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(1.0)
             memory["idle"] = rss_mib(hotwire.proc.pid)
             for name in args.models:
-                refs = {kind: ChildServer(f"{kind}[{name}]", reference_argv(kind, files[name], name,
-                                                                             args.inline_threads))
-                        for kind in ("inline", "echo")}
+                refs = {
+                    kind: ChildServer(
+                        f"{kind}[{name}]", reference_argv(kind, files[name], name, args.inline_threads)
+                    )
+                    for kind in ("inline", "echo")
+                }
                 children.extend(refs.values())
                 urls = {"hotwire": hotwire_url, **{kind: ref.wait_listening() for kind, ref in refs.items()}}
                 bench = MODELS[name]
                 if args.warmup_s > 0:
                     inputs = {bench.input_name: np.zeros((1, *bench.row_shape), dtype=np.float32)}
                     for server in SERVERS:
-                        loadgen.run_load(urls[server], name, inputs, max(args.concurrency), args.warmup_s, 0.0)
+                        loadgen.run_load(
+                            urls[server], name, inputs, max(args.concurrency), args.warmup_s, 0.0
+                        )
                 for c in args.concurrency:
                     for repeat in range(args.repeats):
-                        order = SERVERS[repeat % 3:] + SERVERS[:repeat % 3]
+                        order = SERVERS[repeat % 3 :] + SERVERS[: repeat % 3]
                         for server in order:
                             cell = cells[(name, c, server)]
                             watch = server == "hotwire" and c == 1 and hotwire.metrics_port is not None
                             if watch:
                                 time.sleep(1.2)  # multiprocess workers publish every second
                                 before = scrape(hotwire.metrics_port)  # type: ignore[arg-type]
-                            measured_ok = measure_cell(client, cell, f"{name} c={c} #{repeat + 1} {server}", name,
-                                                       urls[server], c, MODELS[name])
+                            measured_ok = measure_cell(
+                                client,
+                                cell,
+                                f"{name} c={c} #{repeat + 1} {server}",
+                                name,
+                                urls[server],
+                                c,
+                                MODELS[name],
+                            )
                             if watch and measured_ok:
                                 time.sleep(1.2)
                                 measured = server_overhead_us(before, scrape(hotwire.metrics_port), name)  # type: ignore[arg-type]
@@ -604,17 +777,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ref.stop()
                 memory[f"after {name}"] = rss_mib(hotwire.proc.pid)
             for name in http_models:
-                reference = ChildServer(f"inline-http[{name}]", reference_argv("inline-http", files[name], name,
-                                                                               args.inline_threads))
+                reference = ChildServer(
+                    f"inline-http[{name}]",
+                    reference_argv("inline-http", files[name], name, args.inline_threads),
+                )
                 children.append(reference)
                 urls = {"hotwire": f"{HOST}:{hotwire.http_port}", "inline-http": reference.wait_listening()}
                 for c in args.http_concurrency:
                     for repeat in range(args.repeats):
-                        order = HTTP_SERVERS[repeat % 2:] + HTTP_SERVERS[:repeat % 2]
+                        order = HTTP_SERVERS[repeat % 2 :] + HTTP_SERVERS[: repeat % 2]
                         for server in order:
-                            measure_cell(client, http_cells[(name, c, server)],
-                                         f"HTTP {name} c={c} #{repeat + 1} {server}", name, urls[server], c,
-                                         MODELS[name], "http")
+                            measure_cell(
+                                client,
+                                http_cells[(name, c, server)],
+                                f"HTTP {name} c={c} #{repeat + 1} {server}",
+                                name,
+                                urls[server],
+                                c,
+                                MODELS[name],
+                                "http",
+                            )
                 reference.stop()
     except (KeyboardInterrupt, _Terminated):
         log("interrupted; stopping servers")
@@ -630,9 +812,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"could not stop {child.label}: {exc}")
         signal.signal(signal.SIGTERM, previous)
 
-    section = render_section(info, command, client.describe(), args.window_ms, args.repeats, args.inline_threads,
-                             args.hotwire_arg, ort_p50, cells, args.models, args.concurrency, overhead, memory,
-                             args.section, http_cells, http_models, args.http_concurrency)
+    section = render_section(
+        info,
+        command,
+        client.describe(),
+        args.window_ms,
+        args.repeats,
+        args.inline_threads,
+        args.hotwire_arg,
+        ort_p50,
+        cells,
+        args.models,
+        args.concurrency,
+        overhead,
+        memory,
+        args.section,
+        http_cells,
+        http_models,
+        args.http_concurrency,
+    )
     replace_section(args.output, section, args.section)
     print(section)
     log(f"wrote {args.output}")

@@ -2,9 +2,10 @@
 
     python -m hotwire.bench.soak [--seconds 120] [--concurrency 16] [--output bench/RESULTS.md]
 
-Serves the bundled models on 127.0.0.1, drives both (a raw-image request through the preprocessing pipeline and
-the small classifier) with closed-loop clients for the given time, samples the server's RSS every few seconds, and
-reports idle, peak and final RSS and the growth slope over the second half of the run (MiB per minute).
+Serves the bundled models on 127.0.0.1, drives both (a raw-image request through the preprocessing pipeline
+and the small classifier) with closed-loop clients for the given time, samples the server's RSS every few
+seconds, and reports idle, peak and final RSS and the growth slope over the second half of the run
+(MiB per minute).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import grpc
 import numpy as np
@@ -59,8 +60,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("bench/RESULTS.md"))
     args = parser.parse_args(argv)
     command = "python -m hotwire.bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
-    server = ChildServer("hotwire", [sys.executable, "-m", "hotwire.server", "serve", "--host", "127.0.0.1",
-                                     "--grpc-port", "0", "--http-port", "-1", "--metrics-port", "-1"])
+    server = ChildServer(
+        "hotwire",
+        [
+            sys.executable,
+            "-m",
+            "hotwire.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--metrics-port",
+            "-1",
+        ],
+    )
     samples: list[tuple[float, float]] = []
     counts = [0, 0]
     try:
@@ -85,27 +101,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.stop()
     half = [s for s in samples if s[0] >= args.seconds / 2]
-    slope = statistics.linear_regression([t for t, _ in half], [v for _, v in half]).slope * 60 if len(half) >= 3 else 0.0
+    slope = (
+        statistics.linear_regression([t for t, _ in half], [v for _, v in half]).slope * 60
+        if len(half) >= 3
+        else 0.0
+    )
     info = machine_info()
     start_marker, end_marker = markers("soak")
-    section = "\n".join([
-        start_marker,
-        "## Memory under sustained load (soak)",
-        "",
-        f"- machine: {info['cpu']}, {info['cores']} cores; {info['date']}",
-        f"- command: `{command}`",
-        f"- load: {args.concurrency} closed-loop clients on 127.0.0.1 alternating the bundled classifier (4 rows) and a "
-        f"160×120 raw image through the image pipeline, {args.seconds:.0f} s; {counts[0]:,} requests, "
-        f"{counts[1]} failed",
-        "",
-        "| resident memory (MiB) | value |",
-        "| --- | ---: |",
-        f"| idle, models loaded | {idle:.0f} |",
-        f"| peak under load | {max((v for _, v in samples), default=0.0):.0f} |",
-        f"| after the load | {after:.0f} |",
-        f"| growth over the second half of the run, MiB/min | {slope:+.2f} |",
-        end_marker,
-    ]) + "\n"
+    section = (
+        "\n".join(
+            [
+                start_marker,
+                "## Memory under sustained load (soak)",
+                "",
+                f"- machine: {info['cpu']}, {info['cores']} cores; {info['date']}",
+                f"- command: `{command}`",
+                f"- load: {args.concurrency} closed-loop clients on 127.0.0.1 alternating the bundled "
+                "classifier (4 rows) and a "
+                f"160×120 raw image through the image pipeline, {args.seconds:.0f} s; {counts[0]:,} "
+                "requests, "
+                f"{counts[1]} failed",
+                "",
+                "| resident memory (MiB) | value |",
+                "| --- | ---: |",
+                f"| idle, models loaded | {idle:.0f} |",
+                f"| peak under load | {max((v for _, v in samples), default=0.0):.0f} |",
+                f"| after the load | {after:.0f} |",
+                f"| growth over the second half of the run, MiB/min | {slope:+.2f} |",
+                end_marker,
+            ]
+        )
+        + "\n"
+    )
     replace_section(args.output, section, "soak")
     print(section)
     return 0 if counts[1] == 0 else 1

@@ -1,12 +1,13 @@
 """Batch assembly: copy request tensors into one preallocated contiguous batch buffer (numba, nogil).
 
 Every tensor is handled as bytes: a request tensor of shape [rows, d1..dk] and itemsize s is viewed as uint8
-[rows, d1..dk-1, dk*s], so one compiled kernel per rank serves every numeric datatype and none is compiled on the
-request path. `gather_rows` is the fixed-shape case (rows of equal size); `gather_padded` places a smaller tensor in
-the corner of a larger per-row block and zero-fills the rest (ragged batching).
+[rows, d1..dk-1, dk*s], so one compiled kernel per rank serves every numeric datatype and none is compiled on
+the request path. `gather_rows` is the fixed-shape case (rows of equal size); `gather_padded` places a smaller
+tensor in the corner of a larger per-row block and zero-fills the rest (ragged batching).
 
 Scatter needs no kernel: each request's outputs are row slices (views) of the batch outputs.
-Kernels are serial and nogil: executor threads of several instances call them at once (ARCHITECTURE.md §Threads and processes).
+Kernels are serial and nogil: executor threads of several instances call them at once
+(ARCHITECTURE.md §Threads and processes).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ _PADDED = {2: _copy_padded_2, 3: _copy_padded_3, 4: _copy_padded_4}
 
 
 def _bytes_view(array: np.ndarray) -> np.ndarray:
-    """[rows, d1..dk] of itemsize s -> uint8 [rows, d1..dk-1, dk*s] (a view when the array is C-contiguous)."""
+    """[rows, d1..dk] of itemsize s -> uint8 [rows, d1..dk-1, dk*s] (a view when the array is
+    C-contiguous)."""
     array = np.ascontiguousarray(array)
     if array.ndim == 1:
         array = array.reshape(array.shape[0], 1)
@@ -68,7 +70,8 @@ def _bytes_view(array: np.ndarray) -> np.ndarray:
 
 
 def gather_rows(dst: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
-    """Copy same-shaped parts ([rows_i, ...]) one after another into C-contiguous dst; returns dst[:sum(rows_i)].
+    """Copy same-shaped parts ([rows_i, ...]) one after another into C-contiguous dst; returns
+    dst[:sum(rows_i)].
 
     One kernel call per part (~1 µs of dispatch each); never a Python loop over elements.
     """
@@ -84,7 +87,9 @@ def gather_rows(dst: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
 def gather_padded(dst: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
     """Copy parts whose item shapes may be smaller than dst's into dst, zero padding the rest of each row."""
     if dst.ndim > MAX_PADDED_RANK:
-        raise ValueError(f"padded batching supports up to {MAX_PADDED_RANK - 1} item dimensions, got {dst.ndim - 1}")
+        raise ValueError(
+            f"padded batching supports up to {MAX_PADDED_RANK - 1} item dimensions, got {dst.ndim - 1}"
+        )
     kernel = _PADDED[max(dst.ndim, 2)]
     view = _bytes_view(dst)
     start = 0
@@ -97,8 +102,8 @@ def gather_padded(dst: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
 def warm() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the signatures the batcher uses.
 
-    Called at model load so no request ever waits for a compile. Request tensors are read-only views, ORT outputs
-    are writable: both layouts are warmed.
+    Called at model load so no request ever waits for a compile. Request tensors are read-only views, ORT
+    outputs are writable: both layouts are warmed.
     """
     for rank in (2, 3, 4):
         shape = (2,) + (2,) * (rank - 1)

@@ -1,30 +1,33 @@
-"""numba's on-disk kernel cache: never inside an installed package, and usable read-only (a warmed Docker image
-layer, a read-only volume).
+"""numba's on-disk kernel cache: never inside an installed package, and usable read-only
+(a warmed Docker image layer, a read-only volume).
 
 numba alone picks one cache directory per function when it is decorated: NUMBA_CACHE_DIR, then the module's
 __pycache__, then the user's cache directory. Two things go wrong with that for a server:
 
-- without NUMBA_CACHE_DIR it writes into the module's __pycache__, i.e. into `site-packages/hotwire/kernels/` of an
-  installed hotwire. pip does not know those files and leaves them behind on uninstall, and the directory left
-  over then shadows a later (editable) install of hotwire as a namespace package;
-- it probes each directory by writing a temporary file there and skips it on OSError, so a warmed but read-only
-  NUMBA_CACHE_DIR is silently ignored, and where nothing is writable importing a kernel module fails with "cannot
-  cache function ...: no locator available".
+- without NUMBA_CACHE_DIR it writes into the module's __pycache__, i.e. into `site-packages/hotwire/kernels/`
+  of an installed hotwire. pip does not know those files and leaves them behind on uninstall, and the
+  directory left over then shadows a later (editable) install of hotwire as a namespace package;
+- it probes each directory by writing a temporary file there and skips it on OSError, so a warmed but
+  read-only NUMBA_CACHE_DIR is silently ignored, and where nothing is writable importing a kernel module fails
+  with "cannot cache function ...: no locator available".
 
 `install()` (run by `hotwire.kernels` before any kernel is decorated) therefore replaces numba's locators:
 
-- `KernelCacheLocator`, for every function whose source file exists: the configured directory (NUMBA_CACHE_DIR, set
-  from --kernel-cache-dir) or else the per-user default `default_dir()` (`$XDG_CACHE_HOME/hotwire/kernels`, else
-  `~/.cache/hotwire/kernels`). Writable, it behaves as numba's; read-only (or impossible to create), kernels are
-  loaded from it when it holds them and nothing is ever written there; a miss compiles in memory (a warning), so
-  importing the kernels never fails for want of a writable directory.
-- numba's own locators stay behind it, reached only for functions without a source file on disk (its zip locator).
+- `KernelCacheLocator`, for every function whose source file exists: the configured directory
+  (NUMBA_CACHE_DIR, set from --kernel-cache-dir) or else the per-user default `default_dir()`
+  (`$XDG_CACHE_HOME/hotwire/kernels`, else `~/.cache/hotwire/kernels`). Writable, it behaves as numba's;
+  read-only (or impossible to create), kernels are loaded from it when it holds them and nothing is ever
+  written there; a miss compiles in memory (a warning), so importing the kernels never fails for want of a
+  writable directory.
+- numba's own locators stay behind it, reached only for functions without a source file on disk
+  (its zip locator).
 
-A compile whose result cannot be saved (and a cache that cannot be read) is logged and kept in memory instead of
-failing the call. numba's NUMBA_CACHE_LOCATOR_CLASSES, when set, still overrides the locator list.
+A compile whose result cannot be saved (and a cache that cannot be read) is logged and kept in memory instead
+of failing the call. numba's NUMBA_CACHE_LOCATOR_CLASSES, when set, still overrides the locator list.
 
-Warm a cache with `hotwire warm-kernels --kernel-cache-dir DIR` (hotwire.server.kernel_cache); it loads in any process whose
-NUMBA_CACHE_DIR is DIR, on the same CPU model (numba keys entries by CPU name and features) and the same sources.
+Warm a cache with `hotwire warm-kernels --kernel-cache-dir DIR` (hotwire.server.kernel_cache); it loads in any
+process whose NUMBA_CACHE_DIR is DIR, on the same CPU model (numba keys entries by CPU name and features) and
+the same sources.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ TESTED_NUMBA = ((0, 61, 2), (0, 69))
 
 _probed: dict[str, bool] = {}  # cache path -> writable, probed once per process
 _warned: set[str] = set()  # cache paths whose in-memory compiles were already explained at WARNING
-_unsaved: list[tuple[str, str]] = []  # (kernel, signature) compiled in memory this process: nothing could store them
+# (kernel, signature) compiled in memory this process: nothing could store them
+_unsaved: list[tuple[str, str]] = []
 
 
 def configured_dir() -> str:
@@ -85,7 +89,9 @@ def _writable(path: str, create: bool) -> bool:
 class _LoadOnlyWhenReadOnly(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
     """A locator numba always accepts: loads from its directory whether or not it can write there."""
 
-    def __init__(self, py_func: Any, py_file: str, cache_path: str, writable: bool, loadable: bool = True) -> None:
+    def __init__(
+        self, py_func: Any, py_file: str, cache_path: str, writable: bool, loadable: bool = True
+    ) -> None:
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
         self._cache_path = cache_path
@@ -96,7 +102,8 @@ class _LoadOnlyWhenReadOnly(caching._SourceFileBackedLocatorMixin, caching._Cach
         return self._cache_path
 
     def ensure_cache_path(self) -> None:
-        if not self.writable:  # never reached through numba's save (see _save_overload); kept for any other caller
+        # never reached through numba's save (see _save_overload); kept for any other caller
+        if not self.writable:
             raise PermissionError(errno.EACCES, "read-only kernel cache", self._cache_path)
         super().ensure_cache_path()
 
@@ -109,8 +116,11 @@ class KernelCacheLocator(_LoadOnlyWhenReadOnly):
         if not os.path.exists(py_file):
             return None
         root = cache_root()
-        if not root:  # no directory at all (no NUMBA_CACHE_DIR, no home): nothing loads or saves; compiles in memory
-            return cls(py_func, py_file, "(none: no NUMBA_CACHE_DIR and no home directory)", False, loadable=False)
+        # no directory at all (no NUMBA_CACHE_DIR, no home): nothing loads or saves; compiles in memory
+        if not root:
+            return cls(
+                py_func, py_file, "(none: no NUMBA_CACHE_DIR and no home directory)", False, loadable=False
+            )
         path = os.path.join(root, cls.get_suitable_cache_subpath(py_file))
         return cls(py_func, py_file, path, _writable(path, create=True))
 
@@ -127,11 +137,15 @@ def _compiled_in_memory(cache: caching.Cache, sig: Any, reason: str) -> None:
         log.debug("kernel %s%s compiled in memory (%s)", _kernel_name(cache), sig, reason)
         return
     _warned.add(path)
-    log.warning("numba kernels compile in memory, uncached: the kernel cache %s %s and does not hold them "
-                "(first: %s). They compile at model load, never on a request, but every start pays for it: warm the "
-                "cache where it is writable (`hotwire warm-kernels --kernel-cache-dir DIR`, e.g. at image build, on "
-                "the CPU model it will run on) and serve with the same --kernel-cache-dir",
-                path, reason, _kernel_name(cache))
+    log.warning(
+        "numba kernels compile in memory, uncached: the kernel cache %s %s and does not hold them "
+        "(first: %s). They compile at model load, never on a request, but every start pays for it: warm the "
+        "cache where it is writable (`hotwire warm-kernels --kernel-cache-dir DIR`, e.g. at image build, on "
+        "the CPU model it will run on) and serve with the same --kernel-cache-dir",
+        path,
+        reason,
+        _kernel_name(cache),
+    )
 
 
 def _save_overload(self: caching.Cache, sig: Any, data: Any) -> None:
@@ -158,8 +172,13 @@ def _load_overload(self: caching.Cache, sig: Any, target_context: Any) -> Any:
     except OSError as exc:  # an unreadable cache is a miss, never a failed call
         if not isinstance(self._impl.locator, _LoadOnlyWhenReadOnly):
             raise
-        log.warning("kernel cache %s could not be read (%s): compiling %s%s", self.cache_path, exc,
-                    _kernel_name(self), sig)
+        log.warning(
+            "kernel cache %s could not be read (%s): compiling %s%s",
+            self.cache_path,
+            exc,
+            _kernel_name(self),
+            sig,
+        )
         return None
 
 
@@ -181,12 +200,16 @@ def install() -> None:
     if getattr(caching.CacheImpl, "_hotwire_kernel_cache", False):
         return
     if not numba_tested(numba.__version__):
-        log.warning("numba %s is outside the releases hotwire's kernel cache was tested with (%s to before %s): "
-                    "its cache may be written next to the kernels or not be used read-only",
-                    numba.__version__, ".".join(map(str, TESTED_NUMBA[0])), ".".join(map(str, TESTED_NUMBA[1])))
+        log.warning(
+            "numba %s is outside the releases hotwire's kernel cache was tested with (%s to before %s): "
+            "its cache may be written next to the kernels or not be used read-only",
+            numba.__version__,
+            ".".join(map(str, TESTED_NUMBA[0])),
+            ".".join(map(str, TESTED_NUMBA[1])),
+        )
     try:
-        # numba's own stay behind ours but are reached only for sources not on disk (its zip locator): ours takes
-        # every function whose file exists, so nothing is ever written next to the sources.
+        # numba's own stay behind ours but are reached only for sources not on disk (its zip locator): ours
+        # takes every function whose file exists, so nothing is ever written next to the sources.
         defaults = caching.CacheImpl._locator_classes
         caching.CacheImpl._locator_classes = [KernelCacheLocator, *defaults]  # type: ignore[list-item]
         caching.Cache.save_overload = _save_overload  # type: ignore[method-assign]

@@ -1,14 +1,14 @@
 """GPU twins of the image kernels (numba.cuda): normalize/scale HWC uint8 -> NCHW, bilinear resize.
 
 Importable anywhere: importing numba.cuda and defining kernels needs no GPU (numba.cuda compiles at the first
-launch). `available()` says whether a CUDA device and libNVVM can be used; every other function raises RuntimeError
-when it is False.
+launch). `available()` says whether a CUDA device and libNVVM can be used; every other function raises
+RuntimeError when it is False.
 
 Same conventions as `hotwire.kernels.image` (the constants are prepared by its `HWCToNCHW`):
 * normalize float32: ``float32(x) * m[d] + a[d]`` (the GPU contracts it to one FMA as the CPU kernel does);
   float16: the same correctly rounded 256-entry tables as the CPU kernel (bit-identical to it).
-* resize: OpenCV INTER_LINEAR / ONNX half_pixel clamped coordinates, uint8 rounded half up; agrees with the CPU
-  kernel to within 1 level (uint8) / 1e-3 (float32).
+* resize: OpenCV INTER_LINEAR / ONNX half_pixel clamped coordinates, uint8 rounded half up; agrees with the
+  CPU kernel to within 1 level (uint8) / 1e-3 (float32).
 
 Inputs may be host NumPy arrays (copied to the device, C order) or device arrays (anything with
 ``__cuda_array_interface__``, C-contiguous). Results stay on the device unless ``to_host=True``.
@@ -50,14 +50,15 @@ def available() -> bool:
 def _require() -> Any:
     if not available():
         raise RuntimeError(
-            "hotwire.kernels.cuda_image needs a CUDA GPU usable by numba.cuda (driver + libNVVM); none is available"
+            "hotwire.kernels.cuda_image needs a CUDA GPU usable by numba.cuda (driver + libNVVM); none is "
+            "available"
         )
     return cuda
 
 
 def _define_kernels() -> dict[str, Any]:
-    """Defined at import (numba.cuda compiles lazily, at the first launch); module-level functions so that numba's
-    CUDA simulator (NUMBA_ENABLE_CUDASIM=1) can run them too."""
+    """Defined at import (numba.cuda compiles lazily, at the first launch); module-level functions so that
+    numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) can run them too."""
 
     @cuda.jit
     def affine_planes_f32(src, mul, add, dst, out):  # pragma: no cover - needs a GPU
@@ -246,7 +247,12 @@ def scale_hwc_to_nchw(
 
 
 def resize_bilinear(
-    image: Any, out_h: int, out_w: int, out_dtype: DTypeLike = np.uint8, stream: Any = 0, to_host: bool = False
+    image: Any,
+    out_h: int,
+    out_w: int,
+    out_dtype: DTypeLike = np.uint8,
+    stream: Any = 0,
+    to_host: bool = False,
 ) -> Any:
     """GPU `hotwire.kernels.image.resize_bilinear`: uint8 [H, W, C] or [N, H, W, C] -> uint8 or float32."""
     cuda = _require()

@@ -1,17 +1,20 @@
-"""Image preprocessing kernels (numba, serial, nogil): HWC uint8 -> normalized NCHW, bilinear resize, crop, letterbox.
+"""Image preprocessing kernels (numba, serial, nogil): HWC uint8 -> normalized NCHW, bilinear resize, crop,
+letterbox.
 
 Conventions
 -----------
 * Images are uint8, channels-last: one image [H, W, C], a batch [N, H, W, C]; C is 1, 3 or 4.
 * **Normalize** (`normalize_hwc_to_nchw`) computes, per output plane d (the model's channel order)::
 
-      out[n, d, h, w] = fma(float32(x), m[d], a[d])       m = fl32(1 / (255 * std[d]))   a = fl32(-mean[d] / std[d])
+      out[n, d, h, w] = fma(float32(x), m[d], a[d])
+      m = fl32(1 / (255 * std[d]))   a = fl32(-mean[d] / std[d])
 
-  which is ``(x / 255 - mean) / std`` with one float32 rounding of m, of a and of the result: the error against the
-  exact value is at most ``2**-23 * (|x * m| + |a|)`` (about 1 ulp of the larger term). m and a are computed in
-  float64 from the float32 mean/std. `mean` and `std` are given in the *model's* channel order (as published,
-  e.g. ImageNet's RGB mean). `channel_order` is the order of the source images, `model_channel_order` the model's;
-  when they differ channels 0 and 2 are swapped (RGB<->BGR; with C=4 the alpha channel stays at index 3).
+  which is ``(x / 255 - mean) / std`` with one float32 rounding of m, of a and of the result: the error
+  against the exact value is at most ``2**-23 * (|x * m| + |a|)`` (about 1 ulp of the larger term). m and a
+  are computed in float64 from the float32 mean/std. `mean` and `std` are given in the *model's* channel order
+  (as published, e.g. ImageNet's RGB mean). `channel_order` is the order of the source images,
+  `model_channel_order` the model's; when they differ channels 0 and 2 are swapped
+  (RGB<->BGR; with C=4 the alpha channel stays at index 3).
 * **Scale** (`scale_hwc_to_nchw`): ``out = float32(x) * fl32(scale)`` (one rounding: NumPy's float32 product).
 * float16 output: a per-channel table of the 256 possible values, each computed in float64 and rounded once to
   float16 (so float16 output is correctly rounded from the exact value, for both normalize and scale; beyond
@@ -23,15 +26,16 @@ Conventions
       src = clamp((dst + 0.5) * in_size / out_size - 0.5, 0, in_size - 1)     (float64)
       i0 = floor(src)   i1 = min(i0 + 1, in_size - 1)   lam = float32(src - i0)
 
-  and the value is ``(1-ly)*((1-lx)*p00 + lx*p01) + ly*((1-lx)*p10 + lx*p11)`` in float32. uint8 output is rounded
-  **half up** (``floor(v + 0.5)``, v >= 0) and saturated to 255. OpenCV itself uses 11-bit fixed-point weights, so
-  its uint8 results can differ from these by one level.
-* `center_crop` returns a view; `letterbox` keeps the aspect ratio (same bilinear kernel, then constant padding).
+  and the value is ``(1-ly)*((1-lx)*p00 + lx*p01) + ly*((1-lx)*p10 + lx*p11)`` in float32. uint8 output is
+  rounded **half up** (``floor(v + 0.5)``, v >= 0) and saturated to 255. OpenCV itself uses 11-bit fixed-point
+  weights, so its uint8 results can differ from these by one level.
+* `center_crop` returns a view; `letterbox` keeps the aspect ratio (same bilinear kernel, then constant
+  padding).
 
-Every kernel is serial and ``nogil``: executor threads call them concurrently (no ``parallel=True`` anywhere: numba's
-worker threads would compete with those threads and the event loop for the same cores). The wrappers canonicalise
-their arguments (read-only views, C or 'A' layout) so the signatures that `warm()` compiles are the only ones a
-request can hit.
+Every kernel is serial and ``nogil``: executor threads call them concurrently (no ``parallel=True`` anywhere:
+numba's worker threads would compete with those threads and the event loop for the same cores). The wrappers
+canonicalise their arguments (read-only views, C or 'A' layout) so the signatures that `warm()` compiles are
+the only ones a request can hit.
 """
 
 from __future__ import annotations
@@ -46,17 +50,19 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 _OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # jitted cores
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @njit(nogil=True, cache=True, fastmath={"contract"})
 def _affine_planes_f32(rows, channels, mul, add, dst, out):  # pragma: no cover - compiled
-    """rows: uint8 [N, H, W*C] (each row contiguous); out: float32 [N, C, H, W]; source channel s -> plane dst[s].
+    """rows: uint8 [N, H, W*C] (each row contiguous); out: float32 [N, C, H, W]; source channel s -> plane
+    dst[s].
 
-    One fused pass, written plane by plane per image row: the row (<= a few KB) stays in L1 while each plane row is
-    written contiguously, so the loop vectorises (interleaved uint8 loads, 8-wide FMA, contiguous stores).
+    One fused pass, written plane by plane per image row: the row (<= a few KB) stays in L1 while each plane
+    row is written contiguously, so the loop vectorises (interleaved uint8 loads, 8-wide FMA, contiguous
+    stores).
     """
     n_img, height = rows.shape[0], rows.shape[1]
     width = out.shape[3]
@@ -80,7 +86,8 @@ def _affine_planes_f32(rows, channels, mul, add, dst, out):  # pragma: no cover 
 
 @njit(nogil=True, cache=True)
 def _lut_planes_u16(rows, channels, lut, dst, out):  # pragma: no cover - compiled
-    """Table variant (float16 output, as uint16 bits): out[n, dst[s], h, w] = lut[s, x]; lut is uint16 [C, 256]."""
+    """Table variant (float16 output, as uint16 bits): out[n, dst[s], h, w] = lut[s, x]; lut is uint16
+    [C, 256]."""
     n_img, height = rows.shape[0], rows.shape[1]
     width = out.shape[3]
     for n in range(n_img):
@@ -118,7 +125,8 @@ def _axis_coeffs(in_size, out_size):  # pragma: no cover - compiled
 def _blend_row(ra, rb, wy, orow, left, x0, x1, lx, channels, round_u8):  # pragma: no cover - compiled
     """One output row: orow[left + dx, c] from source rows ra (weight 1-wy) and rb (weight wy).
 
-    Called with a literal `channels` for C=3 so LLVM inlines and unrolls it (about 1.4x faster than a runtime C).
+    Called with a literal `channels` for C=3 so LLVM inlines and unrolls it (about 1.4x faster than a runtime
+    C).
     """
     one = np.float32(1.0)
     half = np.float32(0.5)
@@ -145,7 +153,8 @@ def _blend_row(ra, rb, wy, orow, left, x0, x1, lx, channels, round_u8):  # pragm
 
 @njit(nogil=True, cache=True)
 def _resize_u8(src, out, top, left, rh, rw):  # pragma: no cover - compiled
-    """src uint8 [N, H, W, C] (any layout); resized to rh x rw into out[:, top:top+rh, left:left+rw] (uint8)."""
+    """src uint8 [N, H, W, C] (any layout); resized to rh x rw into out[:, top:top+rh, left:left+rw]
+    (uint8)."""
     n_img, height, width, channels = src.shape
     y0, y1, ly = _axis_coeffs(height, rh)
     x0, x1, lx = _axis_coeffs(width, rw)
@@ -191,9 +200,9 @@ def _pad_border_u8(out, top, left, rh, rw, pad):  # pragma: no cover - compiled
                     row[x, c] = pad[c]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # argument canonicalisation
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -237,18 +246,21 @@ def _per_channel(name: str, value: object, channels: int) -> np.ndarray:
     return array
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # normalize / scale
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 class HWCToNCHW:
-    """A prepared uint8 [N, H, W, C] -> [N, C, H, W] affine conversion (build once at model load, call per request).
+    """A prepared uint8 [N, H, W, C] -> [N, C, H, W] affine conversion (build once at model load, call per
+    request).
 
     Use `HWCToNCHW.normalize(...)` / `HWCToNCHW.scale(...)`; see the module docstring for the exact formulas.
     """
 
-    def __init__(self, mul: np.ndarray, add: np.ndarray, lut: np.ndarray | None, swap: bool, out_dtype: np.dtype):
+    def __init__(
+        self, mul: np.ndarray, add: np.ndarray, lut: np.ndarray | None, swap: bool, out_dtype: np.dtype
+    ):
         self.channels = int(mul.shape[0])
         self.out_dtype = out_dtype
         self.swap = swap
@@ -311,16 +323,22 @@ class HWCToNCHW:
         return cls(scale32, np.zeros(channels, np.float32), lut, swap, dtype)
 
     def __call__(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 [N, H, W, C] (any strides) -> out_dtype [N, C, H, W]; `out` (C-contiguous, that shape) is reused."""
+        """uint8 [N, H, W, C] (any strides) -> out_dtype [N, C, H, W]; `out` (C-contiguous, that shape) is
+        reused."""
         images = _check_images(images, (4,))
         n_img, height, width, channels = images.shape
         if channels != self.channels:
-            raise ValueError(f"images have {channels} channels, the conversion was prepared for {self.channels}")
+            raise ValueError(
+                f"images have {channels} channels, the conversion was prepared for {self.channels}"
+            )
         shape = (n_img, channels, height, width)
         if out is None:
             out = np.empty(shape, self.out_dtype)
         elif not (
-            out.shape == shape and out.dtype == self.out_dtype and out.flags.c_contiguous and out.flags.writeable
+            out.shape == shape
+            and out.dtype == self.out_dtype
+            and out.flags.c_contiguous
+            and out.flags.writeable
         ):
             raise ValueError(f"out must be a writable C-contiguous {self.out_dtype} array of shape {shape}")
         if out.size == 0:
@@ -342,7 +360,9 @@ def _common_args(
     dtype = np.dtype(out_dtype)
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"out_dtype must be float32 or float16, got {dtype}")
-    swap = _check_order("channel_order", channel_order) != _check_order("model_channel_order", model_channel_order)
+    swap = _check_order("channel_order", channel_order) != _check_order(
+        "model_channel_order", model_channel_order
+    )
     return channels, dtype, swap and channels >= 3
 
 
@@ -376,8 +396,9 @@ def normalize_hwc_to_nchw(
 ) -> np.ndarray:
     """uint8 [N, H, W, C] -> [N, C, H, W] of ``(x/255 - mean)/std`` (float32 or float16).
 
-    mean/std: scalars or [C] in the model's channel order. channel_order: the images' order; swapped when it differs
-    from model_channel_order. The prepared constants are cached per argument set (or build an `HWCToNCHW` once).
+    mean/std: scalars or [C] in the model's channel order. channel_order: the images' order; swapped when it
+    differs from model_channel_order. The prepared constants are cached per argument set
+    (or build an `HWCToNCHW` once).
     """
     images = _check_images(images, (4,))
     prepared = _cached_normalizer(
@@ -394,7 +415,8 @@ def scale_hwc_to_nchw(
     model_channel_order: str = "RGB",
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """uint8 [N, H, W, C] -> [N, C, H, W] of ``x * scale`` (scale: scalar or [C] in the model's channel order)."""
+    """uint8 [N, H, W, C] -> [N, C, H, W] of ``x * scale`` (scale: scalar or [C] in the model's channel
+    order)."""
     images = _check_images(images, (4,))
     prepared = _cached_scaler(
         _key(scale), images.shape[3], np.dtype(out_dtype).str, channel_order, model_channel_order
@@ -402,9 +424,9 @@ def scale_hwc_to_nchw(
     return prepared(images, out)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # resize / crop / letterbox
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _check_size(name: str, value: int) -> int:
@@ -415,7 +437,8 @@ def _check_size(name: str, value: int) -> int:
 
 
 def resize_bilinear(image: np.ndarray, out_h: int, out_w: int, out_dtype: DTypeLike = np.uint8) -> np.ndarray:
-    """uint8 [H, W, C] or [N, H, W, C] -> [out_h, out_w, C] (or batched) of uint8 (rounded half up) or float32.
+    """uint8 [H, W, C] or [N, H, W, C] -> [out_h, out_w, C] (or batched) of uint8 (rounded half up) or
+    float32.
 
     OpenCV INTER_LINEAR / ONNX half_pixel coordinates; see the module docstring.
     """
@@ -438,7 +461,8 @@ def resize_bilinear(image: np.ndarray, out_h: int, out_w: int, out_dtype: DTypeL
 
 
 def center_crop(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
-    """A view of the centred crop_h x crop_w window of [H, W, C] or [N, H, W, C] (offset (H-crop_h)//2, floor)."""
+    """A view of the centred crop_h x crop_w window of [H, W, C] or [N, H, W, C]
+    (offset (H-crop_h)//2, floor)."""
     if image.ndim not in (3, 4):
         raise ValueError(f"image must be [H, W, C] or [N, H, W, C], got shape {image.shape}")
     crop_h, crop_w = _check_size("crop_h", crop_h), _check_size("crop_w", crop_w)
@@ -452,8 +476,8 @@ def center_crop(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
 def letterbox_geometry(height: int, width: int, out_h: int, out_w: int) -> tuple[float, int, int, int, int]:
     """(scale, resized_h, resized_w, pad_top, pad_left) for `letterbox`.
 
-    scale = min(out_h/H, out_w/W); resized = round(size*scale) (Python round: half to even), clamped to [1, out];
-    the pad is split with the extra pixel at the bottom/right: pad_top = (out_h - resized_h) // 2.
+    scale = min(out_h/H, out_w/W); resized = round(size*scale) (Python round: half to even), clamped to
+    [1, out]; the pad is split with the extra pixel at the bottom/right: pad_top = (out_h - resized_h) // 2.
     """
     scale = min(out_h / height, out_w / width)
     rh = min(out_h, max(1, int(round(height * scale))))
@@ -464,10 +488,12 @@ def letterbox_geometry(height: int, width: int, out_h: int, out_w: int) -> tuple
 def letterbox(
     image: np.ndarray, out_h: int, out_w: int, pad_value: object = 114
 ) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize keeping the aspect ratio, then pad to out_h x out_w: (uint8 [out_h, out_w, C], scale, (top, left)).
+    """Resize keeping the aspect ratio, then pad to out_h x out_w: (uint8 [out_h, out_w, C], scale, (top,
+    left)).
 
     Accepts [N, H, W, C] too (same geometry for every image). pad_value: scalar or per channel (0..255).
-    Map a point back with ``x_src = (x_out - left) / scale`` (the resized size is rounded, see letterbox_geometry).
+    Map a point back with ``x_src = (x_out - left) / scale`` (the resized size is rounded, see
+    letterbox_geometry).
     """
     image = _check_images(image, (3, 4))
     out_h, out_w = _check_size("out_h", out_h), _check_size("out_w", out_w)
@@ -489,9 +515,9 @@ def letterbox(
     return (out if batched else out[0]), scale, (top, left)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # warm-up
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 CORES = (_affine_planes_f32, _lut_planes_u16, _resize_u8, _resize_f32, _pad_border_u8)
 

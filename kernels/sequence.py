@@ -2,12 +2,13 @@
 
 `pad_truncate(tokens, length, pad_id)` -> ``(ids int64 [N, length], attention_mask int64 [N, length])``.
 
-* ``tokens`` is either a sequence of 1-D integer arrays (or lists), or the ragged form ``pad_truncate(flat, ...,
-  offsets=offsets)``: flat int64 [total] and offsets int64 [N + 1] with offsets[0] == 0, non-decreasing,
-  offsets[-1] == total (Arrow-style); row i is ``flat[offsets[i]:offsets[i+1]]``. Other integer dtypes are converted.
-* A row longer than ``length`` keeps its first ``length`` tokens (``truncation_side="right"``, the default) or its
-  last ``length`` tokens (``"left"``). A shorter row is padded with ``pad_id`` on the right (``padding_side="right"``,
-  default) or on the left. ``attention_mask`` is 1 on real tokens, 0 on padding.
+* ``tokens`` is either a sequence of 1-D integer arrays (or lists), or the ragged form
+  ``pad_truncate(flat, ..., offsets=offsets)``: flat int64 [total] and offsets int64 [N + 1] with offsets[0]
+  == 0, non-decreasing, offsets[-1] == total (Arrow-style); row i is ``flat[offsets[i]:offsets[i+1]]``. Other
+  integer dtypes are converted.
+* A row longer than ``length`` keeps its first ``length`` tokens (``truncation_side="right"``, the default) or
+  its last ``length`` tokens (``"left"``). A shorter row is padded with ``pad_id`` on the right
+  (``padding_side="right"``, default) or on the left. ``attention_mask`` is 1 on real tokens, 0 on padding.
 * ``length`` may be 0 (empty rows); N may be 0.
 
 The kernel is serial and ``nogil`` (no ``parallel=True``): safe to call from several executor threads at once.
@@ -15,7 +16,7 @@ The kernel is serial and ``nogil`` (no ``parallel=True``): safe to call from sev
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from numba import njit
@@ -25,7 +26,8 @@ SIDES = ("right", "left")
 
 @njit(nogil=True, cache=True)
 def _pad_truncate(flat, offsets, pad_id, truncate_left, pad_left, ids, mask):  # pragma: no cover - compiled
-    """Returns 1 (nothing written) when offsets are not 0 = o[0] <= o[1] <= ... <= o[N] = len(flat), else 0."""
+    """Returns 1 (nothing written) when offsets are not 0 = o[0] <= o[1] <= ... <= o[N] = len(flat), else
+    0."""
     n_rows, length = ids.shape
     if offsets[0] != 0 or offsets[n_rows] != flat.shape[0]:
         return 1
@@ -58,7 +60,8 @@ _I64 = np.dtype(np.int64)
 
 
 def _as_int64(array: object) -> np.ndarray:
-    """Native, aligned, C-contiguous int64 (writable or read-only: both are compiled); a copy only when needed."""
+    """Native, aligned, C-contiguous int64 (writable or read-only: both are compiled); a copy only when
+    needed."""
     if type(array) is np.ndarray and array.dtype == _I64 and array.flags.c_contiguous and array.flags.aligned:
         return array
     array = np.asarray(array)
@@ -93,7 +96,8 @@ def pad_truncate(
     padding_side: str = "right",
     offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of token ids -> (ids int64 [N, length], attention_mask int64 [N, length]); see the module docstring.
+    """Rows of token ids -> (ids int64 [N, length], attention_mask int64 [N, length]); see the module
+    docstring.
 
     tokens: a sequence of 1-D integer rows, or (with ``offsets=`` int [N + 1]) the flat int array of all rows.
     """

@@ -1,23 +1,25 @@
 """Tabular preprocessing kernels (numba, serial, nogil): float32 [N, F] in, float32 [N, F] out.
 
-Exact semantics (all arithmetic in float32, IEEE, no fastmath: results are bit-identical to the NumPy expressions
-quoted, NaN for NaN):
+Exact semantics (all arithmetic in float32, IEEE, no fastmath: results are bit-identical to the NumPy
+expressions quoted, NaN for NaN):
 
 * ``standardize(x, mean, std)``: ``(x - mean) / std`` per feature. Where ``std == 0`` (a constant feature) the
   output is 0.0, except that NaN inputs stay NaN. inf/huge values follow IEEE (e.g. overflow to +-inf).
-* ``min_max(x, lo, hi, clip=False)``: ``(x - lo) / (hi - lo)`` per feature, i.e. [lo, hi] -> [0, 1]; a zero range
-  (``hi == lo``) gives 0.0 (NaN stays NaN). With ``clip=True`` the result is clipped to [0, 1] (NaN stays NaN).
-* ``clip(x, lo, hi)``: per-feature (or scalar) bounds, ``min(max(x, lo), hi)`` exactly like ``np.clip`` (NaN stays
-  NaN; if lo > hi the result is hi). Bounds may be +-inf but not NaN.
+* ``min_max(x, lo, hi, clip=False)``: ``(x - lo) / (hi - lo)`` per feature, i.e. [lo, hi] -> [0, 1]; a zero
+  range (``hi == lo``) gives 0.0 (NaN stays NaN). With ``clip=True`` the result is clipped to [0, 1]
+  (NaN stays NaN).
+* ``clip(x, lo, hi)``: per-feature (or scalar) bounds, ``min(max(x, lo), hi)`` exactly like ``np.clip``
+  (NaN stays NaN; if lo > hi the result is hi). Bounds may be +-inf but not NaN.
 * ``fill_nan(x, fill)``: NaN -> fill[f] (per feature, or a scalar); +-inf are left alone.
 * ``one_hot(categories, num_classes)``: integer [N] -> float32 [N, num_classes]; a category outside
   ``[0, num_classes)`` (negative included, no wrap-around) gives an all-zero row.
 
-Parameters (mean, std, lo, hi, fill) are scalars or [F] arrays and are converted to float32 (pass writable float32
-[F] arrays to skip the copy). Inputs of another real dtype are converted to float32 first (a copy; beyond float32's
-range -> +-inf); non-contiguous or unaligned inputs are copied to C order; a float32 C-contiguous input (writable or
-read-only) is used as is. ``out=`` (C-contiguous float32 [N, F], may alias x) avoids the allocation.
-Kernels are serial and ``nogil`` (no ``parallel=True``): safe to call from several executor threads at once.
+Parameters (mean, std, lo, hi, fill) are scalars or [F] arrays and are converted to float32
+(pass writable float32 [F] arrays to skip the copy). Inputs of another real dtype are converted to float32
+first (a copy; beyond float32's range -> +-inf); non-contiguous or unaligned inputs are copied to C order; a
+float32 C-contiguous input (writable or read-only) is used as is. ``out=`` (C-contiguous float32 [N, F], may
+alias x) avoids the allocation. Kernels are serial and ``nogil`` (no ``parallel=True``): safe to call from
+several executor threads at once.
 """
 
 from __future__ import annotations
@@ -165,8 +167,11 @@ def standardize(x: object, mean: object, std: object, out: np.ndarray | None = N
     return result
 
 
-def min_max(x: object, lo: object, hi: object, clip: bool = False, out: np.ndarray | None = None) -> np.ndarray:
-    """(x - lo) / (hi - lo) per feature, [lo, hi] -> [0, 1]; zero range -> 0.0; optionally clipped to [0, 1]."""
+def min_max(
+    x: object, lo: object, hi: object, clip: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(x - lo) / (hi - lo) per feature, [lo, hi] -> [0, 1]; zero range -> 0.0; optionally clipped to
+    [0, 1]."""
     xs = _as_input(x)
     n_feat = xs.shape[1]
     result = _as_output(out, xs.shape)

@@ -12,9 +12,9 @@ post-processes the output:
 * imports between the generated modules become absolute (``from hotwire.proto import ...``);
 * ``model_config_pb2_grpc.py`` is dropped (the file has no services).
 
-The result depends only on the .proto sources and the installed grpcio-tools, byte for byte. The committed stubs
-come from grpcio-tools ``GRPCIO_TOOLS`` exactly (the ``test`` extra pins it); other versions are refused unless
-``--any-grpcio-tools`` is given.
+The result depends only on the .proto sources and the installed grpcio-tools, byte for byte. The committed
+stubs come from grpcio-tools ``GRPCIO_TOOLS`` exactly (the ``test`` extra pins it); other versions are refused
+unless ``--any-grpcio-tools`` is given.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Composition root: builds the pieces in order, and owns the one ordered shutdown.
 
-Startup: metrics endpoint → registry loads the repository → gRPC server (inference, health, reflection) and the
-HTTP/REST server listen, both on this event loop and both calling one data plane.
+Startup: metrics endpoint → registry loads the repository → gRPC server (inference, health, reflection) and
+the HTTP/REST server listen, both on this event loop and both calling one data plane.
 Shutdown (ARCHITECTURE.md §Shutdown): health NOT_SERVING → both frontends stop accepting and let in-flight
 requests finish (within the grace) → drain batchers and unload sessions.
 """
@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
 from hotwire.proto import grpc_service_pb2, model_config_pb2
 from hotwire.server import readiness
 from hotwire.server.config import ServerConfig
@@ -35,7 +36,8 @@ from hotwire.server.workers import port_in_use
 
 log = logging.getLogger(__name__)
 
-PUBLISH_INTERVAL_S = 1.0  # how often stats are mirrored into Prometheus (always just before a single-process scrape)
+# how often stats are mirrored into Prometheus (always just before a single-process scrape)
+PUBLISH_INTERVAL_S = 1.0
 DRIFT_EVERY = 5  # drift reports are recomputed every DRIFT_EVERY publishes
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -48,7 +50,12 @@ class StartupError(Exception):
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
     """Our stubs live in a private pool; reflection needs one that also knows health and reflection."""
     pool = descriptor_pool.DescriptorPool()
-    for file in (model_config_pb2.DESCRIPTOR, grpc_service_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+    for file in (
+        model_config_pb2.DESCRIPTOR,
+        grpc_service_pb2.DESCRIPTOR,
+        health_pb2.DESCRIPTOR,
+        reflection_pb2.DESCRIPTOR,
+    ):
         pool.Add(descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb))
     return pool
 
@@ -58,17 +65,27 @@ class App:
         self.config = config
         self.health = HealthServicer()
         self.registry = Registry(config.default_max_batch_size, on_health_change=self._set_model_health)
-        self.control = ModelControl(self.registry, config.model_repository, config.model_control_mode,
-                                    config.repository_poll_secs, config.load_model)
+        self.control = ModelControl(
+            self.registry,
+            config.model_repository,
+            config.model_control_mode,
+            config.repository_poll_secs,
+            config.load_model,
+        )
         self.metrics = Metrics()
         self.metrics.watch(
-            versions=lambda: [VersionView(v.name, v.version_str, v.stats, v.batcher.queued, v.load_seconds)
-                              for v in (*self.registry.draining, *self.registry.versions())],
+            versions=lambda: [
+                VersionView(v.name, v.version_str, v.stats, v.batcher.queued, v.load_seconds)
+                for v in (*self.registry.draining, *self.registry.versions())
+            ],
             events=self.registry.event_counts,
             shadow=self.registry.shadow_summary,
-            drift=lambda: [(v.name, v.version_str, f.feature, f.ks, f.ks_pvalue, f.psi)
-                           for v in self.registry.versions() if v.drift_report is not None
-                           for f in v.drift_report.features],
+            drift=lambda: [
+                (v.name, v.version_str, f.feature, f.ks, f.ks_pvalue, f.psi)
+                for v in self.registry.versions()
+                if v.drift_report is not None
+                for f in v.drift_report.features
+            ],
         )
         self._publisher: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
@@ -81,9 +98,13 @@ class App:
         self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._health_updates = BackgroundTasks("health updates")
-        self.plane = DataPlane(self.registry, self.control, self.is_ready,
-                               RequestLogger(config.request_log_rate, config.slow_request_ms),
-                               exact_statistics=not config.reuse_port)
+        self.plane = DataPlane(
+            self.registry,
+            self.control,
+            self.is_ready,
+            RequestLogger(config.request_log_rate, config.slow_request_ms),
+            exact_statistics=not config.reuse_port,
+        )
 
     def _set_model_health(self, model: str, serving: bool) -> None:
         # Health callbacks come from the registry on the event loop; HealthServicer.set is a coroutine.
@@ -97,8 +118,9 @@ class App:
 
     async def start(self) -> None:
         if self.config.metrics_port >= 0:
-            self._metrics_server = start_metrics_server(self.config.host, self.config.metrics_port,
-                                                        self.metrics.exposition())
+            self._metrics_server = start_metrics_server(
+                self.config.host, self.config.metrics_port, self.metrics.exposition()
+            )
             self.metrics_port = self._metrics_server.server_port
         root = self.config.model_repository
         log.info("model repository %s (model control mode %s)", root, self.config.model_control_mode)
@@ -110,8 +132,10 @@ class App:
         if self.config.exit_on_error and failed:
             await self.registry.close()
             self._close_metrics()
-            raise StartupError("--exit-on-error: " + "; ".join(f"model {e.name} failed to load: {e.reason()}"
-                                                                for e in failed))
+            raise StartupError(
+                "--exit-on-error: "
+                + "; ".join(f"model {e.name} failed to load: {e.reason()}" for e in failed)
+            )
         self._publisher = asyncio.create_task(self._publish_metrics(), name="metrics-publisher")
         loop = asyncio.get_running_loop()
 
@@ -126,8 +150,8 @@ class App:
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
-            # Workers of `--workers N` share the port; a single-process server must own it: two servers silently
-            # sharing one is a bug.
+            # Workers of `--workers N` share the port; a single-process server must own it: two servers
+            # silently sharing one is a bug.
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
@@ -144,8 +168,10 @@ class App:
             self.grpc_port = 0
         if self.grpc_port == 0:
             problem = port_in_use(self.config.host, self.config.grpc_port) if self.config.grpc_port else None
-            raise OSError(f"{problem or f'could not listen on {address}'} "
-                          "(is another server using the port, or the host wrong?)")
+            raise OSError(
+                f"{problem or f'could not listen on {address}'} "
+                "(is another server using the port, or the host wrong?)"
+            )
         await server.start()
         self.server = server
         if self.config.http_port >= 0:
@@ -155,23 +181,36 @@ class App:
                 await server.stop(0)
                 raise
         await self.health.set("", SERVING)
-        log.info("hotwire listening on %s:%d (gRPC)%s%s", self.config.host, self.grpc_port,
-                 f", HTTP on :{self.http_port}" if self._http else "",
-                 f", metrics on :{self.metrics_port}/metrics" if self._metrics_server else "")
+        log.info(
+            "hotwire listening on %s:%d (gRPC)%s%s",
+            self.config.host,
+            self.grpc_port,
+            f", HTTP on :{self.http_port}" if self._http else "",
+            f", metrics on :{self.metrics_port}/metrics" if self._metrics_server else "",
+        )
         if self.config.ready_fd >= 0:
-            readiness.announce(self.config.ready_fd, readiness.Listening(
-                os.getpid(), self.grpc_port, self.http_port if self._http else -1,
-                self.metrics_port if self._metrics_server else -1))
+            readiness.announce(
+                self.config.ready_fd,
+                readiness.Listening(
+                    os.getpid(),
+                    self.grpc_port,
+                    self.http_port if self._http else -1,
+                    self.metrics_port if self._metrics_server else -1,
+                ),
+            )
 
     async def _start_http(self) -> None:
         try:
             sock = bind(self.config.host, self.config.http_port, self.config.reuse_port)
         except OSError as exc:
             problem = port_in_use(self.config.host, self.config.http_port) if self.config.http_port else None
-            raise OSError(f"HTTP: {problem or f'could not listen on {self.config.host}:{self.config.http_port}: {exc}'}"
-                          " (is another server using the port, or the host wrong?)") from None
-        self._http = HttpServer(HttpService(self.plane), sock, self.config.max_message_bytes,
-                                self.config.shutdown_grace_s)
+            raise OSError(
+                f"HTTP: {problem or f'could not listen on {self.config.host}:{self.config.http_port}: {exc}'}"
+                " (is another server using the port, or the host wrong?)"
+            ) from None
+        self._http = HttpServer(
+            HttpService(self.plane), sock, self.config.max_message_bytes, self.config.shutdown_grace_s
+        )
         await self._http.start()
         self.http_port = self._http.port
 
@@ -181,7 +220,10 @@ class App:
             await self._stopped.wait()
             return
         self._draining = True
-        log.info("shutting down: health NOT_SERVING, finishing in-flight requests (grace %.0f s)", self.config.shutdown_grace_s)
+        log.info(
+            "shutting down: health NOT_SERVING, finishing in-flight requests (grace %.0f s)",
+            self.config.shutdown_grace_s,
+        )
         await self.health.enter_graceful_shutdown()
         await self.health.end_watches()  # idle streams must not hold the shutdown for the whole grace
         if self._service is not None:
@@ -195,8 +237,8 @@ class App:
         if self._publisher is not None:
             self._publisher.cancel()
             await asyncio.gather(self._publisher, return_exceptions=True)
-        # The final numbers, drained requests included; before the registry closes, which forgets the versions (and
-        # a publish without them would retire their series).
+        # The final numbers, drained requests included; before the registry closes, which forgets the versions
+        # (and a publish without them would retire their series).
         self.metrics.publish()
         await self.registry.close()
         await self._health_updates.wait()  # the registry's last NOT_SERVING updates

@@ -1,18 +1,19 @@
-"""Batch assembly for one instance: preallocated batch buffers, gathered by the numba kernels in hotwire.kernels.
+"""Batch assembly for one instance: preallocated batch buffers, gathered by the numba kernels in
+hotwire.kernels.
 
 Each instance owns one BatchAssembler, used only from that instance's thread (buffers are reused batch after
 batch: ORT is done reading a buffer when `session.run` returns).
 
-Ragged batching (`allow_ragged_batch: true` on an input): requests whose shapes differ in that input batch together,
-padded with zeros to the largest extent of each axis. An output axis that is dynamic and has exactly the padded
-extent of the same axis of the first ragged input is cropped back to each request's own extent, so padding never
-reaches a response.
+Ragged batching (`allow_ragged_batch: true` on an input): requests whose shapes differ in that input batch
+together, padded with zeros to the largest extent of each axis. An output axis that is dynamic and has exactly
+the padded extent of the same axis of the first ragged input is cropped back to each request's own extent, so
+padding never reaches a response.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,9 +24,13 @@ _BUFFERS_PER_INSTANCE = 16  # distinct (input, shape, dtype) buffers kept; least
 
 
 class BatchAssembler:
-    def __init__(self, max_batch_size: int, ragged_inputs: Sequence[str] = (),
-                 dynamic_output_axes: dict[str, frozenset[int]] | None = None,
-                 preprocessor: Preprocessor | None = None) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        ragged_inputs: Sequence[str] = (),
+        dynamic_output_axes: dict[str, frozenset[int]] | None = None,
+        preprocessor: Preprocessor | None = None,
+    ) -> None:
         """`dynamic_output_axes`: per output, the axes (batch axis = 0) the model declares dynamic;
         `preprocessor`: the model's declared pipelines, run for every batch (a batch of one too)."""
         self._preprocessor = preprocessor
@@ -64,7 +69,11 @@ class BatchAssembler:
             if first.dtype == object:  # BYTES: numba can't copy Python objects
                 feeds[name] = np.concatenate(arrays)
             elif name in self._ragged:
-                item_shape = tuple(int(d) for d in np.max([a.shape[1:] for a in arrays], axis=0)) if first.ndim > 1 else ()
+                item_shape = (
+                    tuple(int(d) for d in np.max([a.shape[1:] for a in arrays], axis=0))
+                    if first.ndim > 1
+                    else ()
+                )
                 if name == self._ragged[0]:
                     padded = item_shape
                 feeds[name] = batching.gather_padded(self._buffer(name, item_shape, first.dtype), arrays)
@@ -72,8 +81,15 @@ class BatchAssembler:
                 feeds[name] = batching.gather_rows(self._buffer(name, first.shape[1:], first.dtype), arrays)
         return feeds, padded
 
-    def slice_output(self, name: str, output: np.ndarray, start: int, stop: int, own_feeds: dict[str, np.ndarray],
-                     padded: tuple[int, ...]) -> np.ndarray:
+    def slice_output(
+        self,
+        name: str,
+        output: np.ndarray,
+        start: int,
+        stop: int,
+        own_feeds: dict[str, np.ndarray],
+        padded: tuple[int, ...],
+    ) -> np.ndarray:
         """One request's rows of a batch output (a view), with ragged padding cropped off."""
         rows = output[start:stop]
         if not padded:

@@ -1,10 +1,10 @@
-"""Dynamic batching with Triton's semantics: one bounded queue per priority level, a pure batching decision, one
-dispatch loop per instance.
+"""Dynamic batching with Triton's semantics: one bounded queue per priority level, a pure batching decision,
+one dispatch loop per instance.
 
-`plan_batch` decides from the queue's head, the policy and the clock alone how many requests to take now or how
-long to wait; it is unit-tested with a fake clock. Each instance runs a dispatch loop that takes the next batch when
-it is free, so a batch always goes to the next free instance, and with delay 0 an idle instance takes a lone
-request at once (work-conserving).
+`plan_batch` decides from the queue's head, the policy and the clock alone how many requests to take now or
+how long to wait; it is unit-tested with a fake clock. Each instance runs a dispatch loop that takes the next
+batch when it is free, so a batch always goes to the next free instance, and with delay 0 an idle instance
+takes a lone request at once (work-conserving).
 
 Everything here runs on the event loop except `BatchAssembler.assemble`, which runs on an instance's thread.
 """
@@ -18,20 +18,28 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from hotwire.server.assembly import BatchAssembler
-from hotwire.server.errors import BackendError, DeadlineExceeded, RequestsFailed, ResourceExhausted, Unavailable
+from hotwire.server.errors import (
+    BackendError,
+    DeadlineExceeded,
+    RequestsFailed,
+    ResourceExhausted,
+    Unavailable,
+)
 from hotwire.server.runner import Instance
 from hotwire.server.stats import ComputeTimes
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-DEFAULT_MAX_QUEUE_SIZE = 4096  # per priority level, when the config leaves max_queue_size at 0 (unbounded in Triton)
+# per priority level, when the config leaves max_queue_size at 0 (unbounded in Triton)
+DEFAULT_MAX_QUEUE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -84,12 +92,13 @@ class Pending:
 def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> tuple[int, float]:
     """(requests to take from the head now, 0) or (0, seconds to wait before asking again).
 
-    Triton's dynamic batcher decision. Only a run from the head with the head's shapes can batch together (queue
-    order is kept). With preferred sizes, while the oldest request is within max_queue_delay the batch is the
-    largest preferred size reached (or, when the next request would overshoot the largest preferred size, what came
-    before it), so a backlog leaves in preferred-size batches. Otherwise the whole run goes at once when it can't
-    grow (max_batch_size reached, or the next request doesn't fit or has other shapes), when the delay is 0, or when
-    the oldest request has waited max_queue_delay; else the batch waits for company.
+    Triton's dynamic batcher decision. Only a run from the head with the head's shapes can batch together
+    (queue order is kept). With preferred sizes, while the oldest request is within max_queue_delay the batch
+    is the largest preferred size reached (or, when the next request would overshoot the largest preferred
+    size, what came before it), so a backlog leaves in preferred-size batches. Otherwise the whole run goes at
+    once when it can't grow (max_batch_size reached, or the next request doesn't fit or has other shapes),
+    when the delay is 0, or when the oldest request has waited max_queue_delay; else the batch waits for
+    company.
     """
     if not queue:
         return 0, 0.0
@@ -113,7 +122,8 @@ def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> 
         count += 1
         if rows in preferred:
             best = count
-    waited = now - min(item.enqueued_at for item in queue[:count])  # the batch's oldest, as Triton (not the head)
+    # the batch's oldest, as Triton (not the head)
+    waited = now - min(item.enqueued_at for item in queue[:count])
     delay_exceeded = 0 < policy.max_queue_delay_s <= waited
     if best and not delay_exceeded:
         return best, 0.0
@@ -124,7 +134,8 @@ def plan_batch(queue: Sequence[Pending], policy: BatchingPolicy, now: float) -> 
 
 @dataclass(eq=False)
 class WorkItem:
-    """One request waiting for an instance. Its future travels with it, so whichever loop runs it settles it."""
+    """One request waiting for an instance. Its future travels with it, so whichever loop runs it settles
+    it."""
 
     feeds: dict[str, np.ndarray]  # model input name -> array shaped as the model takes it
     output_names: tuple[str, ...]
@@ -152,8 +163,8 @@ class BatchResult:
 
 
 class _OrderedRelease:
-    """preserve_ordering: settle futures strictly in dispatch order (Triton gives a request its response slot when
-    a batch takes it, so priorities and DELAY decide the order, and a rejected request holds no slot)."""
+    """preserve_ordering: settle futures strictly in dispatch order (Triton gives a request its response slot
+    when a batch takes it, so priorities and DELAY decide the order, and a rejected request holds no slot)."""
 
     def __init__(self) -> None:
         self._next = 0
@@ -169,9 +180,16 @@ class _OrderedRelease:
 class Batcher:
     """Owns one model version's queues and the dispatch loops of its instances. Lives on the event loop."""
 
-    def __init__(self, name: str, policy: BatchingPolicy, instances: list[Instance], output_names: Sequence[str],
-                 assemblers: list[BatchAssembler], clock: Clock = time.monotonic,
-                 on_batch: Callable[[BatchResult], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        policy: BatchingPolicy,
+        instances: list[Instance],
+        output_names: Sequence[str],
+        assemblers: list[BatchAssembler],
+        clock: Clock = time.monotonic,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
         self.name = name
         self.policy = policy
         self._instances = instances
@@ -182,8 +200,9 @@ class Batcher:
         self._queues: list[deque[WorkItem]] = [deque() for _ in range(policy.levels)]
         self._delayed: list[deque[WorkItem]] = [deque() for _ in range(policy.levels)]
         self._queued_per_level = [0] * policy.levels
-        # Deadlines of queued requests (a heap; entries of requests taken since are dropped lazily, and the heap is
-        # rebuilt when they dominate, so finished requests and their buffers are not held until their deadline).
+        # Deadlines of queued requests (a heap; entries of requests taken since are dropped lazily, and the
+        # heap is rebuilt when they dominate, so finished requests and their buffers are not held until their
+        # deadline).
         self._deadlines: list[tuple[float, int, WorkItem]] = []
         self._live_deadlines = 0
         self._expiry: asyncio.TimerHandle | None = None  # one timer, armed for the earliest deadline
@@ -191,8 +210,8 @@ class Batcher:
         self._release = _OrderedRelease() if policy.preserve_ordering else None
         self._seq = 0
         self._dispatched = 0  # response slots given out (preserve_ordering)
-        # Inline instances run on the loop: a request that finds the queue empty (and no delay to wait out) runs at
-        # once in its own handler, which is what plan_batch would decide, minus the hand-offs.
+        # Inline instances run on the loop: a request that finds the queue empty (and no delay to wait out)
+        # runs at once in its own handler, which is what plan_batch would decide, minus the hand-offs.
         self._inline = bool(instances) and all(getattr(i, "inline", False) for i in instances)
         self._immediate = self._inline and (policy.window == 1 or policy.max_queue_delay_s <= 0)
         self._wakeup = asyncio.Event()
@@ -211,15 +230,17 @@ class Batcher:
 
     # ----- submitting ---------------------------------------------------------------------------------------
 
-    def run_now(self, feeds: dict[str, np.ndarray], rows: int, output_names: tuple[str, ...]
-                ) -> tuple[list[np.ndarray], ComputeTimes] | None:
+    def run_now(
+        self, feeds: dict[str, np.ndarray], rows: int, output_names: tuple[str, ...]
+    ) -> tuple[list[np.ndarray], ComputeTimes] | None:
         """(outputs, compute times) computed right here when an inline instance may take the request at once;
         None when it must queue. Runs on the event loop."""
         if not self._immediate or self._closed or self.queued:
             return None
         try:
-            outputs, _, input_s, infer_s = _assemble_and_run(self._instances[0], self._assemblers[0], [feeds],
-                                                             output_names)
+            outputs, _, input_s, infer_s = _assemble_and_run(
+                self._instances[0], self._assemblers[0], [feeds], output_names
+            )
         except RequestsFailed as exc:  # its own preprocessing failed: its own error
             raise exc.failures[0] from None
         except Exception as exc:
@@ -229,23 +250,39 @@ class Batcher:
             self._on_batch(BatchResult(rows, 1, times))
         return outputs, times
 
-    def submit(self, feeds: dict[str, np.ndarray], rows: int, shape_key: tuple, output_names: tuple[str, ...],
-               priority: int = 0, timeout_us: int = 0) -> WorkItem:
+    def submit(
+        self,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        shape_key: tuple,
+        output_names: tuple[str, ...],
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> WorkItem:
         if self._closed:
             raise Unavailable(f"model '{self.name}' is shutting down")
         level = self.policy.level_index(priority)
         queue_policy = self.policy.queue_policies[level]
         if self._queued_per_level[level] >= queue_policy.max_queue_size:
             raise ResourceExhausted(
-                f"model '{self.name}': queue full ({queue_policy.max_queue_size} requests waiting at priority {level + 1})"
+                f"model '{self.name}': queue full ({queue_policy.max_queue_size} requests waiting at "
+                f"priority {level + 1})"
             )
         timeout_s = queue_policy.default_timeout_s
         if timeout_us > 0 and queue_policy.allow_timeout_override:
             timeout_s = min(timeout_s, timeout_us / 1e6) if timeout_s else timeout_us / 1e6
         now = self._clock()
         future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
-        item = WorkItem(feeds, output_names, future, Pending(rows, shape_key, now), level,
-                        now + timeout_s if timeout_s else math.inf, queue_policy.delay_on_timeout, self._seq)
+        item = WorkItem(
+            feeds,
+            output_names,
+            future,
+            Pending(rows, shape_key, now),
+            level,
+            now + timeout_s if timeout_s else math.inf,
+            queue_policy.delay_on_timeout,
+            self._seq,
+        )
         self._seq += 1
         self._queues[level].append(item)
         self._queued_per_level[level] += 1
@@ -270,7 +307,8 @@ class Batcher:
             self._forget_deadline()
 
     def _forget_deadline(self) -> None:
-        """A request with a deadline left the deadline heap's concern (taken, cancelled, expired or delayed)."""
+        """A request with a deadline left the deadline heap's concern (taken, cancelled, expired or
+        delayed)."""
         self._live_deadlines -= 1
         if not self._live_deadlines:
             self._deadlines.clear()
@@ -279,8 +317,8 @@ class Batcher:
             heapq.heapify(self._deadlines)
 
     def _settle(self, item: WorkItem, settle: Callable[[], None]) -> None:
-        """Settle an item's future; under preserve_ordering, a request a batch took waits for every earlier-taken
-        one's, while one that never ran (expired, cancelled) is answered at once."""
+        """Settle an item's future; under preserve_ordering, a request a batch took waits for every
+        earlier-taken one's, while one that never ran (expired, cancelled) is answered at once."""
         if item.released:
             return
         item.released = True
@@ -298,8 +336,9 @@ class Batcher:
         if self._expiry is not None:
             self._expiry.cancel()
         self._expiry_at = self._deadlines[0][0]
-        self._expiry = asyncio.get_running_loop().call_later(max(0.0, self._expiry_at - self._clock()),
-                                                             self._expire_due)
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, self._expiry_at - self._clock()), self._expire_due
+        )
 
     def _expire_due(self) -> None:
         self._expiry, self._expiry_at = None, math.inf
@@ -317,17 +356,23 @@ class Batcher:
                 self._forget_deadline()
                 continue
             self._dequeue(item)
-            error = DeadlineExceeded(f"model '{self.name}': request timed out after waiting "
-                                     f"{(now - item.pending.enqueued_at) * 1e3:.1f} ms in the queue")
+            error = DeadlineExceeded(
+                f"model '{self.name}': request timed out after waiting "
+                f"{(now - item.pending.enqueued_at) * 1e3:.1f} ms in the queue"
+            )
             self._settle(item, functools.partial(_fail, item.future, error))
 
     def _window(self) -> list[WorkItem]:
-        """The queued requests a batch may be formed from: level by level, each level's requests in arrival order
-        and then its delayed (timed-out under DELAY) ones, as Triton orders them. Prunes settled heads."""
+        """The queued requests a batch may be formed from: level by level, each level's requests in arrival
+        order and then its delayed (timed-out under DELAY) ones, as Triton orders them. Prunes settled
+        heads."""
         limit = self.policy.window
         window: list[WorkItem] = []
-        for queue, delayed_queue in [(q, delayed) for level in zip(self._queues, self._delayed)
-                                     for q, delayed in zip(level, (False, True))]:
+        for queue, delayed_queue in [
+            (q, delayed)
+            for level in zip(self._queues, self._delayed)
+            for q, delayed in zip(level, (False, True))
+        ]:
             while queue and (not queue[0].queued or queue[0].delayed != delayed_queue):
                 queue.popleft()
             for item in queue:
@@ -375,9 +420,12 @@ class Batcher:
         parts = [item.feeds for item in batch]
         names = batch[0].output_names if len(batch) == 1 else self._all_outputs
         try:
-            outputs, padded, input_s, infer_s = await instance.call(_assemble_and_run, instance, assembler, parts, names)
+            outputs, padded, input_s, infer_s = await instance.call(
+                _assemble_and_run, instance, assembler, parts, names
+            )
             self._deliver(batch, assembler, names, outputs, padded, input_s, infer_s)
-        except RequestsFailed as exc:  # per-request preprocessing failed for some: they fail alone, the others run
+        except RequestsFailed as exc:
+            # per-request preprocessing failed for some: they fail alone, the others run
             for index, error in exc.failures.items():
                 self._settle(batch[index], functools.partial(_fail, batch[index].future, error))
             rest = [item for index, item in enumerate(batch) if index not in exc.failures]
@@ -389,8 +437,16 @@ class Batcher:
             for item in batch:
                 self._settle(item, functools.partial(_fail, item.future, error))
 
-    def _deliver(self, batch: list[WorkItem], assembler: BatchAssembler, names: Sequence[str],
-                 outputs: list[np.ndarray], padded: tuple[int, ...], input_s: float, infer_s: float) -> None:
+    def _deliver(
+        self,
+        batch: list[WorkItem],
+        assembler: BatchAssembler,
+        names: Sequence[str],
+        outputs: list[np.ndarray],
+        padded: tuple[int, ...],
+        input_s: float,
+        infer_s: float,
+    ) -> None:
         started = time.perf_counter()
         if len(batch) == 1:
             results = [outputs]
@@ -400,8 +456,12 @@ class Batcher:
             start = 0
             for item in batch:
                 stop = start + item.pending.rows
-                results.append([assembler.slice_output(name, by_name[name], start, stop, item.feeds, padded)
-                                for name in item.output_names])
+                results.append(
+                    [
+                        assembler.slice_output(name, by_name[name], start, stop, item.feeds, padded)
+                        for name in item.output_names
+                    ]
+                )
                 start = stop
         times = ComputeTimes(input_s, infer_s, time.perf_counter() - started)
         if self._on_batch is not None:
@@ -416,15 +476,20 @@ class Batcher:
         self._wakeup.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._expiry is not None:  # drained: nothing left to expire, and the timer would keep this batcher alive
+        # drained: nothing left to expire, and the timer would keep this batcher alive
+        if self._expiry is not None:
             self._expiry.cancel()
             self._expiry, self._expiry_at = None, math.inf
 
 
-def _assemble_and_run(instance: Instance, assembler: BatchAssembler, parts: list[dict[str, np.ndarray]],
-                      output_names: Sequence[str]) -> tuple[list[np.ndarray], tuple[int, ...], float, float]:
-    """Runs on the instance's thread: gather and preprocess the batch (numba, nogil), run ORT (releases the GIL).
-    Returns (outputs, padded item shape, input seconds, inference seconds)."""
+def _assemble_and_run(
+    instance: Instance,
+    assembler: BatchAssembler,
+    parts: list[dict[str, np.ndarray]],
+    output_names: Sequence[str],
+) -> tuple[list[np.ndarray], tuple[int, ...], float, float]:
+    """Runs on the instance's thread: gather and preprocess the batch (numba, nogil), run ORT
+    (releases the GIL). Returns (outputs, padded item shape, input seconds, inference seconds)."""
     started = time.perf_counter()
     feeds, padded = assembler.assemble(parts)
     assembled = time.perf_counter()

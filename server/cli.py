@@ -25,8 +25,8 @@ log = logging.getLogger("hotwire")
 
 
 def _use_kernel_cache(directory: Path | None) -> None:
-    """Point numba's kernel cache at `directory` (None: hotwire's per-user default, ~/.cache/hotwire/kernels) in
-    this process and the ones it starts.
+    """Point numba's kernel cache at `directory` (None: hotwire's per-user default, ~/.cache/hotwire/kernels)
+    in this process and the ones it starts.
 
     Read before any kernel is decorated (hotwire.kernels' import); hotwire.kernels.cache makes a read-only
     directory usable (numba alone silently skips it)."""
@@ -42,11 +42,16 @@ def _warm_kernels(args: argparse.Namespace) -> int:
 
     report = kernel_cache.warm()
     where = ", ".join(sorted(report.cache_paths)) or "nowhere"
-    print(f"kernel cache {where}: {report.loaded} kernel signatures loaded, {report.compiled} compiled"
-          + (f", {len(report.unsaved)} of them could not be saved" if report.unsaved else ""))
+    print(
+        f"kernel cache {where}: {report.loaded} kernel signatures loaded, {report.compiled} compiled"
+        + (f", {len(report.unsaved)} of them could not be saved" if report.unsaved else "")
+    )
     if report.unsaved:
-        print("hotwire: the kernel cache could not be written: point --kernel-cache-dir at a writable directory",
-              file=sys.stderr)
+        print(
+            "hotwire: the kernel cache could not be written: "
+            "point --kernel-cache-dir at a writable directory",
+            file=sys.stderr,
+        )
         return 1
     if args.check and report.compiled:
         print(f"hotwire: --check: {report.compiled} kernel signatures were not in the cache", file=sys.stderr)
@@ -93,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _admin(model: str, url: str, parameters: dict[str, str]) -> tuple[str, str, str]:
     """RepositoryModelLoad carrying an admin parameter; returns the server's (action, version, elapsed ms)."""
     import grpc
+
     from hotwire.proto import grpc_service_pb2 as pb
     from hotwire.proto import grpc_service_pb2_grpc
 
@@ -103,11 +109,17 @@ def _admin(model: str, url: str, parameters: dict[str, str]) -> tuple[str, str, 
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         _, call = stub.RepositoryModelLoad.with_call(request, timeout=300)
     trailers = dict(call.trailing_metadata() or ())
-    return trailers.get("hotwire-action", ""), trailers.get("hotwire-version", ""), trailers.get("hotwire-elapsed-ms", "")
+    return (
+        trailers.get("hotwire-action", ""),
+        trailers.get("hotwire-version", ""),
+        trailers.get("hotwire-elapsed-ms", ""),
+    )
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    action, version, elapsed = _admin(args.model, args.url, {"hotwire.rollback": "" if args.to is None else str(args.to)})
+    action, version, elapsed = _admin(
+        args.model, args.url, {"hotwire.rollback": "" if args.to is None else str(args.to)}
+    )
     how = "from standby" if action == "rollback:standby" else "reloaded from the repository (no standby copy)"
     print(f"{args.model}: traffic now on version {version}, {how}, in {float(elapsed or 0):.1f} ms")
     return 0
@@ -116,32 +128,54 @@ def _rollback(args: argparse.Namespace) -> int:
 def _traffic(args: argparse.Namespace) -> int:
     import json
 
-    update = {key: value for key, value in (("stable", args.stable), ("canary", args.canary),
-                                            ("canary_weight", args.weight), ("sticky_parameter", args.sticky),
-                                            ("shadow", args.shadow), ("shadow_fraction", args.fraction),
-                                            ("standby", args.standby)) if value is not None}
+    update = {
+        key: value
+        for key, value in (
+            ("stable", args.stable),
+            ("canary", args.canary),
+            ("canary_weight", args.weight),
+            ("sticky_parameter", args.sticky),
+            ("shadow", args.shadow),
+            ("shadow_fraction", args.fraction),
+            ("standby", args.standby),
+        )
+        if value is not None
+    }
     if not update:
-        args.usage_error("nothing to change: give --stable, --canary (with --weight), --sticky, --shadow "
-                         "(with --fraction) or --standby")
+        args.usage_error(
+            "nothing to change: give --stable, --canary (with --weight), --sticky, --shadow "
+            "(with --fraction) or --standby"
+        )
     _admin(args.model, args.url, {"hotwire.traffic": json.dumps(update)})
     print(f"{args.model}: traffic policy updated: {update}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hotwire", description="High-performance ONNX model server (KServe V2 gRPC)")
+    parser = argparse.ArgumentParser(
+        prog="hotwire", description="High-performance ONNX model server (KServe V2 gRPC)"
+    )
     parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository over gRPC")
     add_serve_arguments(serve)
     serve.set_defaults(run=_serve, usage_error=serve.error)
-    warm = commands.add_parser("warm-kernels", help="compile the numba kernels into the kernel cache (e.g. at "
-                                                    "image build), so servers using it compile nothing")
-    warm.add_argument("--kernel-cache-dir", type=Path,
-                      help="the cache to fill, as given to `serve` (default: $HOTWIRE_KERNEL_CACHE_DIR, else "
-                           "~/.cache/hotwire/kernels); it can be read-only afterwards")
-    warm.add_argument("--check", action="store_true",
-                      help="fail (exit 1) unless every kernel loaded from the cache, compiling none")
+    warm = commands.add_parser(
+        "warm-kernels",
+        help="compile the numba kernels into the kernel cache (e.g. at "
+        "image build), so servers using it compile nothing",
+    )
+    warm.add_argument(
+        "--kernel-cache-dir",
+        type=Path,
+        help="the cache to fill, as given to `serve` (default: $HOTWIRE_KERNEL_CACHE_DIR, else "
+        "~/.cache/hotwire/kernels); it can be read-only afterwards",
+    )
+    warm.add_argument(
+        "--check",
+        action="store_true",
+        help="fail (exit 1) unless every kernel loaded from the cache, compiling none",
+    )
     warm.set_defaults(run=_warm_kernels, usage_error=warm.error)
     rollback = commands.add_parser("rollback", help="send a model's traffic back to an earlier version")
     rollback.add_argument("model")
@@ -166,8 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Unknown arguments that are tritonserver's flags get a hint, not a bare "unrecognized arguments".
     args, extra = build_parser().parse_known_args(argv)
     if extra:
-        args.usage_error(unrecognized(extra) if args.command == "serve" else
-                         "unrecognized arguments: " + " ".join(extra))
+        args.usage_error(
+            unrecognized(extra) if args.command == "serve" else "unrecognized arguments: " + " ".join(extra)
+        )
     try:
         return int(args.run(args))
     except ConfigError as exc:

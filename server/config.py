@@ -1,8 +1,10 @@
-"""Server settings: one frozen dataclass, built from command-line flags and HOTWIRE_<FLAG> environment variables.
+"""Server settings: one frozen dataclass, built from command-line flags and HOTWIRE_<FLAG> environment
+variables.
 
-This module is the only reader of hotwire's own HOTWIRE_* variables; a flag given on the command line wins over its
-variable. Other libraries' variables are read where they are handed over: NUMBA_CACHE_DIR and XDG_CACHE_HOME by
-the kernel cache (kernels/cache.py, set by cli.py), PROMETHEUS_MULTIPROC_DIR by metrics.py and workers.py.
+This module is the only reader of hotwire's own HOTWIRE_* variables; a flag given on the command line wins
+over its variable. Other libraries' variables are read where they are handed over: NUMBA_CACHE_DIR and
+XDG_CACHE_HOME by the kernel cache (kernels/cache.py, set by cli.py), PROMETHEUS_MULTIPROC_DIR by metrics.py
+and workers.py.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ class ServerConfig:
     log_level: str = "INFO"
     log_format: str = "plain"  # plain | json
     request_log_rate: float = 0.0  # fraction of requests logged with their stage breakdown
-    slow_request_ms: float = 0.0  # requests slower than this are logged (warning) with their breakdown; 0: off
+    # requests slower than this are logged (warning) with their breakdown; 0: off
+    slow_request_ms: float = 0.0
     max_message_bytes: int = 64 * 1024 * 1024  # both directions
     shutdown_grace_s: float = 30.0  # how long in-flight requests may take to finish on SIGTERM
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     model_control_mode: str = "none"  # none | poll | explicit
     repository_poll_secs: float = 15.0
     load_model: tuple[str, ...] = ()  # explicit mode: the models loaded at start
-    kernel_cache_dir: Path | None = None  # numba's on-disk kernel cache (NUMBA_CACHE_DIR); None: the per-user one
+    # numba's on-disk kernel cache (NUMBA_CACHE_DIR); None: the per-user one
+    kernel_cache_dir: Path | None = None
     workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT)
     exit_on_error: bool = False  # a model failing to load at start stops the server (exit 1); Triton: on
     strict_readiness: bool = True  # ServerReady needs every model ready; false: ready once the server is up
@@ -62,7 +66,8 @@ class ServerConfig:
 _INTERNAL = ("reuse_port", "ready_fd")  # fields with no HOTWIRE_* variable (a child would inherit it)
 
 
-# tritonserver's --log-format values: both are timestamped text lines, which is what hotwire's plain format is.
+# tritonserver's --log-format values: both are timestamped text lines, which is what hotwire's plain format
+# is.
 TRITON_LOG_FORMATS = {"default": "plain", "ISO8601": "plain"}
 
 # HOTWIRE_* variables read outside `serve`'s settings, so never taken for misspellings.
@@ -122,62 +127,126 @@ def _boolean(name: str) -> type:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The `serve` flags; each FLAG also reads HOTWIRE_<FLAG> (e.g. --grpc-port: HOTWIRE_GRPC_PORT). Triton's
     names for the same settings are aliases (--model-store, --grpc-address, --exit-timeout-secs)."""
-    parser.add_argument("--model-repository", "--model-store", type=Path,
-                        help="model repository (default: the bundled examples)")
-    parser.add_argument("--host", "--grpc-address", dest="host",
-                        help="address to listen on, for gRPC, HTTP and metrics (default 0.0.0.0)")
-    parser.add_argument("--grpc-port", type=_positive("--grpc-port", 0), help="gRPC port, 0 = any free (default 8001)")
-    parser.add_argument("--http-port", type=_positive("--http-port", -1),
-                        help="HTTP/REST port, 0 = any free, -1 = off (default 8000)")
-    parser.add_argument("--metrics-port", type=_positive("--metrics-port", -1),
-                        help="Prometheus /metrics port, 0 = any free, -1 = off (default 8002)")
+    parser.add_argument(
+        "--model-repository",
+        "--model-store",
+        type=Path,
+        help="model repository (default: the bundled examples)",
+    )
+    parser.add_argument(
+        "--host",
+        "--grpc-address",
+        dest="host",
+        help="address to listen on, for gRPC, HTTP and metrics (default 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--grpc-port", type=_positive("--grpc-port", 0), help="gRPC port, 0 = any free (default 8001)"
+    )
+    parser.add_argument(
+        "--http-port",
+        type=_positive("--http-port", -1),
+        help="HTTP/REST port, 0 = any free, -1 = off (default 8000)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_positive("--metrics-port", -1),
+        help="Prometheus /metrics port, 0 = any free, -1 = off (default 8002)",
+    )
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
-    parser.add_argument("--log-verbose", type=_positive("--log-verbose", 0), metavar="N",
-                        help="Triton's verbosity: N > 0 logs at DEBUG (default 0)")
-    parser.add_argument("--log-format", choices=("plain", "json", *TRITON_LOG_FORMATS),
-                        help="default plain (Triton's `default` and `ISO8601` are taken as plain)")
+    parser.add_argument(
+        "--log-verbose",
+        type=_positive("--log-verbose", 0),
+        metavar="N",
+        help="Triton's verbosity: N > 0 logs at DEBUG (default 0)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("plain", "json", *TRITON_LOG_FORMATS),
+        help="default plain (Triton's `default` and `ISO8601` are taken as plain)",
+    )
     parser.add_argument("--request-log-rate", type=float, help="fraction of requests logged (default 0)")
-    parser.add_argument("--slow-request-ms", type=float, help="log requests slower than this (default 0: off)")
-    parser.add_argument("--max-message-bytes", type=_positive("--max-message-bytes", 1),
-                        help="largest gRPC message accepted or sent (default 64 MiB)")
-    parser.add_argument("--shutdown-grace-s", "--exit-timeout-secs", dest="shutdown_grace_s", type=float,
-                        help="time in-flight requests get on shutdown (default 30)")
-    parser.add_argument("--default-max-batch-size", type=_positive("--default-max-batch-size", 1),
-                        help="max_batch_size for models that leave it out of config.pbtxt (default 32)")
-    parser.add_argument("--model-control-mode", choices=CONTROL_MODES,
-                        help="none: load all at start (default); poll: also rescan the repository; explicit: "
-                             "only --load-model at start, then RepositoryModelLoad/Unload")
-    parser.add_argument("--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)")
-    parser.add_argument("--load-model", action="append", help="explicit mode: a model to load at start (repeatable)")
-    parser.add_argument("--kernel-cache-dir", type=Path,
-                        help="where compiled numba kernels are cached (default: ~/.cache/hotwire/kernels); warm it "
-                             "once (e.g. at image build) and it can be read-only afterwards")
-    parser.add_argument("--workers", type=_positive("--workers", 1),
-                        help="server processes sharing the gRPC port; a crashed one is restarted (default 1)")
-    parser.add_argument("--exit-on-error", type=_boolean("--exit-on-error"), nargs="?", const=True,
-                        metavar="BOOL",
-                        help="exit 1 when a model fails to load at start (default false: the others serve)")
-    parser.add_argument("--strict-readiness", type=_boolean("--strict-readiness"), nargs="?", const=True,
-                        metavar="BOOL",
-                        help="ServerReady only when every model is ready (default true); false: ready once "
-                             "the server is up")
+    parser.add_argument(
+        "--slow-request-ms", type=float, help="log requests slower than this (default 0: off)"
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=_positive("--max-message-bytes", 1),
+        help="largest gRPC message accepted or sent (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--shutdown-grace-s",
+        "--exit-timeout-secs",
+        dest="shutdown_grace_s",
+        type=float,
+        help="time in-flight requests get on shutdown (default 30)",
+    )
+    parser.add_argument(
+        "--default-max-batch-size",
+        type=_positive("--default-max-batch-size", 1),
+        help="max_batch_size for models that leave it out of config.pbtxt (default 32)",
+    )
+    parser.add_argument(
+        "--model-control-mode",
+        choices=CONTROL_MODES,
+        help="none: load all at start (default); poll: also rescan the repository; explicit: "
+        "only --load-model at start, then RepositoryModelLoad/Unload",
+    )
+    parser.add_argument(
+        "--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)"
+    )
+    parser.add_argument(
+        "--load-model", action="append", help="explicit mode: a model to load at start (repeatable)"
+    )
+    parser.add_argument(
+        "--kernel-cache-dir",
+        type=Path,
+        help="where compiled numba kernels are cached (default: ~/.cache/hotwire/kernels); warm it "
+        "once (e.g. at image build) and it can be read-only afterwards",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive("--workers", 1),
+        help="server processes sharing the gRPC port; a crashed one is restarted (default 1)",
+    )
+    parser.add_argument(
+        "--exit-on-error",
+        type=_boolean("--exit-on-error"),
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="exit 1 when a model fails to load at start (default false: the others serve)",
+    )
+    parser.add_argument(
+        "--strict-readiness",
+        type=_boolean("--strict-readiness"),
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="ServerReady only when every model is ready (default true); false: ready once the server is up",
+    )
     parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
-    parser.add_argument("--ready-fd", type=_positive("--ready-fd", 0), metavar="FD",
-                        help="once listening, write one JSON line with the ports (grpc_port, http_port, "
-                             "metrics_port, pid) to this inherited file descriptor and close it: how a process "
-                             "manager learns a server is up without reading its log")
+    parser.add_argument(
+        "--ready-fd",
+        type=_positive("--ready-fd", 0),
+        metavar="FD",
+        help="once listening, write one JSON line with the ports (grpc_port, http_port, "
+        "metrics_port, pid) to this inherited file descriptor and close it: how a process "
+        "manager learns a server is up without reading its log",
+    )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ("environment variables (a flag on the command line wins):\n  "
-                     + "\n  ".join(f"{variable:34} {_flag_of(variable)}" for variable in variables()))
+    parser.epilog = "environment variables (a flag on the command line wins):\n  " + "\n  ".join(
+        f"{variable:34} {_flag_of(variable)}" for variable in variables()
+    )
 
 
 def _flag_of(variable: str) -> str:
-    return "--" + _flag(variable[len(ENV_PREFIX):].lower())
+    return "--" + _flag(variable[len(ENV_PREFIX) :].lower())
 
 
 def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
-    """Flags first, then HOTWIRE_* variables, then defaults; invalid variables are a ConfigError naming them."""
+    """Flags first, then HOTWIRE_* variables, then defaults; invalid variables are a ConfigError naming
+    them."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     for f in fields(ServerConfig):
@@ -210,8 +279,10 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
         if name.startswith(ENV_PREFIX) and name not in known and name not in OTHER_VARIABLES:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            warnings.append(f"environment variable {name} is not a hotwire setting, ignored ({hint}"
-                            f"see `hotwire serve --help`)")
+            warnings.append(
+                f"environment variable {name} is not a hotwire setting, ignored ({hint}"
+                f"see `hotwire serve --help`)"
+            )
     return warnings
 
 
@@ -222,17 +293,26 @@ def kernel_cache_dir_from_env(environ: Mapping[str, str] | None = None) -> Path 
 
 
 def _check(config: ServerConfig) -> None:
-    """The same rules for a value from a flag or from its HOTWIRE_* variable; a ConfigError names the setting."""
-    choices = {"log_level": LOG_LEVELS, "log_format": ("plain", "json"),
-               "model_control_mode": CONTROL_MODES}
+    """The same rules for a value from a flag or from its HOTWIRE_* variable; a ConfigError names the
+    setting."""
+    choices = {"log_level": LOG_LEVELS, "log_format": ("plain", "json"), "model_control_mode": CONTROL_MODES}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
-            raise ConfigError(f"--{_flag(name)} '{getattr(config, name)}': expected one of {', '.join(allowed)}")
+            raise ConfigError(
+                f"--{_flag(name)} '{getattr(config, name)}': expected one of {', '.join(allowed)}"
+            )
     ranges: dict[str, tuple[float, float]] = {
-        "grpc_port": (0, 65535), "http_port": (-1, 65535), "metrics_port": (-1, 65535), "request_log_rate": (0, 1),
-        "slow_request_ms": (0, float("inf")), "shutdown_grace_s": (0, float("inf")),
-        "repository_poll_secs": (0.01, float("inf")), "max_message_bytes": (1, 2**31 - 1),
-        "default_max_batch_size": (1, float("inf")), "workers": (1, 1024), "log_verbose": (0, float("inf")),
+        "grpc_port": (0, 65535),
+        "http_port": (-1, 65535),
+        "metrics_port": (-1, 65535),
+        "request_log_rate": (0, 1),
+        "slow_request_ms": (0, float("inf")),
+        "shutdown_grace_s": (0, float("inf")),
+        "repository_poll_secs": (0.01, float("inf")),
+        "max_message_bytes": (1, 2**31 - 1),
+        "default_max_batch_size": (1, float("inf")),
+        "workers": (1, 1024),
+        "log_verbose": (0, float("inf")),
     }
     for name, (low, high) in ranges.items():
         value = getattr(config, name)
@@ -299,25 +379,66 @@ TRITON_FLAGS: dict[str, str] = {
     "--backend-config": "set ONNX Runtime options per model in config.pbtxt `parameters`",
     "--strict-model-config": "hotwire always completes a partial config.pbtxt from the ONNX graph",
     "--disable-auto-complete-config": "hotwire always completes a partial config.pbtxt from the ONNX graph",
-    **{flag: _UNSUPPORTED for flag in (
-        "--id", "--allow-gpu-metrics", "--allow-cpu-metrics", "--metrics-interval-ms", "--metrics-config",
-        "--model-load-thread-count", "--model-load-retry-count", "--model-namespacing", "--model-config-name",
-        "--backend-directory", "--repoagent-directory", "--cache-directory", "--cache-config",
-        "--response-cache-byte-size", "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size",
-        "--cuda-virtual-address-size", "--min-supported-compute-capability", "--buffer-manager-thread-count",
-        "--host-policy", "--rate-limit", "--rate-limit-resource", "--model-load-gpu-limit",
-        "--trace-config", "--trace-file", "--trace-level", "--trace-rate", "--trace-count",
-        "--trace-log-frequency",
-        "--grpc-infer-allocation-pool-size", "--grpc-max-response-pool-size", "--grpc-use-ssl",
-        "--grpc-use-ssl-mutual", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert",
-        "--grpc-infer-response-compression-level", "--grpc-keepalive-time", "--grpc-keepalive-timeout",
-        "--grpc-keepalive-permit-without-calls", "--grpc-http2-max-pings-without-data",
-        "--grpc-http2-min-recv-ping-interval-without-data", "--grpc-http2-max-ping-strikes",
-        "--grpc-max-connection-age", "--grpc-max-connection-age-grace", "--grpc-restricted-protocol",
-        "--grpc-header-forward-pattern", "--allow-sagemaker", "--sagemaker-port",
-        "--sagemaker-safe-port-range",
-        "--sagemaker-thread-count", "--allow-vertex-ai", "--vertex-ai-port", "--vertex-ai-thread-count",
-        "--vertex-ai-default-model")},
+    **{
+        flag: _UNSUPPORTED
+        for flag in (
+            "--id",
+            "--allow-gpu-metrics",
+            "--allow-cpu-metrics",
+            "--metrics-interval-ms",
+            "--metrics-config",
+            "--model-load-thread-count",
+            "--model-load-retry-count",
+            "--model-namespacing",
+            "--model-config-name",
+            "--backend-directory",
+            "--repoagent-directory",
+            "--cache-directory",
+            "--cache-config",
+            "--response-cache-byte-size",
+            "--pinned-memory-pool-byte-size",
+            "--cuda-memory-pool-byte-size",
+            "--cuda-virtual-address-size",
+            "--min-supported-compute-capability",
+            "--buffer-manager-thread-count",
+            "--host-policy",
+            "--rate-limit",
+            "--rate-limit-resource",
+            "--model-load-gpu-limit",
+            "--trace-config",
+            "--trace-file",
+            "--trace-level",
+            "--trace-rate",
+            "--trace-count",
+            "--trace-log-frequency",
+            "--grpc-infer-allocation-pool-size",
+            "--grpc-max-response-pool-size",
+            "--grpc-use-ssl",
+            "--grpc-use-ssl-mutual",
+            "--grpc-server-cert",
+            "--grpc-server-key",
+            "--grpc-root-cert",
+            "--grpc-infer-response-compression-level",
+            "--grpc-keepalive-time",
+            "--grpc-keepalive-timeout",
+            "--grpc-keepalive-permit-without-calls",
+            "--grpc-http2-max-pings-without-data",
+            "--grpc-http2-min-recv-ping-interval-without-data",
+            "--grpc-http2-max-ping-strikes",
+            "--grpc-max-connection-age",
+            "--grpc-max-connection-age-grace",
+            "--grpc-restricted-protocol",
+            "--grpc-header-forward-pattern",
+            "--allow-sagemaker",
+            "--sagemaker-port",
+            "--sagemaker-safe-port-range",
+            "--sagemaker-thread-count",
+            "--allow-vertex-ai",
+            "--vertex-ai-port",
+            "--vertex-ai-thread-count",
+            "--vertex-ai-default-model",
+        )
+    },
 }
 
 

@@ -3,37 +3,39 @@
 Two halves with very different costs:
 
 * `DriftMonitor.observe(inputs, outputs)` runs on the event loop after each response. It turns every monitored
-  tensor into a few numbers per row (`FeatureExtractor`), and copies those rows into preallocated, bounded buffers:
-  first the *reference capture* (the first `reference_rows` rows the version sees), then a rolling *current window*
-  of the latest `window_rows` rows. Cost: O(rows x features) numpy (plus a pass over at most 4096 elements per row
-  for summary features); no sorting, no Python loop over rows (BYTES tensors aside: string lengths are read one
-  element at a time), and no reference to a request tensor survives the call.
-* `DriftMonitor.compute()` runs on a worker thread every so often. It copies the buffers under a lock held only for
-  the copy, then compares every feature's reference and current samples: two-sample Kolmogorov-Smirnov statistic and
-  p-value, and the population stability index (PSI). A feature is reported once both sides hold at least `min_rows`
-  (default 50) finite values.
+  tensor into a few numbers per row (`FeatureExtractor`), and copies those rows into preallocated, bounded
+  buffers: first the *reference capture* (the first `reference_rows` rows the version sees), then a rolling
+  *current window* of the latest `window_rows` rows. Cost: O(rows x features) numpy
+  (plus a pass over at most 4096 elements per row for summary features); no sorting, no Python loop over rows
+  (BYTES tensors aside: string lengths are read one element at a time), and no reference to a request tensor
+  survives the call.
+* `DriftMonitor.compute()` runs on a worker thread every so often. It copies the buffers under a lock held
+  only for the copy, then compares every feature's reference and current samples: two-sample
+  Kolmogorov-Smirnov statistic and p-value, and the population stability index (PSI). A feature is reported
+  once both sides hold at least `min_rows` (default 50) finite values.
 
 Features (`FeatureExtractor`, names are short because they become the `feature` label of `hotwire_drift_*`):
 
 * numeric item with at most 64 elements: each element is a feature, `NAME[i]` (i indexes the flattened item);
-* numeric item with more elements: `NAME.mean` and `NAME.std` over the item, plus `NAME.ch0`... per-channel means when
-  the item has >= 2 axes and a channel axis of 2-4 entries: the item's last axis (channels-last, HWC) is tried first,
-  then its first axis (the batch tensor's second axis, channels-first NCHW). One channel adds nothing: its mean is
-  `NAME.mean`. Items of more than 4096 elements (`SUMMARY_SAMPLE_ELEMENTS`) are summarised from an evenly strided
-  sample of about that many elements (every k-th position, all its channels), the same positions for reference and
-  live rows, so `observe` costs O(rows x 4096) whatever the image size (a 224x224x3 image: every 37th pixel);
-* BYTES (object, `S`, `U`) items: string length, `NAME[i].len` per element for items of at most 64 elements, else
-  the mean length over the item, `NAME.len`;
-* outputs: a 2-D float output [rows, classes] with classes >= 2 is taken as class scores: `NAME.class` (the argmax,
-  compared as a categorical distribution with `psi_categorical`; no KS) and `NAME.max` (the top score). Any other
-  output gets the input features.
+* numeric item with more elements: `NAME.mean` and `NAME.std` over the item, plus `NAME.ch0`... per-channel
+  means when the item has >= 2 axes and a channel axis of 2-4 entries: the item's last axis
+  (channels-last, HWC) is tried first, then its first axis (the batch tensor's second axis, channels-first
+  NCHW). One channel adds nothing: its mean is `NAME.mean`. Items of more than 4096 elements
+  (`SUMMARY_SAMPLE_ELEMENTS`) are summarised from an evenly strided sample of about that many elements
+  (every k-th position, all its channels), the same positions for reference and live rows, so `observe` costs
+  O(rows x 4096) whatever the image size (a 224x224x3 image: every 37th pixel);
+* BYTES (object, `S`, `U`) items: string length, `NAME[i].len` per element for items of at most 64 elements,
+  else the mean length over the item, `NAME.len`;
+* outputs: a 2-D float output [rows, classes] with classes >= 2 is taken as class scores: `NAME.class`
+  (the argmax, compared as a categorical distribution with `psi_categorical`; no KS) and `NAME.max`
+  (the top score). Any other output gets the input features.
 
-Reference profile file (`ReferenceProfile`): `<model dir>/drift_reference.npz`, next to `config.pbtxt`, written by
-`numpy.savez` and read with `allow_pickle=False`. Each array is named after an input tensor (or, optionally, an
-output tensor) and holds raw samples shaped [N, ...item] exactly as they would arrive in a request (row axis first;
-for a model without batching, add a leading axis). The monitor extracts the same features from them as from live
-traffic (all N rows, whatever `reference_rows` says), so a profile replaces the capture phase: drift is reported
-as soon as the current window holds `min_rows` rows. BYTES tensors are
+Reference profile file (`ReferenceProfile`): `<model dir>/drift_reference.npz`, next to `config.pbtxt`,
+written by `numpy.savez` and read with `allow_pickle=False`. Each array is named after an input tensor
+(or, optionally, an output tensor) and holds raw samples shaped [N, ...item] exactly as they would arrive in a
+request (row axis first; for a model without batching, add a leading axis). The monitor extracts the same
+features from them as from live traffic (all N rows, whatever `reference_rows` says), so a profile replaces
+the capture phase: drift is reported as soon as the current window holds `min_rows` rows. BYTES tensors are
 stored as fixed-width `S` arrays (numpy strips trailing NUL bytes from those). Arrays named after no monitored
 tensor are ignored; a monitored tensor without an array captures its reference from traffic as usual.
 """
@@ -78,9 +80,9 @@ SUMMARY_SAMPLE_ELEMENTS = 4096  # summary features of a larger item use an evenl
 _SCRATCH_ELEMENTS = 1 << 16  # float64 scratch for the std pass: 512 KiB
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Statistics
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _sample(values: np.ndarray, what: str) -> np.ndarray:
@@ -95,8 +97,9 @@ def _sample(values: np.ndarray, what: str) -> np.ndarray:
 def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov statistic D = max_x |F_ref(x) - F_cur(x)|, exact (ties included).
 
-    Both empirical CDFs are evaluated at every sample point (right-continuous, via `searchsorted(side="right")`
-    on the sorted samples); the supremum is attained at one of them. O((n + m) log(n + m)). Samples must be finite.
+    Both empirical CDFs are evaluated at every sample point (right-continuous, via
+    `searchsorted(side="right")` on the sorted samples); the supremum is attained at one of them.
+    O((n + m) log(n + m)). Samples must be finite.
     """
     a = np.sort(_sample(reference, "reference"))
     b = np.sort(_sample(current, "current"))
@@ -110,7 +113,8 @@ def _q_ks(lam: float) -> float:
     """Kolmogorov's complementary distribution Q_KS(lam) = 2 sum_{k>=1} (-1)^(k-1) exp(-2 k^2 lam^2).
 
     The alternating series converges fast for lam >= 1.18; below that the equivalent (Jacobi theta) form
-    1 - sqrt(2 pi)/lam sum_{j>=1} exp(-(2j-1)^2 pi^2 / (8 lam^2)) is used, as Numerical Recipes (3rd ed.) does.
+    1 - sqrt(2 pi)/lam sum_{j>=1} exp(-(2j-1)^2 pi^2 / (8 lam^2)) is used, as Numerical Recipes (3rd ed.)
+    does.
     """
     if lam <= 0.0:
         return 1.0
@@ -162,16 +166,17 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, *, eps: floa
     """Population stability index sum_i (q_i - p_i) ln(q_i / p_i) of `current` (q) against `reference` (p).
 
     Bin edges are the reference's interior quantiles at 1/bins, ..., (bins-1)/bins (duplicates merged, so a
-    discrete reference gets fewer bins); the outer bins are open, and a value equal to an edge belongs to the bin
-    above it. When the top edge is the reference's maximum (a point mass there, e.g. a constant feature), one more
-    edge just above it separates "at the maximum" from "above it", so a constant reference still sees a shift in
-    either direction. Proportions below `eps` (empty bins) are raised to `eps` without renormalising, which keeps
-    the logarithm finite. The formula is symmetric in p and q, but the bins come from the reference, so
-    psi(a, b) and psi(b, a) differ somewhat (the tests check they agree within 25 % for a 1-std normal shift).
+    discrete reference gets fewer bins); the outer bins are open, and a value equal to an edge belongs to the
+    bin above it. When the top edge is the reference's maximum (a point mass there, e.g. a constant feature),
+    one more edge just above it separates "at the maximum" from "above it", so a constant reference still sees
+    a shift in either direction. Proportions below `eps` (empty bins) are raised to `eps` without
+    renormalising, which keeps the logarithm finite. The formula is symmetric in p and q, but the bins come
+    from the reference, so psi(a, b) and psi(b, a) differ somewhat (the tests check they agree within 25 % for
+    a 1-std normal shift).
 
     Identical samples give exactly 0; two samples of the same distribution give about (bins - 1)(1/n + 1/m) on
-    average (0.018 for 1000 rows each, 0.18 for 100), so PSI needs a few hundred rows per side to be read with the
-    usual rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 large shift.
+    average (0.018 for 1000 rows each, 0.18 for 100), so PSI needs a few hundred rows per side to be read with
+    the usual rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 large shift.
     """
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
@@ -179,7 +184,8 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, *, eps: floa
     cur = _sample(current, "current")
     edges = np.unique(np.quantile(ref, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
     high = ref.max()
-    if edges[-1] == high:  # the top bin would be [max, inf): give values above a point mass at max their own bin
+    # the top bin would be [max, inf): give values above a point mass at max their own bin
+    if edges[-1] == high:
         edges = np.append(edges, np.nextafter(high, np.inf))
     p = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1) / ref.size
     q = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1) / cur.size
@@ -203,9 +209,9 @@ def psi_categorical(ref_counts: np.ndarray, cur_counts: np.ndarray, *, eps: floa
     return _psi_from_proportions(p / p.sum(), q / q.sum(), eps)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Features
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 _Mode = Literal["elements", "summary", "classes", "lengths", "mean_length"]
 
@@ -226,14 +232,23 @@ def _lengths(batch: np.ndarray) -> np.ndarray:
 
 
 class FeatureExtractor:
-    """Turns one tensor batch [rows, ...item] into per-row features [rows, F] (float64); see the module docstring.
+    """Turns one tensor batch [rows, ...item] into per-row features [rows, F] (float64); see the module
+    docstring.
 
-    Built from one tensor's item shape and dtype (`for_batch`); `names` and `categorical` describe the columns.
-    `extract` reuses a private scratch buffer, so one extractor must not be used from two threads at once.
+    Built from one tensor's item shape and dtype (`for_batch`); `names` and `categorical` describe the
+    columns. `extract` reuses a private scratch buffer, so one extractor must not be used from two threads at
+    once.
     """
 
-    def __init__(self, name: str, item_shape: Sequence[int], dtype: np.dtype | type | str, *,
-                 output: bool = False, max_summary_elements: int = SUMMARY_SAMPLE_ELEMENTS) -> None:
+    def __init__(
+        self,
+        name: str,
+        item_shape: Sequence[int],
+        dtype: np.dtype | type | str,
+        *,
+        output: bool = False,
+        max_summary_elements: int = SUMMARY_SAMPLE_ELEMENTS,
+    ) -> None:
         self.tensor = name
         self.max_summary_elements = max(1, max_summary_elements)
         self.item_shape = tuple(int(d) for d in item_shape)
@@ -273,7 +288,9 @@ class FeatureExtractor:
                 if self.channels >= 2:
                     names += [f"{name}.ch{c}" for c in range(self.channels)]
         self.names: tuple[str, ...] = tuple(names)
-        self.categorical: tuple[bool, ...] = tuple(self.mode == "classes" and i == 0 for i in range(len(names)))
+        self.categorical: tuple[bool, ...] = tuple(
+            self.mode == "classes" and i == 0 for i in range(len(names))
+        )
 
     @classmethod
     def for_batch(cls, name: str, batch: np.ndarray, *, output: bool = False) -> FeatureExtractor:
@@ -331,7 +348,8 @@ class FeatureExtractor:
         else:
             grid = batch.reshape(rows, self.channels, -1)
         positions = grid.shape[1] if channels_last else grid.shape[2]
-        step = -(-positions * max(1, self.channels) // self.max_summary_elements)  # ceil: sample every step-th
+        # ceil: sample every step-th
+        step = -(-positions * max(1, self.channels) // self.max_summary_elements)
         if step > 1:
             grid = grid[:, ::step] if channels_last else grid[:, :, ::step]
         flat = grid.reshape(rows, -1)  # a view, or a copy of at most max_summary_elements per row
@@ -343,19 +361,19 @@ class FeatureExtractor:
         if self._scratch.size < min(rows, chunk) * size:
             self._scratch = np.empty(min(rows, chunk) * size, dtype=np.float64)
         for start in range(0, rows, chunk):
-            part = flat[start:start + chunk]
-            scratch = self._scratch[:part.shape[0] * size].reshape(part.shape[0], size)
-            np.subtract(part, out[start:start + part.shape[0], 0:1], out=scratch)
+            part = flat[start : start + chunk]
+            scratch = self._scratch[: part.shape[0] * size].reshape(part.shape[0], size)
+            np.subtract(part, out[start : start + part.shape[0], 0:1], out=scratch)
             np.square(scratch, out=scratch)
-            out[start:start + part.shape[0], 1] = np.sqrt(scratch.sum(axis=1) / size)
+            out[start : start + part.shape[0], 1] = np.sqrt(scratch.sum(axis=1) / size)
         if self.channels >= 2:
             sums = grid.sum(axis=1 if channels_last else 2, dtype=np.float64)
             out[:, 2:] = sums / (size // self.channels)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Reference profile
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -381,9 +399,11 @@ class ReferenceProfile:
         return cls.load(path) if path.is_file() else None
 
     @classmethod
-    def from_capture(cls, batches: Iterable[Mapping[str, np.ndarray]],
-                     max_rows: int | None = None) -> ReferenceProfile:
-        """Concatenates recorded request batches ({tensor name: [rows, ...item]}), keeping the first `max_rows`."""
+    def from_capture(
+        cls, batches: Iterable[Mapping[str, np.ndarray]], max_rows: int | None = None
+    ) -> ReferenceProfile:
+        """Concatenates recorded request batches ({tensor name: [rows, ...item]}), keeping the first
+        `max_rows`."""
         parts: dict[str, list[np.ndarray]] = {}
         counts: dict[str, int] = {}
         for batch in batches:
@@ -392,13 +412,14 @@ class ReferenceProfile:
                 if max_rows is not None and have >= max_rows:
                     continue
                 array = np.asarray(array)
-                take = array if max_rows is None else array[:max_rows - have]
+                take = array if max_rows is None else array[: max_rows - have]
                 parts.setdefault(name, []).append(np.array(take, copy=True))
                 counts[name] = have + len(take)
         return cls({name: np.concatenate(chunks) for name, chunks in parts.items() if counts[name] > 0})
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Writes the profile (atomically) to exactly `path`; object (BYTES) arrays become fixed-width `S`/`U`."""
+        """Writes the profile (atomically) to exactly `path`; object (BYTES) arrays become fixed-width
+        `S`/`U`."""
         path = Path(path)
         arrays: dict[str, np.ndarray] = {}
         for name, array in self.arrays.items():
@@ -412,8 +433,8 @@ class ReferenceProfile:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".drift_reference.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                # Explicit allow_pickle: nothing here needs pickling (object arrays became S/U above), and it keeps
-                # an input named "allow_pickle" from being taken for the flag (it fails loudly instead).
+                # Explicit allow_pickle: nothing here needs pickling (object arrays became S/U above), and it
+                # keeps an input named "allow_pickle" from being taken for the flag (it fails loudly instead).
                 np.savez(f, allow_pickle=False, **arrays)
             os.replace(tmp, path)
         except BaseException:
@@ -422,9 +443,9 @@ class ReferenceProfile:
         return path
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Report
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -458,11 +479,13 @@ class DriftReport:
         return next((f for f in self.features if f.feature == feature), None)
 
     def drifted(self, p_threshold: float = 0.05) -> list[str]:
-        """Features whose KS p-value is below `p_threshold` (categorical features have none: check their psi)."""
+        """Features whose KS p-value is below `p_threshold` (categorical features have none: check their
+        psi)."""
         return [f.feature for f in self.features if f.ks_pvalue is not None and f.ks_pvalue < p_threshold]
 
     def metric_samples(self) -> list[tuple[str, str, float]]:
-        """(metric name, feature label, value) for hotwire_drift_ks, hotwire_drift_ks_pvalue and hotwire_drift_psi."""
+        """(metric name, feature label, value) for hotwire_drift_ks, hotwire_drift_ks_pvalue and
+        hotwire_drift_psi."""
         samples: list[tuple[str, str, float]] = []
         for f in self.features:
             if f.ks is not None and f.ks_pvalue is not None:
@@ -472,9 +495,9 @@ class DriftReport:
         return samples
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Monitor
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 class _TensorState:
@@ -502,24 +525,33 @@ class _TensorState:
         capacity = self.window.shape[0]
         k = rows.shape[0]  # <= capacity
         first = min(k, capacity - self.pos)
-        self.window[self.pos:self.pos + first] = rows[:first]
+        self.window[self.pos : self.pos + first] = rows[:first]
         if k > first:
-            self.window[:k - first] = rows[first:]
+            self.window[: k - first] = rows[first:]
         self.pos = (self.pos + k) % capacity
         self.count = min(capacity, self.count + k)
 
     def copy_window(self) -> np.ndarray:
         if self.count < self.window.shape[0]:
-            return self.window[:self.count].copy()
-        return np.concatenate((self.window[self.pos:], self.window[:self.pos]))  # oldest first
+            return self.window[: self.count].copy()
+        return np.concatenate((self.window[self.pos :], self.window[: self.pos]))  # oldest first
 
 
 class DriftMonitor:
-    """Drift of one model version's inputs and outputs: cheap `observe` on the loop, `compute` on a worker thread."""
+    """Drift of one model version's inputs and outputs: cheap `observe` on the loop, `compute` on a worker
+    thread."""
 
-    def __init__(self, input_names: Sequence[str], output_names: Sequence[str], window_rows: int = 1000,
-                 reference_rows: int = 1000, reference: ReferenceProfile | None = None, *,
-                 min_rows: int = DEFAULT_MIN_ROWS, bins: int = 10) -> None:
+    def __init__(
+        self,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        window_rows: int = 1000,
+        reference_rows: int = 1000,
+        reference: ReferenceProfile | None = None,
+        *,
+        min_rows: int = DEFAULT_MIN_ROWS,
+        bins: int = 10,
+    ) -> None:
         if window_rows < 1 or reference_rows < 1 or min_rows < 1:
             raise ValueError("window_rows, reference_rows and min_rows must be positive")
         self.window_rows = window_rows
@@ -579,11 +611,11 @@ class DriftMonitor:
         need_ref = 0 if state.ref_frozen else self.reference_rows - state.ref_count
         ref_rows = extractor.extract(array[:need_ref]) if need_ref > 0 else None
         rest = array[need_ref:] if need_ref > 0 else array
-        cur_rows = extractor.extract(rest[-self.window_rows:]) if rest.shape[0] else None
+        cur_rows = extractor.extract(rest[-self.window_rows :]) if rest.shape[0] else None
         with self._lock:
             if ref_rows is not None:
                 k = ref_rows.shape[0]
-                state.reference[state.ref_count:state.ref_count + k] = ref_rows
+                state.reference[state.ref_count : state.ref_count + k] = ref_rows
                 state.ref_count += k
                 state.ref_frozen = state.ref_count >= self.reference_rows
             if cur_rows is not None:
@@ -594,12 +626,14 @@ class DriftMonitor:
     def snapshot(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Copies of every tensor's reference and current feature rows, {tensor: (reference, current)}."""
         with self._lock:
-            return {s.name: self._copy(s)[:2] for s in self._inputs + self._outputs if s.extractor is not None}
+            return {
+                s.name: self._copy(s)[:2] for s in self._inputs + self._outputs if s.extractor is not None
+            }
 
     @staticmethod
     def _copy(state: _TensorState) -> tuple[np.ndarray, np.ndarray, bool]:
         # A frozen reference is never written again: share it instead of copying.
-        reference = state.reference[:state.ref_count]
+        reference = state.reference[: state.ref_count]
         if not state.ref_frozen:
             reference = reference.copy()
         return reference, state.copy_window(), state.ref_frozen
@@ -607,7 +641,11 @@ class DriftMonitor:
     def compute(self) -> DriftReport:
         """Compares every feature's current window with its reference (thread-safe against `observe`)."""
         with self._lock:
-            copies = [(s, *self._copy(s), s.skipped) for s in self._inputs + self._outputs if s.extractor is not None]
+            copies = [
+                (s, *self._copy(s), s.skipped)
+                for s in self._inputs + self._outputs
+                if s.extractor is not None
+            ]
         features: list[FeatureDrift] = []
         complete = True
         skipped: dict[str, int] = {}
@@ -629,10 +667,31 @@ class DriftMonitor:
                     ref_counts = np.bincount(ref.astype(np.int64), minlength=classes)
                     cur_counts = np.bincount(cur.astype(np.int64), minlength=classes)
                     value = psi_categorical(ref_counts, cur_counts)
-                    features.append(FeatureDrift(name, state.name, state.role, value, None, None, int(ref.size),
-                                                 int(cur.size), categorical=True))
+                    features.append(
+                        FeatureDrift(
+                            name,
+                            state.name,
+                            state.role,
+                            value,
+                            None,
+                            None,
+                            int(ref.size),
+                            int(cur.size),
+                            categorical=True,
+                        )
+                    )
                     continue
                 d = ks_statistic(ref, cur)
-                features.append(FeatureDrift(name, state.name, state.role, psi(ref, cur, self.bins), d,
-                                             ks_pvalue(d, ref.size, cur.size), int(ref.size), int(cur.size)))
+                features.append(
+                    FeatureDrift(
+                        name,
+                        state.name,
+                        state.role,
+                        psi(ref, cur, self.bins),
+                        d,
+                        ks_pvalue(d, ref.size, cur.size),
+                        int(ref.size),
+                        int(cur.size),
+                    )
+                )
         return DriftReport(tuple(features), complete, skipped)

@@ -1,9 +1,11 @@
-"""The exception hierarchy and the one table of what each error means on every frontend (ARCHITECTURE.md §Errors).
+"""The exception hierarchy and the one table of what each error means on every frontend
+(ARCHITECTURE.md §Errors).
 
-Every class carries all there is to know about itself: its gRPC status, its HTTP status, Triton's failure reason
-(how it is counted in statistics and metrics) and whether it is the client's fault (a bad request says nothing
-about a version's health, so it is not counted against a canary). Code anywhere on the request path raises one of
-these; each frontend turns it into its transport's status in one place, through `status_of` / `http_status_of`.
+Every class carries all there is to know about itself: its gRPC status, its HTTP status, Triton's failure
+reason (how it is counted in statistics and metrics) and whether it is the client's fault
+(a bad request says nothing about a version's health, so it is not counted against a canary). Code anywhere on
+the request path raises one of these; each frontend turns it into its transport's status in one place, through
+`status_of` / `http_status_of`.
 """
 
 from __future__ import annotations
@@ -82,12 +84,14 @@ class BackendError(HotwireError):
 
 
 class RequestsFailed(HotwireError):
-    """Per-request preprocessing failed for some requests of a batch: `failures` maps their index in the batch to
-    the error each one gets; the other requests did nothing wrong and can run without them."""
+    """Per-request preprocessing failed for some requests of a batch: `failures` maps their index in the batch
+    to the error each one gets; the other requests did nothing wrong and can run without them."""
 
     def __init__(self, failures: dict[int, HotwireError], requests: int) -> None:
         first = failures[min(failures)]
-        super().__init__(f"preprocessing failed for {len(failures)} of {requests} requests in the batch: {first}")
+        super().__init__(
+            f"preprocessing failed for {len(failures)} of {requests} requests in the batch: {first}"
+        )
         self.failures = failures
 
 

@@ -1,9 +1,10 @@
 """The `inference.GRPCInferenceService` servicer: the gRPC frontend of the data plane.
 
 It owns what is gRPC's own: method registration, raw bytes in and out of ModelInfer and ModelStreamInfer (no
-(de)serializers: wire.py decodes and encodes without copying tensors), a stream's ordering and window, and mapping
-every exception to its status in one wrapper, `_unary` (errors.status_of), so no RPC can kill the server.
-Everything else, the inference sequence and its accounting included, is the data plane's (dataplane.py).
+(de)serializers: wire.py decodes and encodes without copying tensors), a stream's ordering and window, and
+mapping every exception to its status in one wrapper, `_unary` (errors.status_of), so no RPC can kill the
+server. Everything else, the inference sequence and its accounting included, is the data plane's
+(dataplane.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -31,7 +33,8 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def _unary(handler: Handler) -> Handler:
-    """Answer any exception with its gRPC status and a message; log the unexpected ones with their traceback."""
+    """Answer any exception with its gRPC status and a message; log the unexpected ones with their
+    traceback."""
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -61,8 +64,9 @@ class InferenceService:
         self._streams_ending = False
 
     def end_streams(self) -> None:
-        """Shutdown: every open ModelStreamInfer stops reading, answers what it has read, and ends with OK (an idle
-        stream would otherwise hold the shutdown for the whole grace period); streams opened from now on end at once."""
+        """Shutdown: every open ModelStreamInfer stops reading, answers what it has read, and ends with OK
+        (an idle stream would otherwise hold the shutdown for the whole grace period); streams opened from now
+        on end at once."""
         self._streams_ending = True
         self._stream_readers.cancel_all()
 
@@ -77,16 +81,22 @@ class InferenceService:
     async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version))
 
-    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
         return self._plane.server_metadata()
 
-    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
         return self._plane.model_metadata(request.name, request.version)
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self._plane.model_config(request.name, request.version))
 
-    async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
         return self._plane.statistics(request.name, request.version)
 
     # ----- inference ----------------------------------------------------------------------------------------
@@ -148,45 +158,57 @@ class InferenceService:
             _, message = status_of(exc)
             if not isinstance(exc, HotwireError):
                 log.exception("unexpected error in a ModelStreamInfer request")
-            request_id, model_name = (request.id, request.model_name) if request is not None \
-                else wire.request_identity(data)[:2]
+            request_id, model_name = (
+                (request.id, request.model_name) if request is not None else wire.request_identity(data)[:2]
+            )
             return pb.ModelStreamInferResponse(
-                error_message=message, infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name)
+                error_message=message,
+                infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name),
             ).SerializeToString()
 
     # ----- model repository -------------------------------------------------------------------------------
 
-    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
         return self._plane.repository_index(request.ready)
 
-    async def repository_model_load(self, request: pb.RepositoryModelLoadRequest,
-                                    context: Any) -> pb.RepositoryModelLoadResponse:
-        params = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-                  for key, value in request.parameters.items()}
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        params = {
+            key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in request.parameters.items()
+        }
         result = await self._plane.load(request.model_name, params)
-        context.set_trailing_metadata((
-            ("hotwire-action", result.action),
-            ("hotwire-version", "" if result.version is None else str(result.version)),
-            ("hotwire-elapsed-ms", f"{result.elapsed_ms:.3f}"),
-        ))
+        context.set_trailing_metadata(
+            (
+                ("hotwire-action", result.action),
+                ("hotwire-version", "" if result.version is None else str(result.version)),
+                ("hotwire-elapsed-ms", f"{result.elapsed_ms:.3f}"),
+            )
+        )
         return pb.RepositoryModelLoadResponse()
 
-    async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,
-                                      context: Any) -> pb.RepositoryModelUnloadResponse:
+    async def repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
         await self._plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ----- registration ----------------------------------------------------------------------------------
 
     def register(self, server: grpc.aio.Server) -> None:
-        """Add every RPC of the service to `server`, as registered methods: gRPC core matches their paths directly
-        instead of asking a generic handler on every call (every method of the service is in the table)."""
+        """Add every RPC of the service to `server`, as registered methods: gRPC core matches their paths
+        directly instead of asking a generic handler on every call (every method of the service is in the
+        table)."""
         server.add_registered_method_handlers(SERVICE_NAME, self.method_handlers())
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         def unary(handler: Handler, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler), request_deserializer=request_type.FromString,
+                _unary(handler),
+                request_deserializer=request_type.FromString,
                 response_serializer=response_type.SerializeToString,
             )
 
@@ -194,22 +216,34 @@ class InferenceService:
             "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
             "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
             "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ServerMetadata": unary(
+                self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
+            ),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
-            "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
-            "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-            "RepositoryModelLoad": unary(self.repository_model_load, pb.RepositoryModelLoadRequest,
-                                         pb.RepositoryModelLoadResponse),
-            "RepositoryModelUnload": unary(self.repository_model_unload, pb.RepositoryModelUnloadRequest,
-                                           pb.RepositoryModelUnloadResponse),
+            "ModelStatistics": unary(
+                self.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse
+            ),
+            "RepositoryIndex": unary(
+                self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
+            ),
+            "RepositoryModelLoad": unary(
+                self.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+            ),
+            "RepositoryModelUnload": unary(
+                self.repository_model_unload,
+                pb.RepositoryModelUnloadRequest,
+                pb.RepositoryModelUnloadResponse,
+            ),
             # raw bytes both ways: no deserializer, no serializer (wire.py does both without copying tensors)
             "ModelInfer": grpc.unary_unary_rpc_method_handler(_unary(self.model_infer)),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }
         for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
             if method.name not in handlers:
-                handlers[method.name] = _unimplemented(method.name, method.client_streaming, method.server_streaming)
+                handlers[method.name] = _unimplemented(
+                    method.name, method.client_streaming, method.server_streaming
+                )
         return handlers
 
 
@@ -220,6 +254,7 @@ def _unimplemented(name: str, client_streaming: bool, server_streaming: bool) ->
         raise Unimplemented(message)
 
     if client_streaming or server_streaming:
+
         async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
             yield b""  # pragma: no cover  (abort raises; this makes the function a generator)

@@ -1,8 +1,9 @@
 """grpc.health.v1 for hotwire: grpc's asyncio HealthServicer, plus an end to `Watch` streams at shutdown.
 
-grpc's Watch never returns, so one idle watcher would hold a graceful shutdown for the whole grace period (and a
-30 s grace matches Kubernetes' default, after which the pod is killed rather than exiting 0). At shutdown every
-watcher is first sent NOT_SERVING (`enter_graceful_shutdown`), then its stream ends with OK (`end_watches`).
+grpc's Watch never returns, so one idle watcher would hold a graceful shutdown for the whole grace period
+(and a 30 s grace matches Kubernetes' default, after which the pod is killed rather than exiting 0). At
+shutdown every watcher is first sent NOT_SERVING (`enter_graceful_shutdown`), then its stream ends with OK
+(`end_watches`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ class HealthServicer(health.aio.HealthServicer):
             self._watches.pop(task, None)
 
     async def end_watches(self, timeout_s: float = 1.0) -> None:
-        """After enter_graceful_shutdown: once every watcher was sent NOT_SERVING (at most `timeout_s`), end their
-        streams with OK."""
+        """After enter_graceful_shutdown: once every watcher was sent NOT_SERVING (at most `timeout_s`), end
+        their streams with OK."""
         self._ending = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while loop.time() < deadline and any(not sent or sent[-1] not in FINAL_STATUSES
-                                             for sent in self._watches.values()):
+        while loop.time() < deadline and any(
+            not sent or sent[-1] not in FINAL_STATUSES for sent in self._watches.values()
+        ):
             await asyncio.sleep(0.005)
         for task in list(self._watches):
             task.cancel()

@@ -1,4 +1,5 @@
-"""`hotwire warm-kernels`: fill the numba kernel cache (e.g. at image build) so servers using it compile nothing.
+"""`hotwire warm-kernels`: fill the numba kernel cache (e.g. at image build) so servers using it compile
+nothing.
 
 The cache's locators, which make a warmed read-only cache usable, are in hotwire.kernels.cache.
 """
@@ -17,7 +18,8 @@ from hotwire.kernels import cache
 class WarmReport:
     loaded: int = 0  # signatures loaded from the on-disk cache
     compiled: int = 0  # signatures compiled (saved to the cache unless listed in `unsaved`)
-    unsaved: list[tuple[str, str]] = field(default_factory=list)  # (kernel, signature) compiled but not cached
+    # (kernel, signature) compiled but not cached
+    unsaved: list[tuple[str, str]] = field(default_factory=list)
     cache_paths: set[str] = field(default_factory=set)
 
 
@@ -51,15 +53,20 @@ def warm() -> WarmReport:
     """Compile or load every CPU kernel for every signature the server uses (what model loads warm), in this
     process; report what came from the cache and what had to be compiled, counting the kernels the server
     calls (not the helpers compiled into them), so a cold and a warm run count the same signatures."""
+    from numba.core.dispatcher import Dispatcher
+
     from hotwire.kernels import batching
     from hotwire.server import preprocess
-    from numba.core.dispatcher import Dispatcher
 
     before = len(cache.unsaved())
     batching.warm()
     preprocess.warm()
-    kernels = [value for module in kernel_modules() for value in vars(module).values()
-               if isinstance(value, Dispatcher) and value.__module__ == module.__name__]
+    kernels = [
+        value
+        for module in kernel_modules()
+        for value in vars(module).values()
+        if isinstance(value, Dispatcher) and value.__module__ == module.__name__
+    ]
     helpers = _helpers(kernels)
     report = WarmReport(unsaved=[entry for entry in cache.unsaved()[before:] if entry[0] not in helpers])
     for kernel in kernels:

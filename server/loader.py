@@ -1,7 +1,7 @@
 """Build a ready model version from a repository source: sessions, completed config, warm-up, batcher.
 
-Runs the blocking parts (session creation, warm-up runs, kernel compiles) on a worker thread; only the finished
-ModelVersion reaches the event loop, so a loading model never slows the ones already serving.
+Runs the blocking parts (session creation, warm-up runs, kernel compiles) on a worker thread; only the
+finished ModelVersion reaches the event loop, so a loading model never slows the ones already serving.
 """
 
 from __future__ import annotations
@@ -15,23 +15,24 @@ import numpy as np
 
 from hotwire.kernels import batching as batching_kernels
 from hotwire.proto import model_config_pb2 as mc
+from hotwire.server import datatypes, preprocess, wire
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.drift import DriftMonitor, ReferenceProfile
 from hotwire.server.errors import InvalidInput, ModelLoadError
-from hotwire.server import datatypes, preprocess, wire
 from hotwire.server.model_config import DriftParameters, Signature, complete, graph_tensors, model_parameters
+from hotwire.server.model_version import ModelVersion
 from hotwire.server.preprocess import Preprocessor
 from hotwire.server.repository import ModelSource
 from hotwire.server.runner import INLINE_MAX_COMPUTE_S, Instance, create_session, placements
-from hotwire.server.model_version import ModelVersion
 from hotwire.server.stats import VersionStats
 
 log = logging.getLogger(__name__)
 
 
-async def load_version(source: ModelSource, version: int, model_file: Path, default_max_batch_size: int,
-                       fingerprint: tuple = ()) -> ModelVersion:
+async def load_version(
+    source: ModelSource, version: int, model_file: Path, default_max_batch_size: int, fingerprint: tuple = ()
+) -> ModelVersion:
     """A complete version in state LOADING (the registry decides when it serves); `fingerprint` is what it is
     loaded from, so an unchanged reload can keep it."""
     assert source.config is not None
@@ -48,8 +49,10 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
         # Runs on a worker thread: session creation holds the GIL for long stretches.
         sessions = [create_session(model_file, parameters.ort, p) for p in where]
         config, signature = complete(
-            declared, source.max_batch_size_given,
-            graph_tensors(sessions[0].get_inputs()), graph_tensors(sessions[0].get_outputs()),
+            declared,
+            source.max_batch_size_given,
+            graph_tensors(sessions[0].get_inputs()),
+            graph_tensors(sessions[0].get_outputs()),
             default_max_batch_size,
         )
         preprocessor, client_signature = None, signature
@@ -63,13 +66,14 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
         ]
         mode = parameters.execution
         compute_s = [warm(instance, signature, config, source.path) for instance in instances]
-        # `auto` runs a tiny model inline only when it has one instance: several instances are asked for to run
-        # concurrently, which inline instances (all on the loop thread) cannot.
+        # `auto` runs a tiny model inline only when it has one instance: several instances are asked for to
+        # run concurrently, which inline instances (all on the loop thread) cannot.
         single = len(instances) == 1
         for instance, seconds in zip(instances, compute_s):
             tiny = seconds is not None and seconds <= INLINE_MAX_COMPUTE_S
             instance.inline = instance.placement.kind == "cpu" and (
-                mode == "inline" or (mode == "auto" and tiny and single))
+                mode == "inline" or (mode == "auto" and tiny and single)
+            )
         if signature.batched:
             batching_kernels.warm()  # compile or load from cache now, never on a request
         return config, client_signature, instances, preprocessor
@@ -82,12 +86,21 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
             instance.close()
         raise
     ragged = [s.name for s in signature.inputs if s.ragged]
-    dynamic_axes = {s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs}
-    assemblers = [BatchAssembler(config.max_batch_size, ragged, dynamic_axes, preprocessor) for _ in instances]
+    dynamic_axes = {
+        s.name: frozenset(i + 1 for i, d in enumerate(s.model_dims) if d < 0) for s in signature.outputs
+    }
+    assemblers = [
+        BatchAssembler(config.max_batch_size, ragged, dynamic_axes, preprocessor) for _ in instances
+    ]
     stats = VersionStats()
-    batcher = Batcher(f"{source.name}:{version}", policy, instances, [s.name for s in signature.outputs], assemblers,
-                      on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.times),
-                      )
+    batcher = Batcher(
+        f"{source.name}:{version}",
+        policy,
+        instances,
+        [s.name for s in signature.outputs],
+        assemblers,
+        on_batch=lambda result: stats.record_batch(result.rows, result.requests, result.times),
+    )
     try:
         drift = drift_monitor(parameters.drift, signature, source.path)
     except ModelLoadError:
@@ -95,12 +108,24 @@ async def load_version(source: ModelSource, version: int, model_file: Path, defa
             instance.close()
         raise
     batcher.start()
-    return ModelVersion(source.name, version, config, signature, instances, batcher, stats, preprocessor=preprocessor,
-                        drift=drift, fingerprint=fingerprint, load_seconds=time.monotonic() - started)
+    return ModelVersion(
+        source.name,
+        version,
+        config,
+        signature,
+        instances,
+        batcher,
+        stats,
+        preprocessor=preprocessor,
+        drift=drift,
+        fingerprint=fingerprint,
+        load_seconds=time.monotonic() - started,
+    )
 
 
 def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
-    """Triton's dynamic_batching settings as a frozen policy (no dynamic_batching: every request runs alone)."""
+    """Triton's dynamic_batching settings as a frozen policy (no dynamic_batching: every request runs
+    alone)."""
     batching = config.dynamic_batching
     levels = max(1, batching.priority_levels)
 
@@ -114,17 +139,22 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
 
     default = queue_policy(batching.default_queue_policy)
     per_level = tuple(
-        queue_policy(batching.priority_queue_policy[level]) if level in batching.priority_queue_policy else default
+        queue_policy(batching.priority_queue_policy[level])
+        if level in batching.priority_queue_policy
+        else default
         for level in range(1, levels + 1)
     )
     if batching.default_priority_level > levels:
         raise ModelLoadError(
-            f"dynamic_batching: default_priority_level {batching.default_priority_level} exceeds priority_levels {levels}"
+            f"dynamic_batching: default_priority_level {batching.default_priority_level} exceeds "
+            f"priority_levels {levels}"
         )
     preferred = tuple(batching.preferred_batch_size)
     too_big = [size for size in preferred if size > config.max_batch_size or size < 1]
     if too_big and config.max_batch_size > 0:
-        raise ModelLoadError(f"dynamic_batching: preferred_batch_size {too_big} outside 1..{config.max_batch_size}")
+        raise ModelLoadError(
+            f"dynamic_batching: preferred_batch_size {too_big} outside 1..{config.max_batch_size}"
+        )
     return BatchingPolicy(
         max_batch_size=config.max_batch_size,
         preferred_batch_sizes=preferred,
@@ -147,13 +177,18 @@ def drift_monitor(parameters: DriftParameters, signature: Signature, model_dir: 
         raise ModelLoadError(f"drift reference in {model_dir}: {exc}") from None
     if reference is None and not parameters.monitoring:
         return None
-    return DriftMonitor([s.name for s in signature.inputs], [s.name for s in signature.outputs],
-                        window_rows=parameters.window_rows, reference_rows=parameters.reference_rows,
-                        reference=reference)
+    return DriftMonitor(
+        [s.name for s in signature.inputs],
+        [s.name for s in signature.outputs],
+        window_rows=parameters.window_rows,
+        reference_rows=parameters.reference_rows,
+        reference=reference,
+    )
 
 
 def _gpu_preprocessing(where: list) -> bool:
-    """GPU twins for image preprocessing: every instance on the same CUDA device and numba.cuda usable there."""
+    """GPU twins for image preprocessing: every instance on the same CUDA device and numba.cuda usable
+    there."""
     devices = {p.device_id for p in where if p.kind == "gpu"}
     if len(devices) != 1 or any(p.kind != "gpu" for p in where):
         return False
@@ -169,32 +204,48 @@ def _show_client_inputs(config: mc.ModelConfig, signature: Signature, fed: set[s
     config.input.extend(kept)
     for spec in signature.inputs:
         if spec.name not in {entry.name for entry in config.input}:
-            config.input.add(name=spec.name, data_type=mc.DataType.Value(spec.datatype.config), dims=spec.dims)
+            config.input.add(
+                name=spec.name, data_type=mc.DataType.Value(spec.datatype.config), dims=spec.dims
+            )
 
 
 def warm(instance: Instance, signature: Signature, config: mc.ModelConfig, model_dir: Path) -> float | None:
     """Run the warm-up inputs so no client pays first-run costs (ORT allocations, per-shape kernel selection);
     returns the median compute time of the largest batch, or None when there was nothing to warm with.
 
-    `model_warmup` in the config is honoured (zero_data, random_data, input_data_file under <model>/warmup/), and
-    its failure fails the load, as in Triton. Otherwise hotwire warms on its own, with zeros (empty strings for
-    BYTES) for every batch-size bucket (1, the preferred sizes, max_batch_size) when the dims are known; Triton
-    does not warm such a model at all, so a model those inputs don't suit (one that parses its strings, say)
-    still loads: the failure is logged and the model runs on its thread, unwarmed.
+    `model_warmup` in the config is honoured (zero_data, random_data, input_data_file under <model>/warmup/),
+    and its failure fails the load, as in Triton. Otherwise hotwire warms on its own, with zeros
+    (empty strings for BYTES) for every batch-size bucket (1, the preferred sizes, max_batch_size) when the
+    dims are known; Triton does not warm such a model at all, so a model those inputs don't suit
+    (one that parses its strings, say) still loads: the failure is logged and the model runs on its thread,
+    unwarmed.
     """
     samples: list[tuple[int, dict[str, np.ndarray], int]] = []  # (rows, feeds, repeats)
     if config.model_warmup:
         for entry in config.model_warmup:
-            feeds = {name: _warmup_tensor(name, spec, entry.batch_size, signature, model_dir)
-                     for name, spec in entry.inputs.items()}
+            feeds = {
+                name: _warmup_tensor(name, spec, entry.batch_size, signature, model_dir)
+                for name, spec in entry.inputs.items()
+            }
             samples.append((max(1, entry.batch_size), feeds, max(1, entry.count)))
     elif not any(d < 0 for spec in signature.inputs for d in spec.model_dims):
-        buckets = sorted({1, *config.dynamic_batching.preferred_batch_size, signature.max_batch_size}) \
-            if signature.batched else [0]
+        buckets = (
+            sorted({1, *config.dynamic_batching.preferred_batch_size, signature.max_batch_size})
+            if signature.batched
+            else [0]
+        )
         for rows in buckets:
             batch = (rows,) if rows else ()
-            samples.append((rows, {spec.name: _filled(batch + spec.model_dims, spec.datatype.numpy, "zero")
-                                   for spec in signature.inputs}, 1))
+            samples.append(
+                (
+                    rows,
+                    {
+                        spec.name: _filled(batch + spec.model_dims, spec.datatype.numpy, "zero")
+                        for spec in signature.inputs
+                    },
+                    1,
+                )
+            )
     if not samples:
         return None
     names = [s.name for s in signature.outputs]
@@ -209,8 +260,13 @@ def warm(instance: Instance, signature: Signature, config: mc.ModelConfig, model
         except Exception as exc:
             if config.model_warmup:
                 raise ModelLoadError(f"warm-up inference (batch {rows}) failed: {exc}") from exc
-            log.warning("%s: hotwire's default warm-up (zeros, empty strings; batch %d) failed, so the model loads "
-                        "unwarmed; give it a model_warmup that suits it: %s", instance.name, rows, exc)
+            log.warning(
+                "%s: hotwire's default warm-up (zeros, empty strings; batch %d) failed, so the model loads "
+                "unwarmed; give it a model_warmup that suits it: %s",
+                instance.name,
+                rows,
+                exc,
+            )
             return None
         largest = timings
     return sorted(largest)[len(largest) // 2]
@@ -229,8 +285,9 @@ def _filled(shape: tuple[int, ...], dtype: np.dtype, kind: str) -> np.ndarray:
     return rng.integers(0, min(np.iinfo(dtype).max, 127), shape, endpoint=True).astype(dtype)
 
 
-def _warmup_tensor(name: str, spec: mc.ModelWarmup.Input, batch_size: int, signature: Signature,
-                   model_dir: Path) -> np.ndarray:
+def _warmup_tensor(
+    name: str, spec: mc.ModelWarmup.Input, batch_size: int, signature: Signature, model_dir: Path
+) -> np.ndarray:
     tensor = signature.input(name)
     if tensor is None:
         raise ModelLoadError(f"model_warmup input '{name}' is not an input of the model")
@@ -248,6 +305,8 @@ def _warmup_tensor(name: str, spec: mc.ModelWarmup.Input, batch_size: int, signa
             raise ModelLoadError(f"model_warmup input '{name}': cannot read {path}: {exc}") from None
         count = datatypes.element_count(shape)
         if data.size != count // max(1, shape[0] if signature.batched else 1) and data.size != count:
-            raise ModelLoadError(f"model_warmup input '{name}': {path} holds {data.size} elements for shape {list(shape)}")
+            raise ModelLoadError(
+                f"model_warmup input '{name}': {path} holds {data.size} elements for shape {list(shape)}"
+            )
         return np.broadcast_to(data.reshape(shape[1:] if data.size != count else shape), shape).copy()
     return _filled(shape, dtype, "random" if kind == "random_data" else "zero")

@@ -1,9 +1,9 @@
 """Logging: plain or JSON lines, one line per lifecycle event, a sampled request log and a slow-request log.
 
-Lifecycle lines (load, flip, rollback, guard, drain, unload) carry an `event` field; in JSON every `extra` field
-becomes a key, so log pipelines can filter on `event`, `model` and `version`. `version` is always an integer,
-as in Triton's API (absent from a line about the whole model). Request lines carry the per-stage breakdown
-(decode, queue, preprocess, compute, encode, total, in milliseconds).
+Lifecycle lines (load, flip, rollback, guard, drain, unload) carry an `event` field; in JSON every `extra`
+field becomes a key, so log pipelines can filter on `event`, `model` and `version`. `version` is always an
+integer, as in Triton's API (absent from a line about the whole model). Request lines carry the per-stage
+breakdown (decode, queue, preprocess, compute, encode, total, in milliseconds).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ request_log = logging.getLogger("hotwire.requests")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -42,12 +43,14 @@ def configure(level: str, log_format: str = "plain") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # grpc's Cython layer logs a DEBUG line per call ("Loaded running loop"): --log-level DEBUG is for hotwire.
+    # grpc's Cython layer logs a DEBUG line per call ("Loaded running loop"): --log-level DEBUG is for
+    # hotwire.
     logging.getLogger("grpc._cython.cygrpc").setLevel(max(logging.INFO, root.level))
 
 
 class RequestLogger:
-    """Decides, per request and cheaply, whether it gets a log line: sampled at `rate`, or slower than `slow_ms`."""
+    """Decides, per request and cheaply, whether it gets a log line: sampled at `rate`, or slower than
+    `slow_ms`."""
 
     def __init__(self, rate: float = 0.0, slow_ms: float = 0.0) -> None:
         self.rate = rate
@@ -58,19 +61,39 @@ class RequestLogger:
     def enabled(self) -> bool:
         return self.rate > 0 or self.slow_s > 0
 
-    def observe(self, model: str, version: str | int, request_id: str, total_s: float,
-                stages: dict[str, float]) -> None:
+    def observe(
+        self, model: str, version: str | int, request_id: str, total_s: float, stages: dict[str, float]
+    ) -> None:
         slow = 0 < self.slow_s <= total_s
         if not slow and not (self.rate and self._random() < self.rate):
             return
         # callers pass the version's label string; the log field is an int, as on the lifecycle lines
         number = int(version) if isinstance(version, int) or version.isdigit() else version
-        fields = {"model": model, "version": number, "request_id": request_id,
-                  "total_ms": round(total_s * 1e3, 3), **{f"{k}_ms": round(v * 1e3, 3) for k, v in stages.items()}}
+        fields = {
+            "model": model,
+            "version": number,
+            "request_id": request_id,
+            "total_ms": round(total_s * 1e3, 3),
+            **{f"{k}_ms": round(v * 1e3, 3) for k, v in stages.items()},
+        }
         breakdown = " ".join(f"{k}={v * 1e3:.2f}ms" for k, v in stages.items())
         if slow:
-            request_log.warning("slow request %s/%s id=%r total=%.2fms %s", model, version, request_id, total_s * 1e3,
-                                breakdown, extra={"event": "slow_request", **fields})
+            request_log.warning(
+                "slow request %s/%s id=%r total=%.2fms %s",
+                model,
+                version,
+                request_id,
+                total_s * 1e3,
+                breakdown,
+                extra={"event": "slow_request", **fields},
+            )
         else:
-            request_log.info("request %s/%s id=%r total=%.2fms %s", model, version, request_id, total_s * 1e3,
-                             breakdown, extra={"event": "request", **fields})
+            request_log.info(
+                "request %s/%s id=%r total=%.2fms %s",
+                model,
+                version,
+                request_id,
+                total_s * 1e3,
+                breakdown,
+                extra={"event": "request", **fields},
+            )

@@ -1,23 +1,26 @@
 """Prometheus metrics with Triton's names and labels (`model`, `version`), so existing Triton dashboards work.
 
-This module owns every Prometheus object. The exact numbers live in each version's VersionStats; `Metrics.publish`
-mirrors them into Prometheus by setting absolute values, so the request path pays nothing for metrics. It runs on
-the event loop about once a second, and again just before each scrape in a single-process server.
+This module owns every Prometheus object. The exact numbers live in each version's VersionStats;
+`Metrics.publish` mirrors them into Prometheus by setting absolute values, so the request path pays nothing
+for metrics. It runs on the event loop about once a second, and again just before each scrape in a
+single-process server.
 
 Lifecycle events (`hotwire_lifecycle_events_total`) carry `model` and `version` too, so an alert can name the
 model a canary guard rolled back. Each loaded version has all four events at 0 (a series born at 1 shows no
 increase to Prometheus), and a count above 0 stays after its version is gone, like any counter's history.
 
-A version's series exist while it is loaded: when a (model, version) is no longer among the watched versions (it
-was swapped out, unloaded or rolled back from), the next publish removes every series labelled with it, as Triton
-does for an unloaded model, so no gauge keeps reading its last value (a pending count, a drift p-value) forever.
+A version's series exist while it is loaded: when a (model, version) is no longer among the watched versions
+(it was swapped out, unloaded or rolled back from), the next publish removes every series labelled with it, as
+Triton does for an unloaded model, so no gauge keeps reading its last value (a pending count, a drift p-value)
+forever.
 
 With `--workers N` every worker writes its values into prometheus-client's multiprocess files (gauges in `sum`
-mode, which keeps a dead worker's last values so counters never go down) and the supervisor's /metrics adds them
-up. Those files cannot forget a series, so each worker also marks the versions it has loaded (LOADED_MARKER, per
-pid, dropped when the worker dies) and the supervisor serves only the series of versions some live worker marks.
-At exposition, counter-like families are typed `counter` under Triton's exact names (no `_total` added), and the
-`_bucket` / `_sum` / `_count` series of hotwire's histograms are put back together as histogram families.
+mode, which keeps a dead worker's last values so counters never go down) and the supervisor's /metrics adds
+them up. Those files cannot forget a series, so each worker also marks the versions it has loaded
+(LOADED_MARKER, per pid, dropped when the worker dies) and the supervisor serves only the series of versions
+some live worker marks. At exposition, counter-like families are typed `counter` under Triton's exact names
+(no `_total` added), and the `_bucket` / `_sum` / `_count` series of hotwire's histograms are put back
+together as histogram families.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import math
 import os
 import resource
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 from prometheus_client.metrics_core import Metric
@@ -63,39 +66,78 @@ class VersionView:
 DriftRow = tuple[str, str, str, "float | None", "float | None", float]
 FAILURE_REASONS = tuple(FailureReason)
 COUNTERS: tuple[Family, ...] = (
-    Family("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
-           lambda s: s.success.count),
-    Family("nv_inference_count", "Number of inferences performed (a batch of N rows counts N)",
-           lambda s: s.inference_count),
-    Family("nv_inference_exec_count", "Number of model executions performed (batches)", lambda s: s.execution_count),
-    Family("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
-           lambda s: s.success.ns / 1e3),  # successes only, as Triton's UpdateSuccess; failures add nothing
-    Family("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
-           lambda s: s.queue.ns / 1e3),
-    Family("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
-           lambda s: s.compute_input.ns / 1e3),
-    Family("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
-           lambda s: s.compute_infer.ns / 1e3),
-    Family("nv_inference_compute_output_duration_us", "Cumulative compute output duration in microseconds",
-           lambda s: s.compute_output.ns / 1e3),
-    Family("hotwire_request_handler_duration_us",
-           "Cumulative time from request bytes in to response bytes out (ModelInfer, successes), microseconds",
-           lambda s: s.handler.ns / 1e3),
-    Family("hotwire_request_handler_count", "ModelInfer successes timed by hotwire_request_handler_duration_us",
-           lambda s: s.handler.count),
+    Family(
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    Family(
+        "nv_inference_count",
+        "Number of inferences performed (a batch of N rows counts N)",
+        lambda s: s.inference_count,
+    ),
+    Family(
+        "nv_inference_exec_count",
+        "Number of model executions performed (batches)",
+        lambda s: s.execution_count,
+    ),
+    Family(
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds",
+        lambda s: s.success.ns / 1e3,  # successes only, as Triton's UpdateSuccess; failures add nothing
+    ),
+    Family(
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns / 1e3,
+    ),
+    Family(
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns / 1e3,
+    ),
+    Family(
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns / 1e3,
+    ),
+    Family(
+        "nv_inference_compute_output_duration_us",
+        "Cumulative compute output duration in microseconds",
+        lambda s: s.compute_output.ns / 1e3,
+    ),
+    Family(
+        "hotwire_request_handler_duration_us",
+        "Cumulative time from request bytes in to response bytes out (ModelInfer, successes), microseconds",
+        lambda s: s.handler.ns / 1e3,
+    ),
+    Family(
+        "hotwire_request_handler_count",
+        "ModelInfer successes timed by hotwire_request_handler_duration_us",
+        lambda s: s.handler.count,
+    ),
 )
 FAILURES = "nv_inference_request_failure"
 HISTOGRAMS: tuple[tuple[str, str, Callable[[VersionStats], Histogram]], ...] = (
-    ("hotwire_request_duration_us", "Inference request latency (received to response ready), microseconds",
-     lambda s: s.latency_us),
-    ("hotwire_queue_duration_us", "Time requests waited in the batcher's queue, microseconds", lambda s: s.queue_us),
+    (
+        "hotwire_request_duration_us",
+        "Inference request latency (received to response ready), microseconds",
+        lambda s: s.latency_us,
+    ),
+    (
+        "hotwire_queue_duration_us",
+        "Time requests waited in the batcher's queue, microseconds",
+        lambda s: s.queue_us,
+    ),
     ("hotwire_batch_size", "Rows per executed batch", lambda s: s.batch_rows),
 )
 LIFECYCLE = "hotwire_lifecycle_events_total"
 LIFECYCLE_EVENTS = ("swap", "rollback", "guard_rollback", "load_failure")
-COUNTER_NAMES = frozenset({f.name for f in COUNTERS} | {FAILURES, LIFECYCLE,
-                                                        "hotwire_shadow_comparisons_total",
-                                                        "process_cpu_seconds_total"})  # the --workers one
+COUNTER_NAMES = frozenset(
+    {f.name for f in COUNTERS}
+    # process_cpu_seconds_total: the --workers one
+    | {FAILURES, LIFECYCLE, "hotwire_shadow_comparisons_total", "process_cpu_seconds_total"}
+)
 # Multiprocess only, never exposed: 1 for each (model, version) a worker has loaded, per worker pid.
 LOADED_MARKER = "hotwire_version_loaded"
 HISTOGRAM_NAMES = frozenset(name for name, _, _ in HISTOGRAMS)
@@ -125,46 +167,93 @@ class Metrics:
             PlatformCollector(registry=self.registry)
             self.registry.register(_PublishBeforeScrape(lambda: self.before_scrape()))
         else:  # each worker's own process numbers, labelled by pid in the supervisor's sum
-            self._rss = Gauge("process_resident_memory_bytes", "Resident memory size in bytes, per worker",
-                              registry=self.registry, multiprocess_mode="liveall")
-            self._cpu = Gauge("process_cpu_seconds_total", "User and system CPU time in seconds, per worker",
-                              registry=self.registry, multiprocess_mode="liveall")
+            self._rss = Gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes, per worker",
+                registry=self.registry,
+                multiprocess_mode="liveall",
+            )
+            self._cpu = Gauge(
+                "process_cpu_seconds_total",
+                "User and system CPU time in seconds, per worker",
+                registry=self.registry,
+                multiprocess_mode="liveall",
+            )
         self.registry.register(_GpuCollector())
         labels = ["model", "version"]
         gauge = lambda name, doc, extra=(), mode="sum": Gauge(  # noqa: E731
-            name, doc, labels + list(extra), registry=self.registry, multiprocess_mode=mode)
+            name, doc, labels + list(extra), registry=self.registry, multiprocess_mode=mode
+        )
         self._counters = {f.name: gauge(f.name, f.doc) for f in COUNTERS}
         self._failures = gauge(FAILURES, "Number of failed inference requests, all batch sizes", ["reason"])
-        self._pending = gauge("nv_inference_pending_request_count",
-                              "Instantaneous number of requests waiting in the queue", mode="livesum")
-        self._load = gauge("nv_model_load_duration_secs", "Time the model's version took to load and warm, seconds",
-                           mode="max")
+        self._pending = gauge(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of requests waiting in the queue",
+            mode="livesum",
+        )
+        self._load = gauge(
+            "nv_model_load_duration_secs",
+            "Time the model's version took to load and warm, seconds",
+            mode="max",
+        )
         self._histograms = {
-            name: (gauge(f"{name}_bucket", doc, ["le"]), gauge(f"{name}_sum", doc), gauge(f"{name}_count", doc), read)
+            name: (
+                gauge(f"{name}_bucket", doc, ["le"]),
+                gauge(f"{name}_sum", doc),
+                gauge(f"{name}_count", doc),
+                read,
+            )
             for name, doc, read in HISTOGRAMS
         }
-        self._lifecycle = gauge(LIFECYCLE, "Model lifecycle events: swaps (to version), rollbacks (to version), "
-                                "canary guard rollbacks (of version), failed loads", ["event"])
-        self._shadow_count = gauge("hotwire_shadow_comparisons_total", "Requests mirrored to the shadow and compared")
-        self._shadow_diff = gauge("hotwire_shadow_max_abs_diff", "Largest |served - shadow| output difference in the "
-                                  "recent comparisons", mode="max")
-        self._shadow_agreement = gauge("hotwire_shadow_argmax_agreement", "Fraction of recent shadow comparisons "
-                                       "whose argmax agreed with the served response (per worker under --workers)",
-                                       mode="liveall")
-        self._drift_ks = gauge("hotwire_drift_ks", "Kolmogorov-Smirnov statistic, current window vs reference",
-                               ["feature"], mode="liveall")
-        self._drift_p = gauge("hotwire_drift_ks_pvalue", "KS test p-value, current window vs reference", ["feature"],
-                              mode="liveall")
-        self._drift_psi = gauge("hotwire_drift_psi", "Population stability index, current window vs reference",
-                                ["feature"], mode="liveall")
+        self._lifecycle = gauge(
+            LIFECYCLE,
+            "Model lifecycle events: swaps (to version), rollbacks (to version), "
+            "canary guard rollbacks (of version), failed loads",
+            ["event"],
+        )
+        self._shadow_count = gauge(
+            "hotwire_shadow_comparisons_total", "Requests mirrored to the shadow and compared"
+        )
+        self._shadow_diff = gauge(
+            "hotwire_shadow_max_abs_diff",
+            "Largest |served - shadow| output difference in the recent comparisons",
+            mode="max",
+        )
+        self._shadow_agreement = gauge(
+            "hotwire_shadow_argmax_agreement",
+            "Fraction of recent shadow comparisons "
+            "whose argmax agreed with the served response (per worker under --workers)",
+            mode="liveall",
+        )
+        self._drift_ks = gauge(
+            "hotwire_drift_ks",
+            "Kolmogorov-Smirnov statistic, current window vs reference",
+            ["feature"],
+            mode="liveall",
+        )
+        self._drift_p = gauge(
+            "hotwire_drift_ks_pvalue",
+            "KS test p-value, current window vs reference",
+            ["feature"],
+            mode="liveall",
+        )
+        self._drift_psi = gauge(
+            "hotwire_drift_psi",
+            "Population stability index, current window vs reference",
+            ["feature"],
+            mode="liveall",
+        )
         self._loaded: Gauge | None = None
         if self._multiprocess:
             self._loaded = gauge(LOADED_MARKER, "1 while this worker has the version loaded", mode="liveall")
 
-    def watch(self, versions: Callable[[], Iterable[VersionView]],
-              events: Callable[[], dict[tuple[str, str, str], int]] = dict,
-              shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: (),
-              drift: Callable[[], Iterable[DriftRow]] = lambda: ()) -> None:
+    def watch(
+        self,
+        versions: Callable[[], Iterable[VersionView]],
+        events: Callable[[], dict[tuple[str, str, str], int]] = dict,
+        shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: (),
+        drift: Callable[[], Iterable[DriftRow]] = lambda: (),
+    ) -> None:
         """What to publish: every loaded version; lifecycle event counts by (model, version, event); shadow
         comparisons as (model, version, count, max abs diff, argmax agreement); drift as (model, version,
         feature, ks, p-value, psi)."""
@@ -214,8 +303,12 @@ class Metrics:
             if self._multiprocess:
                 assert self._loaded is not None
                 # Lifecycle counts outlive their version: they must not mark it loaded.
-                loaded = {key[:2] for gauge, series in published.items() if gauge is not self._lifecycle
-                          for key in series}
+                loaded = {
+                    key[:2]
+                    for gauge, series in published.items()
+                    if gauge is not self._lifecycle
+                    for key in series
+                }
                 for marked in loaded:
                     put(self._loaded, marked, 1)
             self._retire(published)
@@ -225,13 +318,14 @@ class Metrics:
                 self._rss.set(_resident_bytes())
 
     def _retire(self, published: dict[Gauge, set[tuple[str, ...]]]) -> None:
-        """Remove the series published last time and not this time: their version (or feature, or shadow) is gone.
+        """Remove the series published last time and not this time: their version (or feature, or shadow) is
+        gone.
 
-        A multiprocess worker cannot delete from its files (prometheus-client only warns): it zeroes its loaded
-        marker, which the supervisor filters on, and its `livesum` gauges (a pending count must not linger in the
-        supervisor's sum), and sets its per-pid `liveall` gauges to NaN (no value: a drift p-value of 0 would
-        alert). `sum` and `max` gauges keep their values there, so a version still loaded in another worker keeps
-        counters that never go down."""
+        A multiprocess worker cannot delete from its files (prometheus-client only warns): it zeroes its
+        loaded marker, which the supervisor filters on, and its `livesum` gauges
+        (a pending count must not linger in the supervisor's sum), and sets its per-pid `liveall` gauges to
+        NaN (no value: a drift p-value of 0 would alert). `sum` and `max` gauges keep their values there, so a
+        version still loaded in another worker keeps counters that never go down."""
         for gauge, before in self._published.items():
             for labels in before - published.get(gauge, set()):
                 if not self._multiprocess:
@@ -255,8 +349,9 @@ class Metrics:
 
         path = multiprocess_dir()
         exposed = CollectorRegistry(auto_describe=False)
-        exposed.register(_Exposed(lambda: multiprocess.MultiProcessCollector(None, path=path).collect(),
-                                  loaded_only=True))
+        exposed.register(
+            _Exposed(lambda: multiprocess.MultiProcessCollector(None, path=path).collect(), loaded_only=True)
+        )
         return exposed
 
 
@@ -307,17 +402,21 @@ class _GpuCollector(Collector):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             uuid = nvml.nvmlDeviceGetUUID(handle)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            utilization.add_sample("nv_gpu_utilization", {"gpu_uuid": str(uuid)},
-                                   nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+            utilization.add_sample(
+                "nv_gpu_utilization",
+                {"gpu_uuid": str(uuid)},
+                nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
+            )
             used.add_sample("nv_gpu_memory_used_bytes", {"gpu_uuid": str(uuid)}, float(memory.used))
             total.add_sample("nv_gpu_memory_total_bytes", {"gpu_uuid": str(uuid)}, float(memory.total))
         yield from (utilization, used, total)
 
 
 class _Exposed(Collector):
-    """Families as Triton and Prometheus expect them: counters typed `counter` under their exact names, and each
-    hotwire histogram's `_bucket`/`_sum`/`_count` gauges put together as one histogram family. With `loaded_only`
-    (the --workers supervisor), only series of versions that a live worker marks as loaded are kept."""
+    """Families as Triton and Prometheus expect them: counters typed `counter` under their exact names, and
+    each hotwire histogram's `_bucket`/`_sum`/`_count` gauges put together as one histogram family. With
+    `loaded_only` (the --workers supervisor), only series of versions that a live worker marks as loaded are
+    kept."""
 
     def __init__(self, collect: Callable[[], Iterable[Metric]], loaded_only: bool = False) -> None:
         self._collect = collect
@@ -330,7 +429,9 @@ class _Exposed(Collector):
         parts: dict[str, list[Sample]] = {}
         docs: dict[str, str] = {}
         for family in families:
-            base = next((h for h in HISTOGRAM_NAMES if family.name in (f"{h}_bucket", f"{h}_sum", f"{h}_count")), None)
+            base = next(
+                (h for h in HISTOGRAM_NAMES if family.name in (f"{h}_bucket", f"{h}_sum", f"{h}_count")), None
+            )
             if base is not None:
                 parts.setdefault(base, []).extend(family.samples)
                 docs[base] = family.documentation
@@ -340,8 +441,10 @@ class _Exposed(Collector):
             yield family
         for base, samples in parts.items():
             histogram = Metric(base, docs[base], "histogram")
-            histogram.samples = sorted(samples, key=lambda s: (tuple(sorted((k, v) for k, v in s.labels.items()
-                                                                            if k != "le")), _order(s)))
+            histogram.samples = sorted(
+                samples,
+                key=lambda s: (tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")), _order(s)),
+            )
             yield histogram
 
 
@@ -356,7 +459,9 @@ def _loaded_series_only(families: list[Metric]) -> Iterator[Metric]:
             for sample in family.samples:
                 if sample.value > 0:
                     loaded.add((sample.labels["model"], sample.labels["version"]))
-                    loaded_by_pid.add((sample.labels["model"], sample.labels["version"], sample.labels.get("pid", "")))
+                    loaded_by_pid.add(
+                        (sample.labels["model"], sample.labels["version"], sample.labels.get("pid", ""))
+                    )
     for family in families:
         if family.name == LOADED_MARKER:
             continue
@@ -369,7 +474,8 @@ def _loaded_series_only(families: list[Metric]) -> Iterator[Metric]:
                 if (labels["model"], labels["version"], labels["pid"]) in loaded_by_pid:
                     kept.append(sample)
             elif (labels["model"], labels["version"]) in loaded or (
-                    family.name == LIFECYCLE and sample.value > 0):
+                family.name == LIFECYCLE and sample.value > 0
+            ):
                 kept.append(sample)
         family.samples = kept
         yield family
@@ -397,20 +503,28 @@ def _number(value: float) -> str:
 def render(registry: CollectorRegistry) -> bytes:
     """Prometheus text format 0.0.4, family names as given (prometheus-client would add `_total` to counters).
 
-    A counter family whose samples are `<name>_total` (prometheus-client's own collectors, e.g. ProcessCollector's
-    process_cpu_seconds) gets `# HELP/TYPE <name>_total`, as prometheus-client's generate_latest writes it: in this
-    format the TYPE line must name the samples, or parsers see an empty counter and an untyped metric."""
+    A counter family whose samples are `<name>_total` (prometheus-client's own collectors, e.g.
+    ProcessCollector's process_cpu_seconds) gets `# HELP/TYPE <name>_total`, as prometheus-client's
+    generate_latest writes it: in this format the TYPE line must name the samples, or parsers see an empty
+    counter and an untyped metric."""
     lines: list[str] = []
     for family in registry.collect():
         name = family.name
-        if family.type == "counter" and family.samples and all(s.name == f"{name}_total" for s in family.samples):
+        if (
+            family.type == "counter"
+            and family.samples
+            and all(s.name == f"{name}_total" for s in family.samples)
+        ):
             name = f"{name}_total"
         lines.append(f"# HELP {name} {family.documentation.replace(chr(10), ' ')}")
         lines.append(f"# TYPE {name} {family.type}")
         for sample in family.samples:
             labels = ",".join(f'{key}="{_escape(str(value))}"' for key, value in sample.labels.items())
-            lines.append(f"{sample.name}{{{labels}}} {_number(sample.value)}" if labels
-                         else f"{sample.name} {_number(sample.value)}")
+            lines.append(
+                f"{sample.name}{{{labels}}} {_number(sample.value)}"
+                if labels
+                else f"{sample.name} {_number(sample.value)}"
+            )
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -439,8 +553,10 @@ def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> M
     try:
         server = MetricsServer((host, port), Handler)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
-                                 "(--metrics-port; -1 turns metrics off)") from None
+        raise OSError(
+            exc.errno,
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
+            "(--metrics-port; -1 turns metrics off)",
+        ) from None
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
-

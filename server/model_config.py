@@ -1,7 +1,7 @@
 """Model configuration: read config.pbtxt, complete it from the ONNX graph, derive the frozen settings.
 
-The `ModelConfig` protobuf (Triton's format) stays the source of truth: it is what the ModelConfig RPC returns.
-Everything the server acts on is derived from it here, once per load, into frozen dataclasses.
+The `ModelConfig` protobuf (Triton's format) stays the source of truth: it is what the ModelConfig RPC
+returns. Everything the server acts on is derived from it here, once per load, into frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
+
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes
 from hotwire.server.config import DEFAULT_MAX_BATCH_SIZE, parse_bool
@@ -34,14 +35,28 @@ log = logging.getLogger(__name__)
 # fields are. Anything else a config sets is ignored, and said so (ignored_fields); sequence_batching and
 # ensemble_scheduling are refused instead (complete).
 _HONOURED: dict[str, Any] = {
-    "name": True, "platform": True, "backend": True, "version_policy": True, "max_batch_size": True,
-    "input": {"name": True, "data_type": True, "dims": True, "reshape": True, "allow_ragged_batch": True,
-              "optional": True},
+    "name": True,
+    "platform": True,
+    "backend": True,
+    "version_policy": True,
+    "max_batch_size": True,
+    "input": {
+        "name": True,
+        "data_type": True,
+        "dims": True,
+        "reshape": True,
+        "allow_ragged_batch": True,
+        "optional": True,
+    },
     "output": {"name": True, "data_type": True, "dims": True, "reshape": True},
     "optimization": {"graph": True},
-    "dynamic_batching": True, "sequence_batching": True, "ensemble_scheduling": True,
+    "dynamic_batching": True,
+    "sequence_batching": True,
+    "ensemble_scheduling": True,
     "instance_group": {"name": True, "kind": True, "count": True, "gpus": True},
-    "default_model_filename": True, "parameters": True, "model_warmup": True,
+    "default_model_filename": True,
+    "parameters": True,
+    "model_warmup": True,
 }
 _warned: set[tuple[str, bytes]] = set()  # (model, config) warned about: poll mode rereads every config
 
@@ -71,13 +86,18 @@ def _warn_ignored(config: mc.ModelConfig, model_name: str, path: str) -> None:
         return
     _warned.add(key)
     for name in ignored_fields(config):
-        log.warning("model %s: %s sets '%s', which hotwire does not support: it is ignored",
-                    model_name, path, name,
-                    extra={"event": "config_field_ignored", "model": model_name, "field": name})
+        log.warning(
+            "model %s: %s sets '%s', which hotwire does not support: it is ignored",
+            model_name,
+            path,
+            name,
+            extra={"event": "config_field_ignored", "model": model_name, "field": name},
+        )
 
 
 def read_config(path: Path, model_name: str) -> tuple[mc.ModelConfig, bool]:
-    """Parse `<model>/config.pbtxt` (absent: an empty config to complete). Returns (config, max_batch_size given)."""
+    """Parse `<model>/config.pbtxt` (absent: an empty config to complete). Returns
+    (config, max_batch_size given)."""
     config = mc.ModelConfig()
     text = ""
     if path.exists():
@@ -91,7 +111,8 @@ def read_config(path: Path, model_name: str) -> tuple[mc.ModelConfig, bool]:
 
 
 def override_config(config: mc.ModelConfig, model_name: str) -> tuple[mc.ModelConfig, bool]:
-    """A config given with RepositoryModelLoad's `config` parameter (JSON): its max_batch_size counts as given."""
+    """A config given with RepositoryModelLoad's `config` parameter (JSON): its max_batch_size counts as
+    given."""
     copy = mc.ModelConfig()
     copy.CopyFrom(config)
     return _checked(copy, model_name, "parameter 'config'"), True
@@ -102,9 +123,13 @@ def _checked(config: mc.ModelConfig, model_name: str, path: str) -> mc.ModelConf
         raise ConfigError(f"{path}: name '{config.name}' does not match the model directory '{model_name}'")
     config.name = model_name
     if config.platform and config.platform != ONNX_PLATFORM:
-        raise ConfigError(f"{path}: platform '{config.platform}' is not served; hotwire serves '{ONNX_PLATFORM}'")
+        raise ConfigError(
+            f"{path}: platform '{config.platform}' is not served; hotwire serves '{ONNX_PLATFORM}'"
+        )
     if config.backend and config.backend != ONNX_BACKEND:
-        raise ConfigError(f"{path}: backend '{config.backend}' is not served; hotwire serves '{ONNX_BACKEND}'")
+        raise ConfigError(
+            f"{path}: backend '{config.backend}' is not served; hotwire serves '{ONNX_BACKEND}'"
+        )
     config.platform = ONNX_PLATFORM
     config.backend = ONNX_BACKEND
     if not config.default_model_filename:
@@ -113,7 +138,7 @@ def _checked(config: mc.ModelConfig, model_name: str, path: str) -> mc.ModelConf
     return config
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # signature
 
 
@@ -160,7 +185,9 @@ class GraphTensor:
 
 def graph_tensors(node_args: Sequence[Any]) -> list[GraphTensor]:
     return [
-        GraphTensor(arg.name, arg.type, tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape))
+        GraphTensor(
+            arg.name, arg.type, tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+        )
         for arg in node_args
     ]
 
@@ -172,7 +199,8 @@ def complete(
     graph_outputs: list[GraphTensor],
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> tuple[mc.ModelConfig, Signature]:
-    """Fill what config.pbtxt leaves out from the ONNX graph, check the rest agrees with it, derive the signature.
+    """Fill what config.pbtxt leaves out from the ONNX graph, check the rest agrees with it, derive the
+    signature.
 
     Raises ModelLoadError naming the config field that disagrees with the model.
     """
@@ -180,7 +208,9 @@ def complete(
     for unsupported in ("sequence_batching", "ensemble_scheduling"):
         if config.HasField(unsupported):
             # Loading such a model as a stateless one would fail every request on its missing control inputs.
-            raise ModelLoadError(f"{unsupported} is not supported by hotwire (stateless dynamic batching only)")
+            raise ModelLoadError(
+                f"{unsupported} is not supported by hotwire (stateless dynamic batching only)"
+            )
     everything = graph_inputs + graph_outputs
     first_dims_dynamic = bool(everything) and all(t.shape and t.shape[0] is None for t in everything)
     if not max_batch_size_given:
@@ -194,7 +224,8 @@ def complete(
         fixed = [t.name for t in everything if not t.shape or t.shape[0] is not None]
         if fixed:
             raise ModelLoadError(
-                f"max_batch_size is {config.max_batch_size} but the model's tensors {fixed} have no dynamic first "
+                f"max_batch_size is {config.max_batch_size} but the model's tensors {fixed} have no dynamic "
+                "first "
                 "(batch) dimension; set max_batch_size: 0"
             )
     inputs = _complete_tensors("input", config.input, graph_inputs, batched)
@@ -222,7 +253,8 @@ def _complete_tensors(kind: str, declared: Any, graph: list[GraphTensor], batche
     for entry in declared:
         if entry.name not in by_name:
             raise ModelLoadError(
-                f"config {kind} '{entry.name}' is not a {kind} of the model; the model's {kind}s are {list(by_name)}"
+                f"config {kind} '{entry.name}' is not a {kind} of the model; the model's {kind}s are "
+                f"{list(by_name)}"
             )
     declared_names = {entry.name for entry in declared}
     for tensor in graph:
@@ -232,14 +264,18 @@ def _complete_tensors(kind: str, declared: Any, graph: list[GraphTensor], batche
             dims = tensor.shape[1:] if batched else tensor.shape
             entry.dims.extend(-1 if d is None else d for d in dims)
     order = {t.name: i for i, t in enumerate(graph)}
-    specs = sorted((_spec(kind, entry, by_name[entry.name], batched) for entry in declared), key=lambda s: order[s.name])
+    specs = sorted(
+        (_spec(kind, entry, by_name[entry.name], batched) for entry in declared), key=lambda s: order[s.name]
+    )
     return specs
 
 
 def _datatype_of(kind: str, tensor: GraphTensor) -> datatypes.Datatype:
     dtype = datatypes.BY_ONNX.get(tensor.onnx_type)
     if dtype is None:
-        raise ModelLoadError(f"model {kind} '{tensor.name}' has type {tensor.onnx_type}, which hotwire cannot serve")
+        raise ModelLoadError(
+            f"model {kind} '{tensor.name}' has type {tensor.onnx_type}, which hotwire cannot serve"
+        )
     return dtype
 
 
@@ -249,7 +285,9 @@ def _spec(kind: str, entry: Any, tensor: GraphTensor, batched: bool) -> TensorSp
     if entry.data_type == mc.TYPE_INVALID:
         entry.data_type = mc.DataType.Value(model_dtype.config)
     elif declared != model_dtype.config:
-        raise ModelLoadError(f"config {kind} '{entry.name}': data_type {declared} but the model has {model_dtype.config}")
+        raise ModelLoadError(
+            f"config {kind} '{entry.name}': data_type {declared} but the model has {model_dtype.config}"
+        )
     graph_dims = tensor.shape[1:] if batched else tensor.shape
     model_dims = tuple(-1 if d is None else d for d in graph_dims)
     dims = tuple(entry.dims)
@@ -257,14 +295,20 @@ def _spec(kind: str, entry: Any, tensor: GraphTensor, batched: bool) -> TensorSp
         target = tuple(entry.reshape.shape)
         _check_dims(kind, entry.name, "reshape", target, model_dims)
         if _known_count(dims) and _known_count(target) and _known_count(dims) != _known_count(target):
-            raise ModelLoadError(f"config {kind} '{entry.name}': dims {list(dims)} cannot reshape to {list(target)}")
+            raise ModelLoadError(
+                f"config {kind} '{entry.name}': dims {list(dims)} cannot reshape to {list(target)}"
+            )
         model_dims = target
     else:
         _check_dims(kind, entry.name, "dims", dims, model_dims)
     ragged = bool(getattr(entry, "allow_ragged_batch", False)) and batched
     if ragged and len(dims) > 3:
-        raise ModelLoadError(f"config {kind} '{entry.name}': allow_ragged_batch supports up to 3 dims, got {list(dims)}")
-    return TensorSpec(entry.name, model_dtype, dims, model_dims, bool(getattr(entry, "optional", False)), ragged)
+        raise ModelLoadError(
+            f"config {kind} '{entry.name}': allow_ragged_batch supports up to 3 dims, got {list(dims)}"
+        )
+    return TensorSpec(
+        entry.name, model_dtype, dims, model_dims, bool(getattr(entry, "optional", False)), ragged
+    )
 
 
 def _known_count(dims: tuple[int, ...]) -> int:
@@ -273,7 +317,9 @@ def _known_count(dims: tuple[int, ...]) -> int:
 
 
 def _check_dims(kind: str, name: str, field: str, dims: tuple[int, ...], model_dims: tuple[int, ...]) -> None:
-    compatible = len(dims) == len(model_dims) and all(a == b or a == -1 or b == -1 for a, b in zip(dims, model_dims))
+    compatible = len(dims) == len(model_dims) and all(
+        a == b or a == -1 or b == -1 for a, b in zip(dims, model_dims)
+    )
     if not compatible:
         raise ModelLoadError(
             f"config {kind} '{name}': {field} {list(dims)} do not match the model's {list(model_dims)} "
@@ -281,13 +327,13 @@ def _check_dims(kind: str, name: str, field: str, dims: tuple[int, ...], model_d
         )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # config parameters: every `parameters` entry hotwire reads is read and checked here, and nowhere else
 
 
 def parse_bool_parameter(key: str, text: str) -> bool:
-    """The one reading of a boolean config parameter: config.parse_bool's words (true/false, 1/0, yes/no, on/off,
-    any case); anything else is a ModelLoadError naming the parameter, never a silent false."""
+    """The one reading of a boolean config parameter: config.parse_bool's words (true/false, 1/0, yes/no,
+    on/off, any case); anything else is a ModelLoadError naming the parameter, never a silent false."""
     value = parse_bool(text)
     if value is None:
         raise ModelLoadError(f"parameters '{key}': expected true or false, got '{text.strip()}'")
@@ -374,8 +420,8 @@ class ModelParameters:
     versions: `traffic_policy` reads them."""
 
     ort: OrtOptions
-    # `execution`: `thread` runs ORT on the instance's thread, `inline` on the event loop, `auto` (default) inline
-    # when warm-up shows the largest batch computes within runner.INLINE_MAX_COMPUTE_S.
+    # `execution`: `thread` runs ORT on the instance's thread, `inline` on the event loop, `auto` (default)
+    # inline when warm-up shows the largest batch computes within runner.INLINE_MAX_COMPUTE_S.
     execution: str
     drift: DriftParameters
     preprocess: str | None  # `preprocess`: a pipeline declaration's JSON (preprocess.declaration reads it)
@@ -424,9 +470,9 @@ def _ort_options(config: mc.ModelConfig, params: _Parameters) -> OrtOptions:
 
 def traffic_policy(config: mc.ModelConfig) -> TrafficPolicy:
     """The model's traffic policy from its config parameters: stable_version, canary_version, canary_weight,
-    sticky_parameter, shadow_version, shadow_fraction, standby_versions, canary_max_error_rate, canary_max_p99_ms,
-    canary_guard_window_s, canary_guard_min_requests. InvalidInput, which fails the whole model before any of
-    its versions loads, naming the parameter that is malformed."""
+    sticky_parameter, shadow_version, shadow_fraction, standby_versions, canary_max_error_rate,
+    canary_max_p99_ms, canary_guard_window_s, canary_guard_min_requests. InvalidInput, which fails the whole
+    model before any of its versions loads, naming the parameter that is malformed."""
     params = _Parameters(config, InvalidInput)
     defaults, guard = TrafficPolicy(), GuardPolicy()
     return TrafficPolicy(

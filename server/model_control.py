@@ -1,16 +1,16 @@
-"""Model control: what gets loaded when (`--model-control-mode none|poll|explicit`), the repository RPCs' logic,
-and hotwire's admin operations carried in RepositoryModelLoad parameters.
+"""Model control: what gets loaded when (`--model-control-mode none|poll|explicit`), the repository RPCs'
+logic, and hotwire's admin operations carried in RepositoryModelLoad parameters.
 
 - none: every model is loaded at start; the repository is never looked at again; load/unload RPCs are refused.
-- poll: as none, then the repository is rescanned every `--repository-poll-secs`: new models and versions load,
-  removed ones drain and unload, changed ones reload (losslessly: see registry).
+- poll: as none, then the repository is rescanned every `--repository-poll-secs`: new models and versions
+  load, removed ones drain and unload, changed ones reload (losslessly: see registry).
 - explicit: only `--load-model` models at start; RepositoryModelLoad / RepositoryModelUnload do the rest.
 
 RepositoryModelLoad also takes Triton's `config` (a JSON ModelConfig that replaces config.pbtxt) and
 `file:<version>/<name>` (bytes: the model files themselves, e.g. `file:1/model.onnx`), as tritonclient's
-load_model sends them; and hotwire's `hotwire.rollback` (string: "" for the previous version, or a version) and
-`hotwire.traffic` (a JSON object: stable, canary, canary_weight, sticky_parameter, shadow, shadow_fraction,
-standby and the canary guard keys), which are allowed in every mode.
+load_model sends them; and hotwire's `hotwire.rollback` (string: "" for the previous version, or a version)
+and `hotwire.traffic` (a JSON object: stable, canary, canary_weight, sticky_parameter, shadow,
+shadow_fraction, standby and the canary guard keys), which are allowed in every mode.
 """
 
 from __future__ import annotations
@@ -50,8 +50,14 @@ class AdminResult:
 
 
 class ModelControl:
-    def __init__(self, registry: Registry, root: Path, mode: str = "none", poll_secs: float = 15.0,
-                 load_models: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        root: Path,
+        mode: str = "none",
+        poll_secs: float = 15.0,
+        load_models: tuple[str, ...] = (),
+    ) -> None:
         if mode not in CONTROL_MODES:
             raise ValueError(f"model control mode '{mode}': expected one of {CONTROL_MODES}")
         self.registry = registry
@@ -68,7 +74,9 @@ class ModelControl:
         else:
             await self.registry.load_repository(self.root)
         if self.mode == "poll":
-            self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="repository-poll")
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll_forever(), name="repository-poll"
+            )
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -77,7 +85,8 @@ class ModelControl:
         for path in self._uploads.values():
             shutil.rmtree(path, ignore_errors=True)
 
-    # ----- poll mode -----------------------------------------------------------------------------------------
+    # ----- poll mode
+    # -----------------------------------------------------------------------------------------
 
     async def _poll_forever(self) -> None:
         while True:
@@ -101,27 +110,40 @@ class ModelControl:
                 log.info("repository poll: model %s removed", name)
                 await self.registry.unload(name)
 
-    # ----- RPCs ----------------------------------------------------------------------------------------------
+    # ----- RPCs
+    # ----------------------------------------------------------------------------------------------
 
     def index(self, ready_only: bool) -> list[tuple[str, str, str, str]]:
         """(name, version, state, reason) for every model in the repository and every loaded version.
 
-        States are Triton's (READY, LOADING, UNAVAILABLE); hotwire's own detail goes in the reason: a ready version's
-        role (stable, canary, shadow, or standby: loaded and warm for an instant rollback), or why it is unavailable.
+        States are Triton's (READY, LOADING, UNAVAILABLE); hotwire's own detail goes in the reason: a ready
+        version's role (stable, canary, shadow, or standby: loaded and warm for an instant rollback), or why
+        it is unavailable.
         """
         rows: list[tuple[str, str, str, str]] = []
         loaded = {entry.name: entry for entry in self.registry.models()}
-        names = sorted(set(loaded) | {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-                       if self.root.is_dir() else set(loaded))
+        names = sorted(
+            set(loaded) | {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+            if self.root.is_dir()
+            else set(loaded)
+        )
         for name in names:
             entry = loaded.get(name)
             if entry is None:
                 rows.append((name, "", "UNAVAILABLE", "not loaded"))
                 continue
             for number, version in sorted(entry.versions.items()):
-                role = "stable" if version is entry.stable else "canary" if version is entry.canary \
-                    else "shadow" if version is entry.shadow \
-                    else "standby" if version.state is VersionState.STANDBY else ""
+                role = (
+                    "stable"
+                    if version is entry.stable
+                    else "canary"
+                    if version is entry.canary
+                    else "shadow"
+                    if version is entry.shadow
+                    else "standby"
+                    if version.state is VersionState.STANDBY
+                    else ""
+                )
                 rows.append((name, str(number), "READY", role))
             if not entry.versions and entry.loading:  # one row, as Triton: earlier failures are being retried
                 rows.append((name, "", "LOADING", "loading"))
@@ -136,19 +158,23 @@ class ModelControl:
             target = str(parameters[ROLLBACK_PARAMETER]).strip()
             if target and not target.isdigit():
                 raise InvalidInput(f"parameter '{ROLLBACK_PARAMETER}': expected a version number or empty")
-            version, how = await self.registry.rollback(name, int(target) if target else None, self._reload_source(name))
+            version, how = await self.registry.rollback(
+                name, int(target) if target else None, self._reload_source(name)
+            )
             return AdminResult(f"rollback:{how}", version, (time.perf_counter() - started) * 1e3)
         if TRAFFIC_PARAMETER in parameters:
             self.registry.set_traffic(name, parse_update(str(parameters[TRAFFIC_PARAMETER])))
             return AdminResult("traffic", None, (time.perf_counter() - started) * 1e3)
         if self.mode != "explicit":
-            raise FailedPrecondition(f"loading models is only allowed with --model-control-mode explicit (now: {self.mode})")
+            raise FailedPrecondition(
+                f"loading models is only allowed with --model-control-mode explicit (now: {self.mode})"
+            )
         try:
             source, upload = self._source(name, parameters)
         except HotwireError as exc:  # Triton's "failed to load '<name>'" wording: clients match on it
             raise type(exc)(f"failed to load '{name}': {exc}") from None
-        # An upload replaces the previous one only once it has loaded: a rejected one leaves the previous upload,
-        # which may still be serving and which reloads and rollbacks read, in place.
+        # An upload replaces the previous one only once it has loaded: a rejected one leaves the previous
+        # upload, which may still be serving and which reloads and rollbacks read, in place.
         try:
             entry = await self.registry.load(source)
         except BaseException:
@@ -164,7 +190,9 @@ class ModelControl:
 
     async def unload(self, name: str) -> None:
         if self.mode != "explicit":
-            raise FailedPrecondition(f"unloading models is only allowed with --model-control-mode explicit (now: {self.mode})")
+            raise FailedPrecondition(
+                f"unloading models is only allowed with --model-control-mode explicit (now: {self.mode})"
+            )
         self.registry.entry(name)
         await self.registry.unload(name)
 
@@ -172,7 +200,11 @@ class ModelControl:
         def source_with_version(version: int) -> repository.ModelSource:
             directory = self._uploads.get(name, self.root) / name
             source = repository.read_model(directory)
-            if version not in source.versions and (directory / str(version)).is_dir() and source.config is not None:
+            if (
+                version not in source.versions
+                and (directory / str(version)).is_dir()
+                and source.config is not None
+            ):
                 model_file = directory / str(version) / source.config.default_model_filename
                 if model_file.is_file():  # outside the version policy, but on disk: rollback may use it
                     source.versions[version] = model_file
@@ -181,9 +213,10 @@ class ModelControl:
         return source_with_version
 
     def _source(self, name: str, parameters: dict[str, Any]) -> tuple[repository.ModelSource, Path | None]:
-        """The model as the repository has it, or as the request's `config` / `file:` parameters give it; and the
-        temporary repository its uploaded files were written to, if any (the caller keeps or removes it)."""
-        files = {key[len("file:"):]: value for key, value in parameters.items() if key.startswith("file:")}
+        """The model as the repository has it, or as the request's `config` / `file:` parameters give it; and
+        the temporary repository its uploaded files were written to, if any (the caller keeps or removes
+        it)."""
+        files = {key[len("file:") :]: value for key, value in parameters.items() if key.startswith("file:")}
         config_json = parameters.get("config")
         if files and config_json is None:
             raise InvalidInput("model files were given without a 'config' parameter to go with them")
@@ -204,8 +237,10 @@ class ModelControl:
         else:
             directory = self._uploads.get(name, self.root) / name
             if not directory.is_dir():  # never create it: the repository may be read-only, and it would list
-                raise NotFound(f"model '{name}' is not in the repository {self.root} and no 'file:' parameters "
-                               "were given with its config")
+                raise NotFound(
+                    f"model '{name}' is not in the repository {self.root} and no 'file:' parameters "
+                    "were given with its config"
+                )
         try:
             if upload is not None:
                 self._write_upload(directory, files)
@@ -225,8 +260,10 @@ class ModelControl:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content if isinstance(content, bytes) else str(content).encode())
             except OSError as exc:  # e.g. a name too long for the file system; INTERNAL, as Triton answers it
-                raise HotwireError("failed to poll from model repository: cannot write parameter "
-                                   f"'file:{shown}': {exc.strerror or exc}") from None
+                raise HotwireError(
+                    "failed to poll from model repository: cannot write parameter "
+                    f"'file:{shown}': {exc.strerror or exc}"
+                ) from None
 
 
 def _remove(upload: Path | None) -> None:

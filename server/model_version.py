@@ -4,11 +4,12 @@
        │                  │  └──stand_by()──▶ │
        └──────────────────┴──drain()──────────┴──▶ DRAINING ──unload()──▶ UNLOADED
 
-A version is built complete by the loader (sessions, batcher, statistics, fingerprint) and starts in LOADING; the
-registry moves it with these methods only. READY versions take traffic (stable, canary or shadow) and pinned
-requests; STANDBY ones are superseded but kept warm, so a rollback flips to them at once, and still serve pinned
-requests; DRAINING ones take nothing new and finish what they hold; UNLOADED ones have released their sessions.
-A load that fails leaves no version behind (the registry records the reason per model), so there is no FAILED.
+A version is built complete by the loader (sessions, batcher, statistics, fingerprint) and starts in LOADING;
+the registry moves it with these methods only. READY versions take traffic (stable, canary or shadow) and
+pinned requests; STANDBY ones are superseded but kept warm, so a rollback flips to them at once, and still
+serve pinned requests; DRAINING ones take nothing new and finish what they hold; UNLOADED ones have released
+their sessions. A load that fails leaves no version behind (the registry records the reason per model), so
+there is no FAILED.
 """
 
 from __future__ import annotations
@@ -50,10 +51,21 @@ _ALLOWED: dict[VersionState, frozenset[VersionState]] = {
 class ModelVersion:
     """One loaded version: owns its signature, batcher, instances, statistics and in-flight count."""
 
-    def __init__(self, name: str, version: int, config: mc.ModelConfig, signature: Signature,
-                 instances: list[Instance], batcher: Batcher, stats: VersionStats, *,
-                 preprocessor: Preprocessor | None = None, drift: DriftMonitor | None = None,
-                 fingerprint: tuple = (), load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        config: mc.ModelConfig,
+        signature: Signature,
+        instances: list[Instance],
+        batcher: Batcher,
+        stats: VersionStats,
+        *,
+        preprocessor: Preprocessor | None = None,
+        drift: DriftMonitor | None = None,
+        fingerprint: tuple = (),
+        load_seconds: float = 0.0,
+    ) -> None:
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -94,8 +106,9 @@ class ModelVersion:
 
     def _move(self, to: VersionState) -> None:
         if to not in _ALLOWED[self._state]:
-            raise RuntimeError(f"model {self.name} version {self.version}: no transition {self._state.value} -> "
-                               f"{to.value}")
+            raise RuntimeError(
+                f"model {self.name} version {self.version}: no transition {self._state.value} -> {to.value}"
+            )
         self._state = to
 
     def serve(self) -> None:
@@ -128,7 +141,8 @@ class ModelVersion:
     # ----- serving -----------------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, run (inline or through the batcher), and count the request in this version's statistics."""
+        """Validate, run (inline or through the batcher), and count the request in this version's
+        statistics."""
         started = time.monotonic()
         self._inflight += 1
         self._idle.clear()
@@ -140,8 +154,14 @@ class ModelVersion:
             if done is not None:
                 outputs, times = done
             else:
-                item = self.batcher.submit(valid.feeds, valid.rows, valid.shape_key, valid.output_names,
-                                           valid.priority, valid.timeout_us)
+                item = self.batcher.submit(
+                    valid.feeds,
+                    valid.rows,
+                    valid.shape_key,
+                    valid.output_names,
+                    valid.priority,
+                    valid.timeout_us,
+                )
                 try:
                     outputs = await item.future
                 finally:
@@ -156,5 +176,13 @@ class ModelVersion:
             if not self._inflight:
                 self._idle.set()
         self.stats.record_request(True, time.monotonic() - started, queue_s, times)
-        return InferResponse(self.name, self.version_str, request.id, list(valid.output_names), outputs,
-                             queue_s=queue_s, compute_input_s=times.input_s, compute_infer_s=times.infer_s)
+        return InferResponse(
+            self.name,
+            self.version_str,
+            request.id,
+            list(valid.output_names),
+            outputs,
+            queue_s=queue_s,
+            compute_input_s=times.input_s,
+            compute_infer_s=times.infer_s,
+        )

@@ -1,6 +1,8 @@
-"""Preprocessing pipelines declared per model: client-facing inputs mapped onto the ONNX inputs by numba kernels.
+"""Preprocessing pipelines declared per model: client-facing inputs mapped onto the ONNX inputs by numba
+kernels.
 
-Declared in `<model>/preprocess.json` next to config.pbtxt (or the same JSON in a config parameter `preprocess`):
+Declared in `<model>/preprocess.json` next to config.pbtxt (or the same JSON in a config parameter
+`preprocess`):
 
     {"inputs": {
         "image": {                                   # the input clients send
@@ -12,33 +14,35 @@ Declared in `<model>/preprocess.json` next to config.pbtxt (or the same JSON in 
             ]}}}
 
 Steps, in order. Per request (each request's images may have their own size): `resize {height, width}`
-(bilinear, OpenCV INTER_LINEAR convention), `center_crop {height, width}`, `letterbox {height, width, pad_value}`.
-Then per batch: `normalize {mean, std, dtype: FP32|FP16, channel_order, model_channel_order}` or
+(bilinear, OpenCV INTER_LINEAR convention), `center_crop {height, width}`, `letterbox {height, width,
+pad_value}`. Then per batch: `normalize {mean, std, dtype: FP32|FP16, channel_order, model_channel_order}` or
 `scale {scale, dtype, ...}` (uint8 HWC -> NCHW); tabular FP32 [F] inputs: `fill_nan {fill}`, `clip {lo, hi}`,
-`standardize {mean, std}`, `min_max {lo, hi, clip}`; integer category inputs (dims []): `one_hot {num_classes}`;
-token ids INT64 [-1]: `pad_truncate {length, pad_id, truncation_side, padding_side, mask_feeds}` (mask_feeds: the
-ONNX input that gets the attention mask).
+`standardize {mean, std}`, `min_max {lo, hi, clip}`; integer category inputs (dims []):
+`one_hot {num_classes}`; token ids INT64 [-1]: `pad_truncate {length, pad_id, truncation_side, padding_side,
+mask_feeds}` (mask_feeds: the ONNX input that gets the attention mask).
 
-Clients see the client-facing inputs in ModelMetadata and ModelConfig, and validation applies to them. A pipeline
-runs on the instance's thread as part of its batch; requests whose images differ in size batch together once the
-per-request steps make them equal. At load the pipeline runs on a synthetic input (sized so that every step can run
-on it) and must produce exactly what the ONNX input takes, or the model fails to load with the reason (other models
-are not affected).
+Clients see the client-facing inputs in ModelMetadata and ModelConfig, and validation applies to them. A
+pipeline runs on the instance's thread as part of its batch; requests whose images differ in size batch
+together once the per-request steps make them equal. At load the pipeline runs on a synthetic input
+(sized so that every step can run on it) and must produce exactly what the ONNX input takes, or the model
+fails to load with the reason (other models are not affected).
 
-What a request's image needs is known from the steps: each per-request step gives the image a fixed size, so only
-the first one depends on the client's size, and a leading `center_crop {height, width}` needs an image at least that
-large (the steps after it run on sizes the load check has seen). `Preprocessor.check` rejects a smaller image with
-InvalidInput naming the input and the minimum size, at validation, before the request queues. A per-request step
-that still fails at batch time fails that request only: `Preprocessor.prepare` raises `RequestsFailed`, which says
-which requests of the batch failed and why, so the batcher can answer them and run the others.
+What a request's image needs is known from the steps: each per-request step gives the image a fixed size, so
+only the first one depends on the client's size, and a leading `center_crop {height, width}` needs an image at
+least that large (the steps after it run on sizes the load check has seen). `Preprocessor.check` rejects a
+smaller image with InvalidInput naming the input and the minimum size, at validation, before the request
+queues. A per-request step that still fails at batch time fails that request only: `Preprocessor.prepare`
+raises `RequestsFailed`, which says which requests of the batch failed and why, so the batcher can answer them
+and run the others.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,7 +68,8 @@ SYNTHETIC_SIZE = 37  # the load check's size for a dynamic axis: odd, so resize 
 
 @dataclass(frozen=True)
 class MinimumImage:
-    """The smallest image (height x width) a pipeline's per-request steps can run on, and the step that needs it."""
+    """The smallest image (height x width) a pipeline's per-request steps can run on, and the step that needs
+    it."""
 
     height: int
     width: int
@@ -73,8 +78,9 @@ class MinimumImage:
 
 @dataclass(frozen=True)
 class PadTruncate:
-    """A token-id pipeline's one stage, `pad_truncate`: each row (of any length) padded or truncated to `length`,
-    the batch's rows gathered into one [rows, length] array (and its attention mask, for `mask_feeds`)."""
+    """A token-id pipeline's one stage, `pad_truncate`: each row (of any length) padded or truncated to
+    `length`, the batch's rows gathered into one [rows, length] array (and its attention mask, for
+    `mask_feeds`)."""
 
     length: int
     pad_id: int = 0
@@ -90,24 +96,27 @@ class InputPipeline:
     per_request: list[Step] = field(default_factory=list)  # on each request's [rows, ...] array
     per_batch: list[Step] = field(default_factory=list)  # on the gathered batch
     sized_by_steps: bool = False  # per-request steps give every request the same item shape
-    pad_truncate: PadTruncate | None = None  # a sequence pipeline: this stage instead of per-request/per-batch steps
-    geometry: list[tuple[int, str, int, int]] = field(default_factory=list)  # per-request steps: (index, op, h, w)
+    # a sequence pipeline: this stage instead of per-request/per-batch steps
+    pad_truncate: PadTruncate | None = None
+    # per-request steps: (index, op, h, w)
+    geometry: list[tuple[int, str, int, int]] = field(default_factory=list)
 
     @property
     def minimum_image(self) -> MinimumImage | None:
         """What the client's images need, or None when any non-empty image will do.
 
-        Every per-request step (resize, letterbox, center_crop) outputs a fixed height x width, so only the first
-        one sees the client's size: a leading center_crop needs the image at least as large as the crop. The steps
-        after it run on fixed sizes, which the load check has run them on."""
+        Every per-request step (resize, letterbox, center_crop) outputs a fixed height x width, so only the
+        first one sees the client's size: a leading center_crop needs the image at least as large as the crop.
+        The steps after it run on fixed sizes, which the load check has run them on."""
         if not self.geometry or self.geometry[0][1] != "center_crop":
             return None
         index, op, height, width = self.geometry[0]
         return MinimumImage(height, width, f"step {index} ({op} {height}x{width})")
 
     def check(self, shape: Sequence[int], batched: bool) -> None:
-        """InvalidInput when a request's tensor of this shape (batch dimension first when `batched`) is too small for
-        the per-request steps; the shape only, so the outcome can be cached with the request's plan."""
+        """InvalidInput when a request's tensor of this shape (batch dimension first when `batched`) is too
+        small for the per-request steps; the shape only, so the outcome can be cached with the request's
+        plan."""
         need = self.minimum_image
         item = tuple(shape[1:] if batched else shape)
         if need is None or len(item) < 3:  # rank mismatches are the signature's to report
@@ -115,7 +124,8 @@ class InputPipeline:
         height, width = item[-3], item[-2]
         if height < need.height or width < need.width:
             raise InvalidInput(
-                f"input '{self.client.name}': shape {list(shape)} holds {height}x{width} images, smaller than its "
+                f"input '{self.client.name}': shape {list(shape)} holds {height}x{width} images, smaller "
+                "than its "
                 f"preprocessing pipeline takes: expected images of at least {need.height}x{need.width} "
                 f"(height x width) for {need.step}"
             )
@@ -128,8 +138,8 @@ class InputPipeline:
         return self.run_per_batch(parts)
 
     def run_per_request(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict[int, Exception]]:
-        """The per-request steps on each request's array on its own: (results, {index: exception} of those that
-        failed; their result is the input, unused)."""
+        """The per-request steps on each request's array on its own: (results, {index: exception} of those
+        that failed; their result is the input, unused)."""
         if not self.per_request:
             return arrays, {}
         parts: list[np.ndarray] = []
@@ -155,8 +165,13 @@ class InputPipeline:
 
     def _pad_truncate(self, stage: PadTruncate, parts: list[np.ndarray]) -> dict[str, np.ndarray]:
         rows = [row for part in parts for row in part]
-        ids, mask = sequence_kernels.pad_truncate(rows, stage.length, pad_id=stage.pad_id,
-                                                  truncation_side=stage.truncation_side, padding_side=stage.padding_side)
+        ids, mask = sequence_kernels.pad_truncate(
+            rows,
+            stage.length,
+            pad_id=stage.pad_id,
+            truncation_side=stage.truncation_side,
+            padding_side=stage.padding_side,
+        )
         result = {self.feeds: ids}
         if self.mask_feeds:
             result[self.mask_feeds] = mask
@@ -175,21 +190,23 @@ class Preprocessor:
     pipelines: dict[str, InputPipeline]  # by client input name
     batched: bool = True  # client tensors carry the batch dimension first
 
-    def check(self, request: "InferRequest") -> None:
-        """Request validation, before the request queues: InvalidInput naming the input and the minimum size when an
-        image is smaller than its pipeline's steps need. Depends on the request's header (names and shapes) only."""
+    def check(self, request: InferRequest) -> None:
+        """Request validation, before the request queues: InvalidInput naming the input and the minimum size
+        when an image is smaller than its pipeline's steps need. Depends on the request's header
+        (names and shapes) only."""
         for tensor in request.inputs:
             pipeline = self.pipelines.get(tensor.name)
             if pipeline is not None:
                 pipeline.check(tensor.shape, self.batched)
 
-    def prepare(self, parts: list[dict[str, np.ndarray]], gather: Callable[[list[dict[str, np.ndarray]]], dict]
-                ) -> dict[str, np.ndarray]:
+    def prepare(
+        self, parts: list[dict[str, np.ndarray]], gather: Callable[[list[dict[str, np.ndarray]]], dict]
+    ) -> dict[str, np.ndarray]:
         """The model's feeds for a batch of requests: pipelines for their inputs, `gather` for the rest.
 
-        Raises RequestsFailed, before anything is gathered, when per-request steps fail for some of the requests:
-        those fail alone (InvalidInput for a kernel's ValueError/TypeError, naming the input), and the batcher can
-        prepare the others again without them."""
+        Raises RequestsFailed, before anything is gathered, when per-request steps fail for some of the
+        requests: those fail alone (InvalidInput for a kernel's ValueError/TypeError, naming the input), and
+        the batcher can prepare the others again without them."""
         prepared: dict[str, list[np.ndarray]] = {}
         failures: dict[int, HotwireError] = {}
         for name, pipeline in self.pipelines.items():
@@ -212,8 +229,8 @@ class Preprocessor:
 
 
 def declaration(parameter: str | None, model_dir: Path) -> dict[str, Any] | None:
-    """The model's pipeline declaration: the `preprocess` config parameter's JSON (ModelParameters.preprocess) when
-    it has one, else preprocess.json in `model_dir`; None when neither."""
+    """The model's pipeline declaration: the `preprocess` config parameter's JSON (ModelParameters.preprocess)
+    when it has one, else preprocess.json in `model_dir`; None when neither."""
     text = None
     source = ""
     if parameter is not None:
@@ -226,17 +243,24 @@ def declaration(parameter: str | None, model_dir: Path) -> dict[str, Any] | None
         declared = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{source}: not valid JSON: {exc}") from None
-    if not isinstance(declared, dict) or not isinstance(declared.get("inputs"), dict) or not declared["inputs"]:
-        raise ModelLoadError(f"{source}: expected {{\"inputs\": {{<client input>: {{...}}}}}}")
+    if (
+        not isinstance(declared, dict)
+        or not isinstance(declared.get("inputs"), dict)
+        or not declared["inputs"]
+    ):
+        raise ModelLoadError(f'{source}: expected {{"inputs": {{<client input>: {{...}}}}}}')
     declared["_source"] = source
     return declared
 
 
-def build(declared: dict[str, Any], signature: Signature, gpu: bool = False) -> tuple[Preprocessor, Signature]:
-    """The preprocessor and the client-facing signature; checks every pipeline end to end on a synthetic batch.
+def build(
+    declared: dict[str, Any], signature: Signature, gpu: bool = False
+) -> tuple[Preprocessor, Signature]:
+    """The preprocessor and the client-facing signature; checks every pipeline end to end on a synthetic
+    batch.
 
-    `gpu`: the model runs on one CUDA device and numba.cuda works there: normalize/scale run as the GPU twins and
-    hand ONNX Runtime a device array (runner binds it without a host copy)."""
+    `gpu`: the model runs on one CUDA device and numba.cuda works there: normalize/scale run as the GPU twins
+    and hand ONNX Runtime a device array (runner binds it without a host copy)."""
     source = declared.pop("_source", "preprocess declaration")
     pipelines: dict[str, InputPipeline] = {}
     fed: set[str] = set()
@@ -263,7 +287,9 @@ def build(declared: dict[str, Any], signature: Signature, gpu: bool = False) -> 
     return preprocessor, client_signature
 
 
-def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str, gpu: bool = False) -> InputPipeline:
+def _pipeline(
+    name: str, spec: dict[str, Any], signature: Signature, where: str, gpu: bool = False
+) -> InputPipeline:
     unknown = set(spec) - {"datatype", "dims", "feeds", "steps"}
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -273,7 +299,9 @@ def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str,
     dims = tuple(int(d) for d in spec.get("dims", ()))
     feeds = str(spec["feeds"])
     if signature.input(feeds) is None:
-        raise ValueError(f"feeds '{feeds}', which is not an input of the model ({[s.name for s in signature.inputs]})")
+        raise ValueError(
+            f"feeds '{feeds}', which is not an input of the model ({[s.name for s in signature.inputs]})"
+        )
     steps = spec.get("steps")
     if not isinstance(steps, list) or not steps:
         raise ValueError("'steps' must be a non-empty list")
@@ -288,7 +316,9 @@ def _pipeline(name: str, spec: dict[str, Any], signature: Signature, where: str,
     return pipeline
 
 
-def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool = False, index: int = 0) -> None:
+def _add_step(
+    pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool = False, index: int = 0
+) -> None:
     if pipeline.pad_truncate is not None:
         raise ValueError("'pad_truncate' must be the only step")
     if op in PER_REQUEST_OPS:
@@ -314,11 +344,13 @@ def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool 
         if op == "normalize":
             mean, std = args.pop("mean"), args.pop("std")
             step: Step = lambda x: kernels.normalize_hwc_to_nchw(  # noqa: E731
-                x, mean, std, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order)
+                x, mean, std, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order
+            )
         else:
             scale = args.pop("scale")
             step = lambda x: kernels.scale_hwc_to_nchw(  # noqa: E731
-                x, scale, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order)
+                x, scale, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order
+            )
         pipeline.per_batch.append(_synchronized(step) if gpu else step)
     elif op in TABULAR_OPS:
         if op == "fill_nan":
@@ -340,18 +372,24 @@ def _add_step(pipeline: InputPipeline, op: str, args: dict[str, Any], gpu: bool 
         if pipeline.per_request or pipeline.per_batch:
             raise ValueError("'pad_truncate' must be the only step")
         pipeline.mask_feeds = args.pop("mask_feeds", None)
-        pipeline.pad_truncate = PadTruncate(int(args.pop("length")), int(args.pop("pad_id", 0)),
-                                            str(args.pop("truncation_side", "right")),
-                                            str(args.pop("padding_side", "right")))
+        pipeline.pad_truncate = PadTruncate(
+            int(args.pop("length")),
+            int(args.pop("pad_id", 0)),
+            str(args.pop("truncation_side", "right")),
+            str(args.pop("padding_side", "right")),
+        )
         pipeline.sized_by_steps = True
     else:
-        raise ValueError(f"unknown op '{op}'; known: {PER_REQUEST_OPS + IMAGE_OPS + TABULAR_OPS + SEQUENCE_OPS}")
+        raise ValueError(
+            f"unknown op '{op}'; known: {PER_REQUEST_OPS + IMAGE_OPS + TABULAR_OPS + SEQUENCE_OPS}"
+        )
     if args:
         raise ValueError(f"unknown arguments {sorted(args)}")
 
 
 def _synchronized(step: Step) -> Step:
     """A GPU step whose result ONNX Runtime reads on its own stream: wait for the kernel to finish first."""
+
     def run(batch: np.ndarray) -> np.ndarray:
         from numba import cuda
 
@@ -363,8 +401,8 @@ def _synchronized(step: Step) -> Step:
 
 
 def _synthetic(spec: TensorSpec, rows: int, need: MinimumImage | None = None) -> np.ndarray:
-    """A synthetic request: dynamic axes SYNTHETIC_SIZE (odd: resize and crop must cope), the image axes (height,
-    width: the two before the channels) at least what the pipeline's first step needs, still odd."""
+    """A synthetic request: dynamic axes SYNTHETIC_SIZE (odd: resize and crop must cope), the image axes
+    (height, width: the two before the channels) at least what the pipeline's first step needs, still odd."""
     dims = [SYNTHETIC_SIZE if d < 0 else d for d in spec.dims]
     if need is not None and len(dims) >= 3:
         for axis, least in ((len(dims) - 3, need.height), (len(dims) - 2, need.width)):
@@ -381,8 +419,10 @@ def _check_end_to_end(pipeline: InputPipeline, signature: Signature, where: str)
         need = pipeline.minimum_image
         produced = pipeline.run([_synthetic(pipeline.client, 2, need), _synthetic(pipeline.client, 1, need)])
     except (ValueError, TypeError, KeyError) as exc:
-        raise ModelLoadError(f"{where}: the pipeline fails on a {pipeline.client.datatype.name} input of dims "
-                             f"{list(pipeline.client.dims)}: {exc}") from None
+        raise ModelLoadError(
+            f"{where}: the pipeline fails on a {pipeline.client.datatype.name} input of dims "
+            f"{list(pipeline.client.dims)}: {exc}"
+        ) from None
     for target, array in produced.items():
         spec = signature.input(target)
         if spec is None:
@@ -390,12 +430,15 @@ def _check_end_to_end(pipeline: InputPipeline, signature: Signature, where: str)
         expected_dtype = spec.datatype.numpy
         array = array.copy_to_host() if hasattr(array, "copy_to_host") else array  # a GPU step's device array
         if array.dtype != expected_dtype:
-            raise ModelLoadError(f"{where}: produces {array.dtype} for '{target}', the model takes {spec.datatype.name}")
+            raise ModelLoadError(
+                f"{where}: produces {array.dtype} for '{target}', the model takes {spec.datatype.name}"
+            )
         item = array.shape[1:] if signature.batched else array.shape
         model_dims = spec.model_dims
         if len(item) != len(model_dims) or any(m >= 0 and m != i for m, i in zip(model_dims, item)):
-            raise ModelLoadError(f"{where}: produces '{target}' of item shape {list(item)}, the model takes "
-                                 f"{list(model_dims)}")
+            raise ModelLoadError(
+                f"{where}: produces '{target}' of item shape {list(item)}, the model takes {list(model_dims)}"
+            )
 
 
 def warm() -> None:

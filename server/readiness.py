@@ -1,9 +1,10 @@
 """The one way a server says it is listening to whoever started it: a JSON line on an inherited pipe.
 
-`hotwire serve --ready-fd FD` writes `{"pid": ..., "grpc_port": ..., "http_port": ..., "metrics_port": ...}` and a
-newline to FD once every port listens, then closes it (a port that is off is -1). The supervisor of --workers N
-hears its workers this way, and the tests and benchmarks hear servers this way; the "hotwire listening" log
-line is for people. Closing the pipe without a line means the process ended before it was listening.
+`hotwire serve --ready-fd FD` writes `{"pid": ..., "grpc_port": ..., "http_port": ..., "metrics_port": ...}`
+and a newline to FD once every port listens, then closes it (a port that is off is -1). The supervisor of
+--workers N hears its workers this way, and the tests and benchmarks hear servers this way; the "hotwire
+listening" log line is for people. Closing the pipe without a line means the process ended before it was
+listening.
 """
 
 from __future__ import annotations
@@ -25,8 +26,17 @@ class Listening:
 
 def announce(fd: int, listening: Listening) -> None:
     """Write the line and close the descriptor (a reader that is gone is no error: the server serves on)."""
-    line = json.dumps({"pid": listening.pid, "grpc_port": listening.grpc_port, "http_port": listening.http_port,
-                       "metrics_port": listening.metrics_port}) + "\n"
+    line = (
+        json.dumps(
+            {
+                "pid": listening.pid,
+                "grpc_port": listening.grpc_port,
+                "http_port": listening.http_port,
+                "metrics_port": listening.metrics_port,
+            }
+        )
+        + "\n"
+    )
     try:
         os.write(fd, line.encode())
     except OSError:
@@ -56,5 +66,6 @@ def wait(fd: int, timeout_s: float | None = None) -> Listening | None:
     finally:
         os.close(fd)
     fields = json.loads(data.split(b"\n", 1)[0])
-    return Listening(int(fields["pid"]), int(fields["grpc_port"]), int(fields["http_port"]),
-                     int(fields["metrics_port"]))
+    return Listening(
+        int(fields["pid"]), int(fields["grpc_port"]), int(fields["http_port"]), int(fields["metrics_port"])
+    )

@@ -3,9 +3,10 @@
 The Registry is the only owner of ModelVersions and of each model's routing table (stable, canary, shadow and
 standby versions). It runs on the event loop; blocking load work happens in `loader` on a thread.
 
-Swaps are lossless: a new version loads and warms while the old one serves, then one assignment flips the routing
-table. Routing and submitting a request happen without an await in between, so after a flip no request can reach
-the old version; the requests it already holds finish on it (drain), and its sessions are released at in-flight 0.
+Swaps are lossless: a new version loads and warms while the old one serves, then one assignment flips the
+routing table. Routing and submitting a request happen without an await in between, so after a flip no request
+can reach the old version; the requests it already holds finish on it (drain), and its sessions are released
+at in-flight 0.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from hotwire.server import repository
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
@@ -24,8 +25,15 @@ from hotwire.server.loader import load_version
 from hotwire.server.model_version import ModelVersion, VersionState
 from hotwire.server.repository import ModelSource
 from hotwire.server.tasks import BackgroundTasks
-from hotwire.server.traffic import (GuardWindow, ShadowComparison, TrafficPolicy, apply_update, compare,
-                                    goes_to_canary, policy_from_config)
+from hotwire.server.traffic import (
+    GuardWindow,
+    ShadowComparison,
+    TrafficPolicy,
+    apply_update,
+    compare,
+    goes_to_canary,
+    policy_from_config,
+)
 from hotwire.server.wire import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -43,8 +51,12 @@ class LifecycleEvents:
     by_version: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def add(self, event: str, model: str, version: int) -> None:
-        total = {"swap": "swaps", "rollback": "rollbacks", "guard_rollback": "guard_rollbacks",
-                 "load_failure": "load_failures"}[event]
+        total = {
+            "swap": "swaps",
+            "rollback": "rollbacks",
+            "guard_rollback": "guard_rollbacks",
+            "load_failure": "load_failures",
+        }[event]
         setattr(self, total, getattr(self, total) + 1)
         key = (model, str(version) if version >= 0 else "", event)
         self.by_version[key] = self.by_version.get(key, 0) + 1
@@ -69,7 +81,9 @@ class ModelEntry:
     loading: bool = False  # a load of it is under way
 
     def reason(self) -> str:
-        return "; ".join((f"version {v}: {msg}" if v >= 0 else msg) for v, msg in sorted(self.failures.items()))
+        return "; ".join(
+            (f"version {v}: {msg}" if v >= 0 else msg) for v, msg in sorted(self.failures.items())
+        )
 
     def resolve_routes(self) -> None:
         """Point stable/canary/shadow at loaded versions, from the policy (and a rollback, if any). Changes no
@@ -80,7 +94,11 @@ class ModelEntry:
         stable = wanted if wanted in ready else (active[-1] if active else None)
         self.stable = ready.get(stable) if stable is not None else None
         canary = self.policy.canary
-        self.canary = ready.get(canary) if canary is not None and canary != stable and self.rollback_to is None else None
+        self.canary = (
+            ready.get(canary)
+            if canary is not None and canary != stable and self.rollback_to is None
+            else None
+        )
         shadow = self.policy.shadow
         self.shadow = ready.get(shadow) if shadow is not None and shadow != stable else None
 
@@ -90,8 +108,12 @@ GUARD_CHECK_INTERVAL_S = 0.1
 
 
 class Registry:
-    def __init__(self, default_max_batch_size: int, on_health_change: HealthCallback | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        default_max_batch_size: int,
+        on_health_change: HealthCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._models: dict[str, ModelEntry] = {}
         self._default_max_batch_size = default_max_batch_size
         self._on_health_change = on_health_change or (lambda name, serving: None)
@@ -99,12 +121,14 @@ class Registry:
         self._rng = random.Random()
         self._locks: dict[str, asyncio.Lock] = {}
         self._background = BackgroundTasks("registry")  # draining versions, shadow requests
-        self.draining: set[ModelVersion] = set()  # routed away, still finishing requests (metrics keep reporting)
+        # routed away, still finishing requests (metrics keep reporting)
+        self.draining: set[ModelVersion] = set()
         self.events = LifecycleEvents()
         self.shadow_results: dict[str, list[ShadowComparison]] = {}  # model -> recent comparisons (bounded)
         self.shadow_counts: dict[str, int] = {}  # model -> comparisons ever made
 
-    # ----- loading -------------------------------------------------------------------------------------------
+    # ----- loading
+    # -------------------------------------------------------------------------------------------
 
     async def load_repository(self, root: Path, only: list[str] | None = None) -> None:
         """Load the repository's models (or only those named); one that fails never stops the others."""
@@ -123,8 +147,8 @@ class Registry:
         return entry
 
     async def load(self, source: ModelSource) -> ModelEntry:
-        """(Re)load a model. New or changed versions load and warm while the current ones keep serving; then the
-        routing table flips in one step. On any failure the current versions stay as they were."""
+        """(Re)load a model. New or changed versions load and warm while the current ones keep serving; then
+        the routing table flips in one step. On any failure the current versions stay as they were."""
         lock = self._locks.setdefault(source.name, asyncio.Lock())
         async with lock:
             entry = self._entry_for(source.name)
@@ -155,7 +179,9 @@ class Registry:
                 fresh[version] = current  # unchanged: keep the loaded, warm one
                 continue
             try:
-                loaded = await load_version(source, version, model_file, self._default_max_batch_size, fingerprint)
+                loaded = await load_version(
+                    source, version, model_file, self._default_max_batch_size, fingerprint
+                )
             except Exception as exc:  # any failure fails this model only, never the load of the others
                 for version_loaded in fresh.values():
                     if version_loaded not in entry.versions.values():
@@ -165,12 +191,17 @@ class Registry:
                     return self._load_failed(entry, version, f"{type(exc).__name__}: {exc}")
                 return self._load_failed(entry, version, str(exc))
             fresh[version] = loaded
-            log.info("loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
-                     source.name, version, len(loaded.instances),
-                     ",".join(sorted({i.placement.label for i in loaded.instances})),
-                     ", inline" if any(i.inline for i in loaded.instances) else "",
-                     loaded.signature.max_batch_size, (time.monotonic() - started) * 1e3,
-                 extra={"event": "model_loaded", "model": source.name, "version": version})
+            log.info(
+                "loaded model %s version %d (%d instance(s) on %s%s, max_batch_size %d) in %.0f ms",
+                source.name,
+                version,
+                len(loaded.instances),
+                ",".join(sorted({i.placement.label for i in loaded.instances})),
+                ", inline" if any(i.inline for i in loaded.instances) else "",
+                loaded.signature.max_batch_size,
+                (time.monotonic() - started) * 1e3,
+                extra={"event": "model_loaded", "model": source.name, "version": version},
+            )
         self._flip(entry, fresh, policy)
         return entry
 
@@ -179,24 +210,40 @@ class Registry:
         self.events.add("load_failure", entry.name, version)
         where = {"version": version} if version >= 0 else {}  # no version: the key is left out, never -1
         if entry.versions:
-            log.error("model %s%s failed to load, the loaded versions %s keep serving: %s", entry.name,
-                      f" version {version}" if version >= 0 else "", sorted(entry.versions), reason,
-                 extra={"event": "load_failed", "model": entry.name, **where})
+            log.error(
+                "model %s%s failed to load, the loaded versions %s keep serving: %s",
+                entry.name,
+                f" version {version}" if version >= 0 else "",
+                sorted(entry.versions),
+                reason,
+                extra={"event": "load_failed", "model": entry.name, **where},
+            )
         else:
-            log.error("model %s%s failed to load: %s", entry.name, f" version {version}" if version >= 0 else "",
-                      reason,
-                 extra={"event": "load_failed", "model": entry.name, **where})
+            log.error(
+                "model %s%s failed to load: %s",
+                entry.name,
+                f" version {version}" if version >= 0 else "",
+                reason,
+                extra={"event": "load_failed", "model": entry.name, **where},
+            )
             self._on_health_change(entry.name, False)
         return entry
 
     def _flip(self, entry: ModelEntry, fresh: dict[int, ModelVersion], policy: TrafficPolicy) -> None:
-        """Make `fresh` the model's versions in one step; superseded ones go to standby or drain and unload."""
+        """Make `fresh` the model's versions in one step; superseded ones go to standby or drain and
+        unload."""
         before = entry.stable
         superseded = [v for number, v in entry.versions.items() if fresh.get(number) is not v]
-        for version in fresh.values():  # what the version policy selects serves, even one a rollback set aside
+        # what the version policy selects serves, even one a rollback set aside
+        for version in fresh.values():
             version.serve()
-        kept = sorted((v for v in superseded if v.version not in fresh), key=lambda v: v.version)[-policy.standby:] \
-            if policy.standby > 0 else []
+        kept = (
+            sorted((v for v in superseded if v.version not in fresh), key=lambda v: v.version)[
+                -policy.standby :
+            ]
+            if policy.standby > 0
+            else []
+        )
         for version in kept:
             version.stand_by()
         entry.versions = {**{v.version: v for v in kept}, **fresh}
@@ -211,8 +258,13 @@ class Registry:
         if before is not None and entry.stable is not before:
             after = entry.stable.version if entry.stable else -1
             self.events.add("swap", entry.name, after)
-            log.info("model %s: traffic flipped from version %d to %d", entry.name, before.version, after,
-                 extra={"event": "swap", "model": entry.name, **({"version": after} if after >= 0 else {})})
+            log.info(
+                "model %s: traffic flipped from version %d to %d",
+                entry.name,
+                before.version,
+                after,
+                extra={"event": "swap", "model": entry.name, **({"version": after} if after >= 0 else {})},
+            )
         self._on_health_change(entry.name, entry.stable is not None)
 
     def _drain(self, version: ModelVersion) -> None:
@@ -225,8 +277,12 @@ class Registry:
             await version.unload()
         finally:
             self.draining.discard(version)
-        log.info("model %s version %d drained and unloaded", version.name, version.version,
-                 extra={"event": "unloaded", "model": version.name, "version": version.version})
+        log.info(
+            "model %s version %d drained and unloaded",
+            version.name,
+            version.version,
+            extra={"event": "unloaded", "model": version.name, "version": version.version},
+        )
 
     async def unload(self, name: str) -> None:
         """Stop routing to every version of the model, drain them, release their sessions."""
@@ -240,13 +296,14 @@ class Registry:
             entry.fingerprint = ()  # poll mode: the same files coming back are a new load
             self._on_health_change(name, False)
             await asyncio.gather(*(v.unload() for v in versions))
-            log.info("model %s unloaded", name,
-                 extra={"event": "unloaded", "model": name})
+            log.info("model %s unloaded", name, extra={"event": "unloaded", "model": name})
 
-    # ----- rollback and traffic ------------------------------------------------------------------------------
+    # ----- rollback and traffic
+    # ------------------------------------------------------------------------------
 
-    async def rollback(self, name: str, to: int | None = None, reload: Callable[[int], ModelSource] | None = None
-                       ) -> tuple[int, str]:
+    async def rollback(
+        self, name: str, to: int | None = None, reload: Callable[[int], ModelSource] | None = None
+    ) -> tuple[int, str]:
         """Send a model's traffic back to an earlier version: (version, "standby" | "reloaded").
 
         A version kept in standby is flipped to at once; otherwise it is loaded again from the repository."""
@@ -274,9 +331,14 @@ class Registry:
                 if previous is not None:
                     previous.stand_by()
             self.events.add("rollback", name, to)
-            log.info("model %s: rolled back from version %s to %d (%s)", name, current, to,
-                     "standby" if to in standby else "loaded",
-                 extra={"event": "rollback", "model": name, "version": to})
+            log.info(
+                "model %s: rolled back from version %s to %d (%s)",
+                name,
+                current,
+                to,
+                "standby" if to in standby else "loaded",
+                extra={"event": "rollback", "model": name, "version": to},
+            )
             return to, "standby"
         if reload is None:
             raise NotFound(f"model '{name}' has no version {to} loaded and none to reload")
@@ -286,8 +348,13 @@ class Registry:
                 if to not in source.versions:
                     raise NotFound(f"model '{name}': version {to} is not in the repository")
                 try:
-                    loaded = await load_version(source, to, source.versions[to], self._default_max_batch_size,
-                                                repository.version_fingerprint(source, to))
+                    loaded = await load_version(
+                        source,
+                        to,
+                        source.versions[to],
+                        self._default_max_batch_size,
+                        repository.version_fingerprint(source, to),
+                    )
                 except (ModelLoadError, ConfigError) as exc:
                     raise Unavailable(f"model '{name}': version {to} could not be reloaded: {exc}") from None
                 entry.versions[to] = loaded
@@ -297,8 +364,13 @@ class Registry:
             if current is not None and current in entry.versions and current != to:
                 entry.versions[current].stand_by()
         self.events.add("rollback", name, to)
-        log.info("model %s: rolled back from version %s to %d (reloaded: no standby copy)", name, current, to,
-                 extra={"event": "rollback", "model": name, "version": to})
+        log.info(
+            "model %s: rolled back from version %s to %d (reloaded: no standby copy)",
+            name,
+            current,
+            to,
+            extra={"event": "rollback", "model": name, "version": to},
+        )
         return to, "reloaded"
 
     def set_traffic(self, name: str, values: dict) -> TrafficPolicy:
@@ -306,23 +378,31 @@ class Registry:
         policy = apply_update(entry.policy, values)
         for version in (policy.canary, policy.shadow, policy.stable):
             if version is not None and version not in entry.versions:
-                raise InvalidInput(f"model '{name}': version {version} is not loaded; loaded: {sorted(entry.versions)}")
+                raise InvalidInput(
+                    f"model '{name}': version {version} is not loaded; loaded: {sorted(entry.versions)}"
+                )
         if policy.stable is not None:  # a standby version named stable serves again
             entry.versions[policy.stable].serve()
         entry.policy = policy
         entry.rollback_to = None
         entry.guard.clear()
         entry.resolve_routes()
-        log.info("model %s: traffic policy %s", name, entry.policy,
-                 extra={"event": "traffic_policy", "model": name})
+        log.info(
+            "model %s: traffic policy %s",
+            name,
+            entry.policy,
+            extra={"event": "traffic_policy", "model": name},
+        )
         return entry.policy
 
-    # ----- routing -------------------------------------------------------------------------------------------
+    # ----- routing
+    # -------------------------------------------------------------------------------------------
 
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise NotFound(f"Request for unknown model: '{name}' is not found")  # Triton's words, which clients match
+            # Triton's words, which clients match
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
         return entry
 
     def route(self, name: str, version: str = "", request: InferRequest | None = None) -> ModelVersion:
@@ -335,7 +415,11 @@ class Registry:
                 reason = entry.reason()
                 raise Unavailable(f"model '{name}' has no ready version" + (f": {reason}" if reason else ""))
             canary = entry.canary
-            if canary is not None and request is not None and goes_to_canary(entry.policy, request.parameters, self._rng):
+            if (
+                canary is not None
+                and request is not None
+                and goes_to_canary(entry.policy, request.parameters, self._rng)
+            ):
                 return canary
             return serving
         if not version.isdigit():
@@ -350,14 +434,22 @@ class Registry:
             raise Unavailable(f"model '{name}' version {version} is {loaded.state.value}")
         return loaded
 
-    def after_response(self, version: ModelVersion, request: InferRequest, response: InferResponse | None,
-                       latency_s: float, ok: bool) -> None:
+    def after_response(
+        self,
+        version: ModelVersion,
+        request: InferRequest,
+        response: InferResponse | None,
+        latency_s: float,
+        ok: bool,
+    ) -> None:
         """Feed the canary guard and the drift monitor, and mirror to the shadow version. Never delays the
         response: drift and shadow work is scheduled to run after it."""
         if ok and response is not None and version.drift is not None:
             asyncio.get_running_loop().call_soon(
-                version.drift.observe, {t.name: t.array for t in request.inputs},
-                dict(zip(response.output_names, response.outputs)))
+                version.drift.observe,
+                {t.name: t.array for t in request.inputs},
+                dict(zip(response.output_names, response.outputs)),
+            )
         entry = self._models.get(version.name)
         if entry is None:
             return
@@ -365,20 +457,32 @@ class Registry:
             now = self._clock()
             entry.guard.add(now, latency_s, ok)
             breach = None
-            if now - entry.guard_checked >= GUARD_CHECK_INTERVAL_S:  # the check sorts the window: not per request
+            # the check sorts the window: not per request
+            if now - entry.guard_checked >= GUARD_CHECK_INTERVAL_S:
                 entry.guard_checked = now
                 breach = entry.guard.breach(entry.policy.guard, now)
             if breach:
                 self.events.add("guard_rollback", entry.name, version.version)
-                log.warning("model %s: canary version %d breached its guard (%s); all traffic back to stable "
-                            "version %d", entry.name, version.version, breach, entry.stable.version if entry.stable else -1,
-                 extra={"event": "guard_rollback", "model": entry.name, "version": version.version})
+                log.warning(
+                    "model %s: canary version %d breached its guard (%s); all traffic back to stable "
+                    "version %d",
+                    entry.name,
+                    version.version,
+                    breach,
+                    entry.stable.version if entry.stable else -1,
+                    extra={"event": "guard_rollback", "model": entry.name, "version": version.version},
+                )
                 entry.canary = None
                 entry.policy = apply_update(entry.policy, {"canary": None, "canary_weight": 0.0})
                 entry.guard.clear()
         shadow = entry.shadow
-        if ok and response is not None and shadow is not None and shadow is not version \
-                and self._rng.random() < entry.policy.shadow_fraction:
+        if (
+            ok
+            and response is not None
+            and shadow is not None
+            and shadow is not version
+            and self._rng.random() < entry.policy.shadow_fraction
+        ):
             self._background.spawn(self._shadow(shadow, request, response), name=f"shadow {shadow.name}")
 
     async def _shadow(self, shadow: ModelVersion, request: InferRequest, served: InferResponse) -> None:
@@ -389,7 +493,9 @@ class Registry:
             log.debug("shadow version %d of %s failed: %s", shadow.version, shadow.name, exc)
             return
         served_by_name = dict(zip(served.output_names, served.outputs))
-        result = compare([served_by_name[n] for n in mirrored.output_names if n in served_by_name], mirrored.outputs)
+        result = compare(
+            [served_by_name[n] for n in mirrored.output_names if n in served_by_name], mirrored.outputs
+        )
         results = self.shadow_results.setdefault(shadow.name, [])
         results.append(result)
         del results[:-1000]
@@ -410,9 +516,15 @@ class Registry:
             results = self.shadow_results.get(entry.name)
             if results and entry.shadow is not None:
                 agreement = [r.argmax_agreement for r in results if r.argmax_agreement == r.argmax_agreement]
-                rows.append((entry.name, entry.shadow.version, self.shadow_counts.get(entry.name, 0),
-                             max(r.max_abs_diff for r in results),
-                             sum(agreement) / len(agreement) if agreement else float("nan")))
+                rows.append(
+                    (
+                        entry.name,
+                        entry.shadow.version,
+                        self.shadow_counts.get(entry.name, 0),
+                        max(r.max_abs_diff for r in results),
+                        sum(agreement) / len(agreement) if agreement else float("nan"),
+                    )
+                )
         return rows
 
     def is_ready(self, name: str, version: str = "") -> bool:
@@ -430,10 +542,12 @@ class Registry:
         return [self._models[name] for name in sorted(self._models)]
 
     def all_ready(self) -> bool:
-        """Server readiness (Triton's strict readiness): every model that should be loaded has a ready version."""
+        """Server readiness (Triton's strict readiness): every model that should be loaded has a ready
+        version."""
         return all(entry.stable is not None for entry in self._models.values() if not entry.unloaded)
 
-    # ----- shutdown ------------------------------------------------------------------------------------------
+    # ----- shutdown
+    # ------------------------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Drain every batcher (queued requests finish), then release the sessions."""

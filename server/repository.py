@@ -1,7 +1,8 @@
-"""Scan a Triton-layout model repository: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/model.onnx`.
+"""Scan a Triton-layout model repository: `<repo>/<model>/config.pbtxt` and
+`<repo>/<model>/<version>/model.onnx`.
 
-Reads configs and version directories and applies the version policy; loads nothing. Errors are per model, so one
-broken model never hides the others.
+Reads configs and version directories and applies the version policy; loads nothing. Errors are per model, so
+one broken model never hides the others.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def scan(root: Path) -> dict[str, ModelSource]:
     """Every model directory under `root` (hidden ones skipped), by name."""
     if not root.is_dir():
         raise ConfigError(f"model repository '{root}' is not a directory")
-    return {entry.name: read_model(entry) for entry in sorted(root.iterdir()) if entry.is_dir() and not entry.name.startswith(".")}
+    return {
+        entry.name: read_model(entry)
+        for entry in sorted(root.iterdir())
+        if entry.is_dir() and not entry.name.startswith(".")
+    }
 
 
 def read_model(path: Path, config_override: mc.ModelConfig | None = None) -> ModelSource:
@@ -59,7 +64,9 @@ def read_model(path: Path, config_override: mc.ModelConfig | None = None) -> Mod
         if model_file.is_file():
             source.versions[version] = model_file
         else:
-            log.warning("model %s version %d: %s not found, version skipped", path.name, version, model_file.name)
+            log.warning(
+                "model %s version %d: %s not found, version skipped", path.name, version, model_file.name
+            )
     if not source.versions:
         source.error = (
             f"no loadable version under {path} (versions on disk: {sorted(available) or 'none'}, "
@@ -92,7 +99,9 @@ def _version_dirs(path: Path) -> dict[int, Path]:
         if not entry.is_dir() or entry.name.startswith("."):
             continue
         if not entry.name.isdigit():
-            log.warning("model %s: skipping '%s', version directories must be integers", path.name, entry.name)
+            log.warning(
+                "model %s: skipping '%s', version directories must be integers", path.name, entry.name
+            )
             continue
         versions[int(entry.name)] = entry
     return versions

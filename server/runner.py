@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -49,19 +50,28 @@ def placements(group: mc.ModelInstanceGroup) -> list[Placement]:
     available = ort.get_available_providers()
     kind = group.kind
     if kind == mc.ModelInstanceGroup.KIND_AUTO:
-        kind = mc.ModelInstanceGroup.KIND_GPU if "CUDAExecutionProvider" in available else mc.ModelInstanceGroup.KIND_CPU
+        kind = (
+            mc.ModelInstanceGroup.KIND_GPU
+            if "CUDAExecutionProvider" in available
+            else mc.ModelInstanceGroup.KIND_CPU
+        )
     if kind == mc.ModelInstanceGroup.KIND_CPU:
         return [Placement("cpu", 0, (("CPUExecutionProvider", {}),))] * group.count
     if kind != mc.ModelInstanceGroup.KIND_GPU:
-        raise ModelLoadError(f"instance_group '{group.name}': kind {mc.ModelInstanceGroup.Kind.Name(kind)} is not supported")
+        raise ModelLoadError(
+            f"instance_group '{group.name}': kind {mc.ModelInstanceGroup.Kind.Name(kind)} is not supported"
+        )
     if "CUDAExecutionProvider" not in available:
         raise ModelLoadError(
-            f"instance_group '{group.name}' asks for KIND_GPU but this onnxruntime has no CUDAExecutionProvider "
+            f"instance_group '{group.name}' asks for KIND_GPU but this onnxruntime has no "
+            "CUDAExecutionProvider "
             f"(available: {available}); install hotwire[gpu] or use KIND_CPU"
         )
     gpus = list(group.gpus) or [0]
     return [
-        Placement("gpu", gpu, (("CUDAExecutionProvider", {"device_id": str(gpu)}), ("CPUExecutionProvider", {})))
+        Placement(
+            "gpu", gpu, (("CUDAExecutionProvider", {"device_id": str(gpu)}), ("CPUExecutionProvider", {}))
+        )
         for gpu in gpus
         for _ in range(group.count)
     ]
@@ -72,7 +82,9 @@ def session_options(options: OrtOptions) -> ort.SessionOptions:
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.graph_optimization_level = _GRAPH_LEVEL[options.graph_optimization]
-    so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if options.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if options.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
     so.enable_cpu_mem_arena = options.enable_mem_arena
     so.enable_mem_pattern = options.enable_mem_pattern
     # Spinning intra-op threads burn the cores the gRPC loop needs on small machines: off unless asked for.
@@ -107,7 +119,9 @@ class Instance:
     Inline instances (tiny models, see INLINE_MAX_COMPUTE_S) run on the event loop thread instead.
     """
 
-    def __init__(self, name: str, session: ort.InferenceSession, placement: Placement, inline: bool = False) -> None:
+    def __init__(
+        self, name: str, session: ort.InferenceSession, placement: Placement, inline: bool = False
+    ) -> None:
         self.name = name
         self.session = session
         self.placement = placement
@@ -116,22 +130,30 @@ class Instance:
 
     def run_sync(self, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         """Runs on this instance's thread (or, inline, on the loop thread)."""
-        if self.placement.kind == "gpu" and any(hasattr(v, "__cuda_array_interface__") for v in feeds.values()):
+        if self.placement.kind == "gpu" and any(
+            hasattr(v, "__cuda_array_interface__") for v in feeds.values()
+        ):
             return self._run_bound(feeds, output_names)
         return self.session.run(list(output_names), feeds)
 
     def _run_bound(self, feeds: dict[str, Any], output_names: Sequence[str]) -> list[np.ndarray]:
-        """Feeds already on the GPU (a GPU preprocessing pipeline's output) are bound by device pointer: no copy
-        back to the host and up again. Only a machine with a CUDA device runs this path (tests/server/test_gpu.py
-        skips it elsewhere)."""
+        """Feeds already on the GPU (a GPU preprocessing pipeline's output) are bound by device pointer: no
+        copy back to the host and up again. Only a machine with a CUDA device runs this path
+        (tests/server/test_gpu.py skips it elsewhere)."""
         binding = self.session.io_binding()
         for name, value in feeds.items():
             interface = getattr(value, "__cuda_array_interface__", None)
             if interface is None:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
                 continue
-            binding.bind_input(name, "cuda", self.placement.device_id, np.dtype(interface["typestr"]),
-                               list(interface["shape"]), interface["data"][0])
+            binding.bind_input(
+                name,
+                "cuda",
+                self.placement.device_id,
+                np.dtype(interface["typestr"]),
+                list(interface["shape"]),
+                interface["data"][0],
+            )
         for name in output_names:
             binding.bind_output(name)
         self.session.run_with_iobinding(binding)

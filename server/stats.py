@@ -1,7 +1,7 @@
 """Exact per-version inference statistics (Triton's ModelStatistics): counts and cumulative durations.
 
-Owned by a ModelVersion; updated on the event loop only (batch results arrive there), so no locking. Prometheus
-metrics mirror these numbers (metrics.py), so statistics and metrics always agree.
+Owned by a ModelVersion; updated on the event loop only (batch results arrive there), so no locking.
+Prometheus metrics mirror these numbers (metrics.py), so statistics and metrics always agree.
 """
 
 from __future__ import annotations
@@ -67,15 +67,16 @@ class VersionStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
-    handler: Duration = field(default_factory=Duration)  # request bytes in -> response bytes out, successes only
+    # request bytes in -> response bytes out, successes only
+    handler: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=lambda: defaultdict(BatchStats))  # by batch rows
     latency_us: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_US))
     queue_us: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_US))
     batch_rows: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     last_inference_ms: int = 0
 
-    # Both record_* run once per request or batch on the event loop: the histogram updates are written out here
-    # rather than behind a method, which saves a call per histogram per request.
+    # Both record_* run once per request or batch on the event loop: the histogram updates are written out
+    # here rather than behind a method, which saves a call per histogram per request.
 
     def record_batch(self, rows: int, requests: int, times: ComputeTimes) -> None:
         self.inference_count += rows
@@ -88,8 +89,14 @@ class VersionStats:
         histogram.counts[bisect.bisect_left(histogram.bounds, rows)] += 1
         histogram.total += rows
 
-    def record_request(self, ok: bool, duration_s: float, queue_s: float, times: ComputeTimes,
-                       reason: FailureReason = FailureReason.OTHER) -> None:
+    def record_request(
+        self,
+        ok: bool,
+        duration_s: float,
+        queue_s: float,
+        times: ComputeTimes,
+        reason: FailureReason = FailureReason.OTHER,
+    ) -> None:
         """`reason`: why a failed request failed (ignored for a success)."""
         if ok:
             self.success.add(duration_s)

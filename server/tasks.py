@@ -1,8 +1,8 @@
 """The owner of fire-and-forget tasks: each held until it ends, and all awaited or cancelled at shutdown.
 
-The event loop keeps only weak references to tasks, so a task nobody holds can vanish half-done; and a task nobody
-awaits hides its exception until garbage collection. Every background task of the server (draining versions,
-shadow requests, health updates, stream readers) is started through one of these.
+The event loop keeps only weak references to tasks, so a task nobody holds can vanish half-done; and a task
+nobody awaits hides its exception until garbage collection. Every background task of the server
+(draining versions, shadow requests, health updates, stream readers) is started through one of these.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class BackgroundTasks:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s: background task %s failed", self._owner, task.get_name(), exc_info=task.exception())
+            log.error(
+                "%s: background task %s failed", self._owner, task.get_name(), exc_info=task.exception()
+            )
 
     def __len__(self) -> int:
         return len(self._tasks)

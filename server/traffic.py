@@ -1,5 +1,5 @@
-"""Traffic policy per model: which loaded version serves an unpinned request (stable, canary by weight or sticky
-key), which one shadows it, and the guard that sends traffic back to stable when the canary misbehaves.
+"""Traffic policy per model: which loaded version serves an unpinned request (stable, canary by weight or
+sticky key), which one shadows it, and the guard that sends traffic back to stable when the canary misbehaves.
 
 Pure decisions and bounded rolling windows; the registry owns the versions and applies what these return.
 """
@@ -11,8 +11,9 @@ import json
 import math
 import random
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,9 @@ from hotwire.server.errors import InvalidInput
 
 @dataclass(frozen=True)
 class GuardPolicy:
-    """Canary rollback guard: over the last `window_s`, once `min_requests` canary requests were seen, an error
-    rate above `max_error_rate` or a p99 above `max_p99_ms` returns all traffic to stable. 0 disables a limit."""
+    """Canary rollback guard: over the last `window_s`, once `min_requests` canary requests were seen, an
+    error rate above `max_error_rate` or a p99 above `max_p99_ms` returns all traffic to stable. 0 disables a
+    limit."""
 
     max_error_rate: float = 0.0
     max_p99_ms: float = 0.0
@@ -46,7 +48,7 @@ class TrafficPolicy:
     standby: int = 0  # superseded versions kept loaded for instant rollback
     guard: GuardPolicy = GuardPolicy()
 
-    def check(self) -> "TrafficPolicy":
+    def check(self) -> TrafficPolicy:
         if not 0.0 <= self.canary_weight <= 1.0:
             raise InvalidInput(f"traffic policy: canary_weight {self.canary_weight} is outside 0..1")
         if not 0.0 <= self.shadow_fraction <= 1.0:
@@ -58,21 +60,26 @@ class TrafficPolicy:
 
 _INT_KEYS = ("stable", "canary", "shadow", "standby")
 _FLOAT_KEYS = ("canary_weight", "shadow_fraction")
-_GUARD_KEYS = {"canary_max_error_rate": "max_error_rate", "canary_max_p99_ms": "max_p99_ms",
-               "canary_guard_window_s": "window_s", "canary_guard_min_requests": "min_requests"}
+_GUARD_KEYS = {
+    "canary_max_error_rate": "max_error_rate",
+    "canary_max_p99_ms": "max_p99_ms",
+    "canary_guard_window_s": "window_s",
+    "canary_guard_min_requests": "min_requests",
+}
 
 
 def policy_from_config(config: mc.ModelConfig) -> TrafficPolicy:
-    """The policy a model's config parameters set (stable_version, canary_version, canary_weight, ...): parsed and
-    checked by model_config.traffic_policy, with every other config parameter; InvalidInput naming a bad one."""
+    """The policy a model's config parameters set (stable_version, canary_version, canary_weight, ...): parsed
+    and checked by model_config.traffic_policy, with every other config parameter; InvalidInput naming a bad
+    one."""
     from hotwire.server.model_config import traffic_policy  # model_config builds this module's dataclasses
 
     return traffic_policy(config)
 
 
 def apply_update(policy: TrafficPolicy, values: Mapping[str, Any]) -> TrafficPolicy:
-    """A new policy with the given keys changed (the admin API's JSON, or a guard's rollback); an unknown key is
-    InvalidInput."""
+    """A new policy with the given keys changed (the admin API's JSON, or a guard's rollback); an unknown key
+    is InvalidInput."""
     changes: dict[str, Any] = {}
     guard_changes: dict[str, Any] = {}
     try:
@@ -84,7 +91,9 @@ def apply_update(policy: TrafficPolicy, values: Mapping[str, Any]) -> TrafficPol
             elif key == "sticky_parameter":
                 changes[key] = str(value)
             elif key in _GUARD_KEYS:
-                guard_changes[_GUARD_KEYS[key]] = int(value) if key == "canary_guard_min_requests" else float(value)
+                guard_changes[_GUARD_KEYS[key]] = (
+                    int(value) if key == "canary_guard_min_requests" else float(value)
+                )
             else:
                 raise InvalidInput(f"traffic policy: unknown key '{key}'")
     except (TypeError, ValueError) as exc:
@@ -151,7 +160,8 @@ class GuardWindow:
 @dataclass(frozen=True)
 class ShadowComparison:
     max_abs_diff: float  # over every output element
-    argmax_agreement: float  # fraction of rows whose argmax (last axis) matches, first output; nan if not numeric
+    # fraction of rows whose argmax (last axis) matches, first output; nan if not numeric
+    argmax_agreement: float
 
 
 def compare(served: list[np.ndarray], shadow: list[np.ndarray]) -> ShadowComparison:
@@ -162,9 +172,17 @@ def compare(served: list[np.ndarray], shadow: list[np.ndarray]) -> ShadowCompari
         elif a.shape != b.shape:
             diff = math.inf
     agreement = math.nan
-    if served and shadow and served[0].shape == shadow[0].shape and served[0].ndim >= 1 and served[0].size \
-            and served[0].dtype.kind in "fiu":
-        rows_a = served[0].reshape(-1, served[0].shape[-1]) if served[0].ndim > 1 else served[0].reshape(1, -1)
+    if (
+        served
+        and shadow
+        and served[0].shape == shadow[0].shape
+        and served[0].ndim >= 1
+        and served[0].size
+        and served[0].dtype.kind in "fiu"
+    ):
+        rows_a = (
+            served[0].reshape(-1, served[0].shape[-1]) if served[0].ndim > 1 else served[0].reshape(1, -1)
+        )
         rows_b = shadow[0].reshape(rows_a.shape)
         agreement = float(np.mean(np.argmax(rows_a, axis=-1) == np.argmax(rows_b, axis=-1)))
     return ShadowComparison(diff, agreement)

@@ -1,15 +1,15 @@
 """Check a decoded request against the model's signature; produce what the batcher needs.
 
-Every failure is InvalidInput naming the tensor and what was expected. The outcome depends only on the request's
-header (names, datatypes, shapes, parameters), so it is a `RequestPlan` that a model version caches per header key
-and binds to each request's arrays.
+Every failure is InvalidInput naming the tensor and what was expected. The outcome depends only on the
+request's header (names, datatypes, shapes, parameters), so it is a `RequestPlan` that a model version caches
+per header key and binds to each request's arrays.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -18,38 +18,42 @@ from hotwire.server.errors import InvalidInput
 from hotwire.server.model_config import Signature
 from hotwire.server.wire import InferRequest
 
-
 PLAN_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
 class RequestPlan:
-    model_shapes: tuple[tuple[int, ...] | None, ...]  # per request input: the shape the model takes (None: as sent)
+    # per request input: the shape the model takes (None: as sent)
+    model_shapes: tuple[tuple[int, ...] | None, ...]
     rows: int
     shape_key: tuple
     output_names: tuple[str, ...]
     priority: int
     timeout_us: int
 
-    def bind(self, request: InferRequest) -> "ValidRequest":
+    def bind(self, request: InferRequest) -> ValidRequest:
         feeds = {
             tensor.name: tensor.array if shape is None else tensor.array.reshape(shape)
             for tensor, shape in zip(request.inputs, self.model_shapes)
         }
-        return ValidRequest(feeds, self.rows, self.shape_key, self.output_names, self.priority, self.timeout_us)
+        return ValidRequest(
+            feeds, self.rows, self.shape_key, self.output_names, self.priority, self.timeout_us
+        )
 
 
 class PlanCache:
     """Request plans by header key, bounded; owned by one model version (plans depend on its signature)."""
 
-    def __init__(self, signature: Signature, model: str, check: Callable[[InferRequest], None] | None = None) -> None:
+    def __init__(
+        self, signature: Signature, model: str, check: Callable[[InferRequest], None] | None = None
+    ) -> None:
         """`check`: more validation of a request's header (a preprocessing pipeline's minimum image size)."""
         self._signature = signature
         self._model = model
         self._check = check
         self._plans: OrderedDict[bytes, RequestPlan] = OrderedDict()
 
-    def validate(self, request: InferRequest) -> "ValidRequest":
+    def validate(self, request: InferRequest) -> ValidRequest:
         key = request.header_key
         plan = self._plans.get(key) if key is not None else None
         if plan is None:
@@ -65,7 +69,8 @@ class PlanCache:
 
 @dataclass(slots=True)
 class ValidRequest:
-    feeds: dict[str, np.ndarray]  # model input name -> array in the model's shape (still a view of the request)
+    # model input name -> array in the model's shape (still a view of the request)
+    feeds: dict[str, np.ndarray]
     rows: int
     shape_key: tuple
     output_names: tuple[str, ...]
@@ -84,23 +89,29 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         spec = signature.input(tensor.name)
         if spec is None:
             raise InvalidInput(
-                f"model '{model}' has no input '{tensor.name}'; expected inputs: {[s.name for s in signature.inputs]}"
+                f"model '{model}' has no input '{tensor.name}'; expected inputs: "
+                f"{[s.name for s in signature.inputs]}"
             )
         if tensor.name in seen:
             raise InvalidInput(f"input '{tensor.name}' appears more than once")
         seen.add(tensor.name)
         if tensor.datatype is not spec.datatype:
             raise InvalidInput(
-                f"input '{tensor.name}': datatype {tensor.datatype.name} does not match the model's {spec.datatype.name}"
+                f"input '{tensor.name}': datatype {tensor.datatype.name} does not match the model's "
+                f"{spec.datatype.name}"
             )
         shape = tensor.shape
         expected = signature.full_shape(spec)
         if len(shape) != len(expected) or any(e != -1 and s != e for s, e in zip(shape, expected)):
-            raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} does not match the model's {expected}")
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {list(shape)} does not match the model's {expected}"
+            )
         item_shape = shape[1:] if batched else shape
         if spec.resized and 0 in item_shape:
-            raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} has an empty dimension; "
-                               "its preprocessing pipeline needs at least one element per axis")
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {list(shape)} has an empty dimension; "
+                "its preprocessing pipeline needs at least one element per axis"
+            )
         if batched:
             if shape[0] < 1 or shape[0] > signature.max_batch_size:
                 raise InvalidInput(
@@ -108,14 +119,18 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
                     "(the model's max_batch_size)"
                 )
             if rows is not None and shape[0] != rows:
-                raise InvalidInput(f"input '{tensor.name}': batch size {shape[0]} differs from the other inputs' {rows}")
+                raise InvalidInput(
+                    f"input '{tensor.name}': batch size {shape[0]} differs from the other inputs' {rows}"
+                )
             rows = shape[0]
         model_shape: tuple[int, ...] | None = None
-        if spec.model_dims != spec.dims:  # config `reshape`: the model takes another shape of the same elements
+        # config `reshape`: the model takes another shape of the same elements
+        if spec.model_dims != spec.dims:
             model_shape = ((shape[0],) if batched else ()) + tuple(spec.model_dims)
             if -1 not in model_shape and element_count(model_shape) != element_count(shape):
                 raise InvalidInput(
-                    f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's {list(model_shape)}"
+                    f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's "
+                    f"{list(model_shape)}"
                 )
         model_shapes.append(model_shape)
         shape_key.append((tensor.name, len(item_shape) if spec.ragged or spec.resized else item_shape))
@@ -128,11 +143,18 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         for name in request.requested_outputs:
             if signature.output(name) is None:
                 raise InvalidInput(
-                    f"model '{model}' has no output '{name}'; expected outputs: {[s.name for s in signature.outputs]}"
+                    f"model '{model}' has no output '{name}'; expected outputs: "
+                    f"{[s.name for s in signature.outputs]}"
                 )
         output_names = tuple(request.requested_outputs)
-    return RequestPlan(tuple(model_shapes), rows or 1, tuple(sorted(shape_key)), output_names,
-                       _int_parameter(request, "priority"), _int_parameter(request, "timeout"))
+    return RequestPlan(
+        tuple(model_shapes),
+        rows or 1,
+        tuple(sorted(shape_key)),
+        output_names,
+        _int_parameter(request, "priority"),
+        _int_parameter(request, "timeout"),
+    )
 
 
 def _int_parameter(request: InferRequest, key: str) -> int:

@@ -1,10 +1,10 @@
 """Protobuf bytes ⇄ request/response objects, without copying tensor payloads.
 
-protobuf copies a bytes field on every access, so ModelInfer and ModelStreamInfer are registered method handlers
-with no request deserializer: they receive the raw request bytes. `decode_request` scans the top-level fields
-once, keeps each `raw_input_contents` entry (field 7) as a memoryview of the request and lets protobuf parse only
-the small rest. `ResponseEncoder` writes the response fields itself and frames `raw_output_contents` (field 6),
-so a large output array is copied once, into the response bytes.
+protobuf copies a bytes field on every access, so ModelInfer and ModelStreamInfer are registered method
+handlers with no request deserializer: they receive the raw request bytes. `decode_request` scans the
+top-level fields once, keeps each `raw_input_contents` entry (field 7) as a memoryview of the request and lets
+protobuf parse only the small rest. `ResponseEncoder` writes the response fields itself and frames
+`raw_output_contents` (field 6), so a large output array is copied once, into the response bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from hotwire.server.errors import InvalidInput
 _RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
 _RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents: field 6, length-delimited
 _STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
-_LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements in raw form: 4-byte little-endian length, then the bytes
+# BYTES elements in raw form: 4-byte little-endian length, then the bytes
+_LENGTH_PREFIX = struct.Struct("<I")
 
 _SMALL_OUTPUT_BYTES = 16384
 ParamValue = bool | int | float | str
@@ -63,10 +64,11 @@ class InferResponse:
     compute_infer_s: float = 0.0  # ONNX Runtime
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # decoding
 
-_REQUEST_ID_FIELD = 3  # ModelInferRequest.id: kept out of the header key so equal requests share one cache entry
+# ModelInferRequest.id: kept out of the header key so equal requests share one cache entry
+_REQUEST_ID_FIELD = 3
 HEADER_CACHE_SIZE = 1024
 # Only headers up to this size are cached (here and in each version's plan cache): a header carrying large
 # parameters is unusual, and caching it would let a client pin HEADER_CACHE_SIZE × its size of memory.
@@ -165,8 +167,9 @@ _headers: OrderedDict[bytes, _RawLayout] = OrderedDict()
 def decode_request(data: bytes) -> InferRequest:
     """Parse a serialized ModelInferRequest; raw numeric inputs become read-only views over `data`.
 
-    Clients send the same header (model, tensor names, datatypes, shapes) again and again: for raw requests it is
-    parsed and checked once and kept in a bounded cache, so a repeat costs a dict lookup plus np.frombuffer.
+    Clients send the same header (model, tensor names, datatypes, shapes) again and again: for raw requests it
+    is parsed and checked once and kept in a bounded cache, so a repeat costs a dict lookup plus
+    np.frombuffer.
     """
     header_bytes, request_id, raw = scan_request(data)
     cacheable = len(header_bytes) <= HEADER_CACHE_MAX_KEY_BYTES
@@ -188,19 +191,28 @@ def decode_request(data: bytes) -> InferRequest:
     if len(raw) != len(layout.inputs):  # the key leaves the raw entries out: count them on every request
         names = [name for name, _, _ in layout.inputs]
         raise InvalidInput(
-            f"expected one raw_input_contents entry per input: got {len(raw)} for {len(layout.inputs)} inputs {names}"
-            + (f"; input '{names[len(raw)]}' has no data" if len(raw) < len(names) else "")
+            f"expected one raw_input_contents entry per input: got {len(raw)} for {len(layout.inputs)} "
+            f"inputs {names}" + (f"; input '{names[len(raw)]}' has no data" if len(raw) < len(names) else "")
         )
-    inputs = [InputTensor(name, dtype, shape, array_from_raw(name, dtype, shape, payload))
-              for (name, dtype, shape), payload in zip(layout.inputs, raw)]
+    inputs = [
+        InputTensor(name, dtype, shape, array_from_raw(name, dtype, shape, payload))
+        for (name, dtype, shape), payload in zip(layout.inputs, raw)
+    ]
     requested = list(layout.requested_outputs) if layout.requested_outputs is not None else None
-    return InferRequest(layout.model_name, layout.model_version, request_id, layout.parameters, inputs, requested,
-                        header_bytes if cacheable else None)
+    return InferRequest(
+        layout.model_name,
+        layout.model_version,
+        request_id,
+        layout.parameters,
+        inputs,
+        requested,
+        header_bytes if cacheable else None,
+    )
 
 
 def request_identity(data: bytes) -> tuple[str, str, str]:
-    """(id, model name, model version) of a request that failed to decode, as far as its bytes still say; empty
-    strings otherwise."""
+    """(id, model name, model version) of a request that failed to decode, as far as its bytes still say;
+    empty strings otherwise."""
     try:
         header_bytes, request_id, _ = scan_request(data)
         header = pb.ModelInferRequest.FromString(header_bytes)
@@ -214,7 +226,8 @@ def _raw_layout(header: pb.ModelInferRequest) -> _RawLayout:
     for tensor in header.inputs:
         if tensor.HasField("contents"):
             raise InvalidInput(
-                f"input '{tensor.name}': typed contents and raw_input_contents must not be mixed in one request"
+                f"input '{tensor.name}': typed contents and raw_input_contents must not be mixed in one "
+                "request"
             )
         inputs.append((tensor.name, _datatype(tensor), _shape(tensor)))
     requested = _requested_outputs(header)
@@ -240,7 +253,8 @@ def _shape(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[int, ...]:
 
 
 def decode_typed(header: pb.ModelInferRequest) -> InferRequest:
-    """The uncached path: tensors in typed `contents` (a copy each; raw requests go through the header cache)."""
+    """The uncached path: tensors in typed `contents` (a copy each; raw requests go through the header
+    cache)."""
     inputs: list[InputTensor] = []
     for tensor in header.inputs:
         dtype = _datatype(tensor)
@@ -250,15 +264,24 @@ def decode_typed(header: pb.ModelInferRequest) -> InferRequest:
         inputs.append(InputTensor(tensor.name, dtype, shape, _array_from_contents(tensor, dtype, shape)))
     requested = _requested_outputs(header)
     params = {key: parameter_value(value) for key, value in header.parameters.items()}
-    return InferRequest(header.model_name, header.model_version, header.id, params, inputs,
-                        list(requested) if requested is not None else None)
+    return InferRequest(
+        header.model_name,
+        header.model_version,
+        header.id,
+        params,
+        inputs,
+        list(requested) if requested is not None else None,
+    )
 
 
-# Output parameters of Triton extensions hotwire does not implement: refused rather than silently ignored, so a client
-# asking for top-k classes or shared-memory outputs never gets a differently shaped answer than it expects.
+# Output parameters of Triton extensions hotwire does not implement: refused rather than silently ignored, so
+# a client asking for top-k classes or shared-memory outputs never gets a differently shaped answer than it
+# expects.
 _UNSUPPORTED_OUTPUT_PARAMETERS = {
     "classification": "the classification extension (class_count) is not supported: request the raw output",
-    "shared_memory_region": "the shared-memory extension is not supported: outputs come in raw_output_contents",
+    "shared_memory_region": (
+        "the shared-memory extension is not supported: outputs come in raw_output_contents"
+    ),
 }
 
 
@@ -266,11 +289,15 @@ def _requested_outputs(header: pb.ModelInferRequest) -> tuple[str, ...] | None:
     for out in header.outputs:
         for key in out.parameters:
             if key in _UNSUPPORTED_OUTPUT_PARAMETERS:
-                raise InvalidInput(f"output '{out.name}': parameter '{key}': {_UNSUPPORTED_OUTPUT_PARAMETERS[key]}")
+                raise InvalidInput(
+                    f"output '{out.name}': parameter '{key}': {_UNSUPPORTED_OUTPUT_PARAMETERS[key]}"
+                )
     return tuple(out.name for out in header.outputs) if header.outputs else None
 
 
-def array_from_raw(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...], data: memoryview) -> np.ndarray:
+def array_from_raw(
+    name: str, dtype: datatypes.Datatype, shape: tuple[int, ...], data: memoryview
+) -> np.ndarray:
     count = element_count(shape)
     if dtype.name == "BYTES":
         return _bytesarray_from_raw(name, shape, count, data)
@@ -287,7 +314,8 @@ def _bytesarray_from_raw(name: str, shape: tuple[int, ...], count: int, data: me
     elements = bytes_elements(name, data)
     if len(elements) != count:
         raise InvalidInput(
-            f"input '{name}': raw content holds {len(elements)} BYTES elements, expected {count} for shape {list(shape)}"
+            f"input '{name}': raw content holds {len(elements)} BYTES elements, expected {count} for shape "
+            f"{list(shape)}"
         )
     return _object_array(elements, shape)
 
@@ -303,7 +331,9 @@ def bytes_elements(name: str, data: memoryview) -> list[str]:
         (length,) = _LENGTH_PREFIX.unpack_from(data, pos)
         pos += 4
         if pos + length > size:
-            raise InvalidInput(f"input '{name}': BYTES element {len(elements)} runs past the end of the content")
+            raise InvalidInput(
+                f"input '{name}': BYTES element {len(elements)} runs past the end of the content"
+            )
         elements.append(_utf8(name, data[pos : pos + length]))
         pos += length
     return elements
@@ -314,7 +344,9 @@ def _utf8(name: str, value: bytes | memoryview) -> str:
     try:
         return bytes(value).decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidInput(f"input '{name}': BYTES element is not valid UTF-8, which ONNX string tensors require") from None
+        raise InvalidInput(
+            f"input '{name}': BYTES element is not valid UTF-8, which ONNX string tensors require"
+        ) from None
 
 
 def _object_array(elements: list[Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -327,7 +359,9 @@ def _array_from_contents(
     tensor: pb.ModelInferRequest.InferInputTensor, dtype: datatypes.Datatype, shape: tuple[int, ...]
 ) -> np.ndarray:
     if dtype.contents_field is None:
-        raise InvalidInput(f"input '{tensor.name}': {dtype.name} has no typed contents field; send it in raw_input_contents")
+        raise InvalidInput(
+            f"input '{tensor.name}': {dtype.name} has no typed contents field; send it in raw_input_contents"
+        )
     values = getattr(tensor.contents, dtype.contents_field)
     count = element_count(shape)
     if len(values) != count:
@@ -338,7 +372,8 @@ def _array_from_contents(
     for other in pb.InferTensorContents.DESCRIPTOR.fields:
         if other.name != dtype.contents_field and len(getattr(tensor.contents, other.name)):
             raise InvalidInput(
-                f"input '{tensor.name}': datatype {dtype.name} expects {dtype.contents_field}, got {other.name}"
+                f"input '{tensor.name}': datatype {dtype.name} expects {dtype.contents_field}, got "
+                f"{other.name}"
             )
     if dtype.name == "BYTES":
         return _object_array([_utf8(tensor.name, v) for v in values], shape)
@@ -349,7 +384,7 @@ def _array_from_contents(
     return np.array(values, dtype=dtype.numpy).reshape(shape)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # encoding
 
 
@@ -372,7 +407,8 @@ def raw_bytes(array: np.ndarray, dtype: datatypes.Datatype) -> bytes | memoryvie
             parts.append(encoded)
         return b"".join(parts)
     if array.nbytes <= _SMALL_OUTPUT_BYTES:
-        return array.astype(dtype.numpy, copy=False).tobytes()  # one small copy is cheaper than building a view
+        # one small copy is cheaper than building a view
+        return array.astype(dtype.numpy, copy=False).tobytes()
     contiguous = np.ascontiguousarray(array, dtype=dtype.numpy)
     # A flat uint8 view rather than memoryview.cast, which refuses shapes with a zero dimension.
     return memoryview(contiguous.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy stubs: no buffer protocol
@@ -401,9 +437,9 @@ def _nbytes(part: bytes | memoryview) -> int:
 class ResponseEncoder:
     """Builds ModelInferResponse bytes for one model version, field by field in field-number order.
 
-    model_name and model_version are encoded once; the `outputs` metadata (names, datatypes, shapes) is serialized
-    once per distinct layout and cached; each output's data is framed as a raw_output_contents entry and copied
-    once into the response (small outputs take one extra, cheaper-than-a-view copy).
+    model_name and model_version are encoded once; the `outputs` metadata (names, datatypes, shapes) is
+    serialized once per distinct layout and cached; each output's data is framed as a raw_output_contents
+    entry and copied once into the response (small outputs take one extra, cheaper-than-a-view copy).
     """
 
     LAYOUT_CACHE_SIZE = 256
@@ -412,7 +448,9 @@ class ResponseEncoder:
         self._prefix = _string_field(b"\x0a", model_name) + _string_field(b"\x12", model_version)
         self._layouts: OrderedDict[tuple, tuple[bytes, tuple[datatypes.Datatype, ...]]] = OrderedDict()
 
-    def _layout(self, names: list[str], outputs: list[np.ndarray]) -> tuple[bytes, tuple[datatypes.Datatype, ...]]:
+    def _layout(
+        self, names: list[str], outputs: list[np.ndarray]
+    ) -> tuple[bytes, tuple[datatypes.Datatype, ...]]:
         key = tuple((name, a.dtype.str, a.shape) for name, a in zip(names, outputs))
         cached = self._layouts.get(key)
         if cached is None:
@@ -442,7 +480,8 @@ class ResponseEncoder:
         return parts
 
     def encode(self, response: InferResponse) -> bytes:
-        """A serialized ModelInferResponse: every output in raw_output_contents, one entry per output, in order."""
+        """A serialized ModelInferResponse: every output in raw_output_contents, one entry per output, in
+        order."""
         return b"".join(self.parts(response))
 
     def encode_stream(self, response: InferResponse) -> bytes:

@@ -1,14 +1,16 @@
 """`hotwire serve --workers N`: N server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), under a
 supervisor.
 
-Workers are started as fresh interpreters (`python -m hotwire.server serve --reuse-port ...`), not forked: a forked
-child inherits the parent's threads' locks, and numpy, ONNX Runtime, numba and gRPC all start threads on import. A
-fresh interpreter has none of those hazards, so the supervisor may restart a crashed worker at any time, and it can
-itself serve the aggregated /metrics. The kernel balances connections (not calls) across the workers.
+Workers are started as fresh interpreters (`python -m hotwire.server serve --reuse-port ...`), not forked: a
+forked child inherits the parent's threads' locks, and numpy, ONNX Runtime, numba and gRPC all start threads
+on import. A fresh interpreter has none of those hazards, so the supervisor may restart a crashed worker at
+any time, and it can itself serve the aggregated /metrics. The kernel balances connections (not calls) across
+the workers.
 
-The supervisor runs no event loop and imports no ONNX Runtime: it waits on its children, forwards their logs with
-a `[worker i]` prefix, restarts any that exits unexpectedly, and on SIGTERM/SIGINT passes the signal on and waits.
-Each worker tells it that it listens through its own --ready-fd pipe (readiness.py), never through its log.
+The supervisor runs no event loop and imports no ONNX Runtime: it waits on its children, forwards their logs
+with a `[worker i]` prefix, restarts any that exits unexpectedly, and on SIGTERM/SIGINT passes the signal on
+and waits. Each worker tells it that it listens through its own --ready-fd pipe (readiness.py), never through
+its log.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from hotwire.server.config import ServerConfig
 
 log = logging.getLogger("hotwire.workers")
 
-RESTART_BACKOFF_S = 1.0  # a worker that dies within RESTART_WINDOW_S of starting is restarted after this pause
+# a worker that dies within RESTART_WINDOW_S of starting is restarted after this pause
+RESTART_BACKOFF_S = 1.0
 RESTART_WINDOW_S = 10.0
 MAX_FAILED_STARTS = 3  # a worker that dies this many times in a row before listening: the server can't start
 # A worker's exit status for "refuses to start as configured" (--exit-on-error and a model failed to load): a
@@ -57,10 +60,12 @@ def free_port(host: str) -> int:
 
 
 def port_in_use(host: str, port: int) -> str | None:
-    """Why `port` can't be bound on `host` by a server that owns it (None: it can). Bound without SO_REUSEPORT, so
-    another server's workers (which set it) still count as holding the port: two worker groups never share one."""
+    """Why `port` can't be bound on `host` by a server that owns it (None: it can). Bound without
+    SO_REUSEPORT, so another server's workers (which set it) still count as holding the port: two worker
+    groups never share one."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no owner
+        # a closed connection's TIME_WAIT is no owner
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -70,15 +75,43 @@ def port_in_use(host: str, port: int) -> str | None:
 
 def worker_command(config: ServerConfig, grpc_port: int, http_port: int, ready_fd: int) -> list[str]:
     return [
-        sys.executable, "-m", "hotwire.server", "serve", "--reuse-port", "--workers", "1",
-        "--model-repository", str(config.model_repository), "--host", config.host,
-        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", "-1",
-        "--ready-fd", str(ready_fd), "--log-level", config.log_level,
-        "--log-format", config.log_format, "--request-log-rate", str(config.request_log_rate),
-        "--slow-request-ms", str(config.slow_request_ms),
-        "--max-message-bytes", str(config.max_message_bytes), "--shutdown-grace-s", str(config.shutdown_grace_s),
-        "--default-max-batch-size", str(config.default_max_batch_size),
-        "--model-control-mode", config.model_control_mode, "--repository-poll-secs", str(config.repository_poll_secs),
+        sys.executable,
+        "-m",
+        "hotwire.server",
+        "serve",
+        "--reuse-port",
+        "--workers",
+        "1",
+        "--model-repository",
+        str(config.model_repository),
+        "--host",
+        config.host,
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--metrics-port",
+        "-1",
+        "--ready-fd",
+        str(ready_fd),
+        "--log-level",
+        config.log_level,
+        "--log-format",
+        config.log_format,
+        "--request-log-rate",
+        str(config.request_log_rate),
+        "--slow-request-ms",
+        str(config.slow_request_ms),
+        "--max-message-bytes",
+        str(config.max_message_bytes),
+        "--shutdown-grace-s",
+        str(config.shutdown_grace_s),
+        "--default-max-batch-size",
+        str(config.default_max_batch_size),
+        "--model-control-mode",
+        config.model_control_mode,
+        "--repository-poll-secs",
+        str(config.repository_poll_secs),
         f"--exit-on-error={str(config.exit_on_error).lower()}",
         f"--strict-readiness={str(config.strict_readiness).lower()}",
         *[arg for name in config.load_model for arg in ("--load-model", name)],
@@ -104,9 +137,15 @@ class Supervisor:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
         ready_read, ready_write = os.pipe()
         try:
-            process = subprocess.Popen(worker_command(self.config, self.grpc_port, self.http_port, ready_write),
-                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       start_new_session=True, pass_fds=(ready_write,))
+            process = subprocess.Popen(
+                worker_command(self.config, self.grpc_port, self.http_port, ready_write),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+                pass_fds=(ready_write,),
+            )
         except BaseException:
             os.close(ready_read)
             raise
@@ -130,9 +169,9 @@ class Supervisor:
         stream.close()
 
     def _tagged(self, index: int, line: str) -> str:
-        """A worker's log line as the supervisor writes it: `[worker i] ` before it, or with --log-format json a
-        `worker` field in it (a line that is not JSON, e.g. a crash's traceback, becomes the message of one), so
-        every line stays one JSON object."""
+        """A worker's log line as the supervisor writes it: `[worker i] ` before it, or with --log-format json
+        a `worker` field in it (a line that is not JSON, e.g. a crash's traceback, becomes the message of
+        one), so every line stays one JSON object."""
         if self.config.log_format != "json":
             return f"[worker {index}] {line}"
         try:
@@ -182,20 +221,33 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir  # before prometheus-client is imported
         from hotwire.server.metrics import Metrics, start_metrics_server
 
-        return start_metrics_server(self.config.host, self.config.metrics_port, Metrics.multiprocess_exposition())
+        return start_metrics_server(
+            self.config.host, self.config.metrics_port, Metrics.multiprocess_exposition()
+        )
 
     def _announce_when_listening(self, metrics_port: int | None) -> None:
         def wait() -> None:
             for worker in list(self._workers.values()):
                 worker.listening.wait()
             if not self._stopping.is_set():
-                log.info("hotwire listening on %s:%d (gRPC, %d workers)%s%s", self.config.host, self.grpc_port,
-                         self.config.workers, f", HTTP on :{self.http_port}" if self.http_port >= 0 else "",
-                         f", metrics on :{metrics_port}/metrics" if metrics_port else "")
+                log.info(
+                    "hotwire listening on %s:%d (gRPC, %d workers)%s%s",
+                    self.config.host,
+                    self.grpc_port,
+                    self.config.workers,
+                    f", HTTP on :{self.http_port}" if self.http_port >= 0 else "",
+                    f", metrics on :{metrics_port}/metrics" if metrics_port else "",
+                )
                 if self.config.ready_fd >= 0:
-                    readiness.announce(self.config.ready_fd, readiness.Listening(
-                        os.getpid(), self.grpc_port, self.http_port,
-                        metrics_port if metrics_port is not None else -1))
+                    readiness.announce(
+                        self.config.ready_fd,
+                        readiness.Listening(
+                            os.getpid(),
+                            self.grpc_port,
+                            self.http_port,
+                            metrics_port if metrics_port is not None else -1,
+                        ),
+                    )
 
         threading.Thread(target=wait, daemon=True).start()
 
@@ -214,8 +266,13 @@ class Supervisor:
                 self._stopping.set()
                 return
             if failed >= MAX_FAILED_STARTS:
-                log.error("worker %d exited with %s before it was listening, %d times in a row: the server cannot "
-                          "start (see the worker's log above); stopping", index, how, failed)
+                log.error(
+                    "worker %d exited with %s before it was listening, %d times in a row: the server cannot "
+                    "start (see the worker's log above); stopping",
+                    index,
+                    how,
+                    failed,
+                )
                 self._gave_up = True
                 self._stopping.set()
                 return

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-# The tests' own kernel cache, new for every run: no test depends on what an earlier run, or a `hotwire serve` of
-# the same install, left in the per-user cache. Set before anything below imports hotwire.kernels (numba fixes a
-# kernel's cache directory when the kernel is decorated); servers started as subprocesses inherit it.
+# The tests' own kernel cache, new for every run: no test depends on what an earlier run, or a `hotwire serve`
+# of the same install, left in the per-user cache. Set before anything below imports hotwire.kernels
+# (numba fixes a kernel's cache directory when the kernel is decorated); servers started as subprocesses
+# inherit it.
 KERNEL_CACHE = tempfile.mkdtemp(prefix="hotwire-test-kernels-")
 os.environ["NUMBA_CACHE_DIR"] = KERNEL_CACHE
 # Servers the tests start as subprocesses serve HTTP on any free port, never on the fixed default 8000, which
@@ -67,7 +68,6 @@ def serve() -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for process in processes:
         process.close()
-
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,5 +1,5 @@
-"""External tools some tests need (perf_analyzer, promtool): where one is missing, those tests skip saying why —
-except under CI (CI=true), whose job is to prove they work, where a missing tool fails the test."""
+"""External tools some tests need (perf_analyzer, promtool): where one is missing, those tests skip saying why
+— except under CI (CI=true), whose job is to prove they work, where a missing tool fails the test."""
 
 from __future__ import annotations
 

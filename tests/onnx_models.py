@@ -30,7 +30,9 @@ ONNX_TYPES: dict[str, int] = {
 
 def _model(nodes: list, inputs: list, outputs: list, initializers: list | None = None) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers or [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hotwire-tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hotwire-tests"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -60,8 +62,9 @@ def add_sub(width: int = 16, batched: bool = True, offset: float = 0.0) -> onnx.
     return _model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")], [bias])
 
 
-def write_model(root: Path, name: str, model: onnx.ModelProto | bytes | None, config: str | None = None,
-                version: int = 1) -> Path:
+def write_model(
+    root: Path, name: str, model: onnx.ModelProto | bytes | None, config: str | None = None, version: int = 1
+) -> Path:
     """Write `<root>/<name>/config.pbtxt` (when given) and `<root>/<name>/<version>/model.onnx`."""
     model_dir = root / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,10 @@ def add_sub_string(width: int = 16) -> onnx.ModelProto:
     """Triton's 'simple_string': BYTES inputs holding decimal integers, parsed to INT32; OUTPUT0 and OUTPUT1
     are their sum and difference written back as decimal strings (an empty string fails the Cast)."""
     shape: list[str | int] = ["batch", width]
-    nodes = [helper.make_node("Cast", [name], [f"{name}_int"], to=TensorProto.INT32) for name in ("INPUT0", "INPUT1")]
+    nodes = [
+        helper.make_node("Cast", [name], [f"{name}_int"], to=TensorProto.INT32)
+        for name in ("INPUT0", "INPUT1")
+    ]
     nodes += [
         helper.make_node("Add", ["INPUT0_int", "INPUT1_int"], ["sum"]),
         helper.make_node("Sub", ["INPUT0_int", "INPUT1_int"], ["difference"]),
@@ -103,6 +109,8 @@ def add_sub_string(width: int = 16) -> onnx.ModelProto:
 def bytes_identity(width: int = 16) -> onnx.ModelProto:
     """Triton's 'simple_identity': BYTES [batch, width] INPUT0 -> Identity -> OUTPUT0."""
     shape: list[str | int] = ["batch", width]
-    return _model([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
-                  [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, shape)],
-                  [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, shape)])
+    return _model(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, shape)],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, shape)],
+    )

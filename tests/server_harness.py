@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any
 
 from hotwire.server import readiness
 from hotwire.server.app import App
@@ -21,8 +22,14 @@ from hotwire.server.config import ServerConfig
 
 class ServerThread:
     def __init__(self, repository: Path, **overrides: Any) -> None:
-        config = ServerConfig(model_repository=repository, host="127.0.0.1", grpc_port=0, http_port=0,
-                              metrics_port=-1, shutdown_grace_s=5.0)
+        config = ServerConfig(
+            model_repository=repository,
+            host="127.0.0.1",
+            grpc_port=0,
+            http_port=0,
+            metrics_port=-1,
+            shutdown_grace_s=5.0,
+        )
         self.config = dataclasses.replace(config, **overrides)
         self.loop = asyncio.new_event_loop()
         self.app = App(self.config)
@@ -32,7 +39,7 @@ class ServerThread:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         self.call(self.app.start())
         return self
@@ -57,13 +64,24 @@ class ServerThread:
 
 
 class LoggedProcess:
-    """A server child process with its output collected on a thread; `listening` matches the line that says it is
-    up, its first group being the port."""
+    """A server child process with its output collected on a thread; `listening` matches the line that says it
+    is up, its first group being the port."""
 
-    def __init__(self, argv: list[str], listening: re.Pattern[str] | None, env: dict[str, str] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})}, pass_fds=pass_fds)
+    def __init__(
+        self,
+        argv: list[str],
+        listening: re.Pattern[str] | None,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            pass_fds=pass_fds,
+        )
         self.lines: list[str] = []
         self.port: int | None = None
         self.listening_match: re.Match[str] | None = None
@@ -127,8 +145,12 @@ class ServeProcess(LoggedProcess):
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         ready_read, ready_write = os.pipe()
         try:
-            super().__init__([sys.executable, "-m", "hotwire.server", "serve", *args, "--ready-fd", str(ready_write)],
-                             None, env, pass_fds=(ready_write,))
+            super().__init__(
+                [sys.executable, "-m", "hotwire.server", "serve", *args, "--ready-fd", str(ready_write)],
+                None,
+                env,
+                pass_fds=(ready_write,),
+            )
         finally:
             os.close(ready_write)
         self._ready_read = ready_read
@@ -151,9 +173,14 @@ class ServeProcess(LoggedProcess):
 
     @property
     def http_port(self) -> int | None:
-        return self.listening.http_port if self.listening is not None and self.listening.http_port >= 0 else None
+        return (
+            self.listening.http_port if self.listening is not None and self.listening.http_port >= 0 else None
+        )
 
     @property
     def metrics_port(self) -> int | None:
-        return self.listening.metrics_port if self.listening is not None and self.listening.metrics_port >= 0 \
+        return (
+            self.listening.metrics_port
+            if self.listening is not None and self.listening.metrics_port >= 0
             else None
+        )

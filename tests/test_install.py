@@ -16,8 +16,10 @@ PACKAGES = ("hotwire.proto", "hotwire.server", "hotwire.kernels", "hotwire.clien
 def test_each_hotwire_package_is_a_regular_package(name):
     package = importlib.import_module(name)
     assert package.__file__ is not None, (
-        f"{name} was imported as a namespace package from {list(package.__path__)}: a leftover directory of an "
-        "earlier install shadows this one; remove it")
+        f"{name} was imported as a namespace package from {list(package.__path__)}: a leftover directory of "
+        "an "
+        "earlier install shadows this one; remove it"
+    )
     assert Path(package.__file__).name == "__init__.py"
 
 

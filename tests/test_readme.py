@@ -1,5 +1,6 @@
-"""The README's examples run as printed, against a real `hotwire serve` of the bundled models: only the address
-changes (the tests' server listens on an ephemeral port of 127.0.0.1, the README's on localhost:8001)."""
+"""The README's examples run as printed, against a real `hotwire serve` of the bundled models: only the
+address changes (the tests' server listens on an ephemeral port of 127.0.0.1, the README's on
+localhost:8001)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def _blocks(language: str) -> list[str]:
 
 def _example(language: str, marker: str) -> str:
     found = [block for block in _blocks(language) if marker in block]
-    assert len(found) == 1, f"expected one {language} example in README.md containing {marker!r}, found {len(found)}"
+    assert len(found) == 1, (
+        f"expected one {language} example in README.md containing {marker!r}, found {len(found)}"
+    )
     return found[0]
 
 
@@ -36,7 +39,9 @@ def _example(language: str, marker: str) -> str:
 def server() -> object:
     from server_harness import ServeProcess
 
-    process = ServeProcess(["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1"])
+    process = ServeProcess(
+        ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1"]
+    )
     try:
         process.wait_listening(180)
         yield process
@@ -57,14 +62,20 @@ def http_address(server) -> str:
 
 def _run_python(example: str, address: str) -> str:
     assert README_ADDRESS in example
-    result = subprocess.run([sys.executable, "-c", example.replace(README_ADDRESS, address)], capture_output=True,
-                            text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", example.replace(README_ADDRESS, address)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
-@pytest.mark.parametrize(("marker", "shape"), [('client.infer("classifier"', (2, 4)),
-                                               ('client.infer("image_classifier"', (1, 10))])
+@pytest.mark.parametrize(
+    ("marker", "shape"), [('client.infer("classifier"', (2, 4)), ('client.infer("image_classifier"', (1, 10))]
+)
 def test_the_tritonclient_examples_print_probabilities(address, marker, shape):
     printed = _run_python(_example("python", marker), address)
     probabilities = np.array([float(n) for n in NUMBER.findall(printed)]).reshape(shape)  # a softmax per row
@@ -78,7 +89,7 @@ def test_the_perf_analyzer_example_completes_up_to_concurrency_16(address):
         missing(why)
     assert tool is not None
     block = _example("bash", "bin/perf_analyzer -m")
-    command = block[block.index("~/.cache/hotwire/perf-analyzer/bin/perf_analyzer"):].replace("\\\n", " ")
+    command = block[block.index("~/.cache/hotwire/perf-analyzer/bin/perf_analyzer") :].replace("\\\n", " ")
     argv = shlex.split(command.strip())
     argv[0] = tool.path  # the README's path is the default install location; the located one may be elsewhere
     argv = [address if arg == README_ADDRESS else arg for arg in argv]
@@ -95,8 +106,13 @@ def test_the_curl_examples_answer_as_described(http_address):
     outputs = []
     for command in commands:
         assert README_HTTP_ADDRESS in command
-        result = subprocess.run(["bash", "-c", command.replace(README_HTTP_ADDRESS, http_address)],
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            ["bash", "-c", command.replace(README_HTTP_ADDRESS, http_address)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     assert outputs[0].strip() == "200"
@@ -105,5 +121,9 @@ def test_the_curl_examples_answer_as_described(http_address):
     answer = json.loads(outputs[2])
     assert (answer["model_name"], answer["model_version"]) == ("classifier", "1")
     (probabilities,) = answer["outputs"]
-    assert (probabilities["name"], probabilities["datatype"], probabilities["shape"]) == ("probabilities", "FP32", [1, 4])
+    assert (probabilities["name"], probabilities["datatype"], probabilities["shape"]) == (
+        "probabilities",
+        "FP32",
+        [1, 4],
+    )
     np.testing.assert_allclose(sum(probabilities["data"]), 1.0, rtol=1e-5)

@@ -25,9 +25,23 @@ def echo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = tmp_path_factory.mktemp("loadgen") / "classifier.onnx"
     model.write_bytes(serialize_model(small_classifier()))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hotwire.bench.reference_servers", "echo", "--model", str(model), "--name",
-         "classifier", "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hotwire.bench.reference_servers",
+            "echo",
+            "--model",
+            str(model),
+            "--name",
+            "classifier",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     found: list[int] = []
     lines: list[str] = []

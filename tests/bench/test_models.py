@@ -29,7 +29,15 @@ CASES: dict[str, Case] = {
         (10,),
         True,
     ),
-    "image_classifier_nchw": (models.image_classifier_nchw, "input", np.float32, (3, 64, 64), "probabilities", (10,), True),
+    "image_classifier_nchw": (
+        models.image_classifier_nchw,
+        "input",
+        np.float32,
+        (3, 64, 64),
+        "probabilities",
+        (10,),
+        True,
+    ),
     "wide_mlp": (models.wide_mlp, "input", np.float32, (512,), "logits", (10,), False),
     "convnet": (models.convnet, "input", np.float32, (3, 224, 224), "logits", (1000,), False),
 }
@@ -44,9 +52,7 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        models.serialize_model(model), options, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(models.serialize_model(model), options, providers=["CPUExecutionProvider"])
 
 
 def _random_input(dtype: type, shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -24,8 +24,23 @@ class ReferenceProcess(LoggedProcess):
     """`python -m hotwire.bench.reference_servers KIND ...`."""
 
     def __init__(self, kind: str, model: Path, name: str) -> None:
-        super().__init__([sys.executable, "-m", "hotwire.bench.reference_servers", kind, "--model", str(model),
-                          "--name", name, "--host", "127.0.0.1", "--port", "0"], LISTENING)
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "hotwire.bench.reference_servers",
+                kind,
+                "--model",
+                str(model),
+                "--name",
+                name,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ],
+            LISTENING,
+        )
 
     def url(self, timeout: float = 30) -> str:
         return f"127.0.0.1:{self.wait_listening(timeout)}"
@@ -48,7 +63,9 @@ def servers(classifier_file: Path) -> Iterator[dict[str, ReferenceProcess]]:
 
 
 @pytest.fixture
-def client_for(servers: dict[str, ReferenceProcess]) -> Iterator[Callable[[str], triton.InferenceServerClient]]:
+def client_for(
+    servers: dict[str, ReferenceProcess],
+) -> Iterator[Callable[[str], triton.InferenceServerClient]]:
     clients: list[triton.InferenceServerClient] = []
 
     def make(kind: str) -> triton.InferenceServerClient:
@@ -75,16 +92,21 @@ def test_reference_server_reports_batched_metadata_and_config(client_for, kind):
     assert list(client.get_server_metadata().extensions) == []
     metadata = client.get_model_metadata("classifier")
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("input", "FP32", [-1, 16])]
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [("probabilities", "FP32", [-1, 4])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
+        ("probabilities", "FP32", [-1, 4])
+    ]
     config = client.get_model_config("classifier").config
     assert config.max_batch_size == 64
-    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("input", 11, [16])]  # 11: TYPE_FP32
+    # 11: TYPE_FP32
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("input", 11, [16])]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("probabilities", 11, [4])]
 
 
 def test_inline_answers_what_in_process_onnxruntime_answers(client_for, classifier_file):
     x = np.random.default_rng(7).standard_normal((3, 16)).astype(np.float32)
-    expected = ort.InferenceSession(str(classifier_file), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    expected = ort.InferenceSession(str(classifier_file), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )[0]
     got = _infer(client_for("inline"), x).as_numpy("probabilities")
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

@@ -1,5 +1,6 @@
 """The kernel cache patches numba's private caching internals, so hotwire runs only on the numba releases that
-was tested with: pyproject's pin and the module's TESTED_NUMBA say the same, and the installed numba is one."""
+was tested with: pyproject's pin and the module's TESTED_NUMBA say the same, and the installed numba is
+one."""
 
 from __future__ import annotations
 
@@ -27,12 +28,23 @@ def test_pyproject_pins_numba_to_the_tested_releases():
 
 def test_the_installed_numba_is_a_tested_release():
     assert cache.numba_tested(numba.__version__), (
-        f"numba {numba.__version__} is not in TESTED_NUMBA {cache.TESTED_NUMBA}: run tests/server/test_kernel_cache.py "
-        "with it, then widen TESTED_NUMBA and pyproject's pin together")
+        f"numba {numba.__version__} is not in TESTED_NUMBA {cache.TESTED_NUMBA}: run "
+        "tests/server/test_kernel_cache.py "
+        "with it, then widen TESTED_NUMBA and pyproject's pin together"
+    )
 
 
-@pytest.mark.parametrize(("version", "tested"), [("0.61.2", True), ("0.68.1", True), ("0.68.1+3.gabc", True),
-                                                 ("0.61.1", False), ("0.69.0", False), ("0.69.0rc1", False),
-                                                 ("1.0", False)])
+@pytest.mark.parametrize(
+    ("version", "tested"),
+    [
+        ("0.61.2", True),
+        ("0.68.1", True),
+        ("0.68.1+3.gabc", True),
+        ("0.61.1", False),
+        ("0.69.0", False),
+        ("0.69.0rc1", False),
+        ("1.0", False),
+    ],
+)
 def test_numba_tested_compares_releases(version, tested):
     assert cache.numba_tested(version) is tested

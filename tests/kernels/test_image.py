@@ -1,14 +1,15 @@
 """hotwire.kernels.image (and its GPU twin) against NumPy reference implementations.
 
 Tolerances (ref = the formula evaluated in float64 by NumPy from the same float32 parameters):
-* normalize, float32 out: |out - ref| <= 1e-6 * (|x * m| + |a|) with m = 1/(255 std), a = -mean/std, i.e. relative
-  1e-6 of the larger term before cancellation (the kernel's bound is 2**-23 of it, one FMA with rounded m and a).
+* normalize, float32 out: |out - ref| <= 1e-6 * (|x * m| + |a|) with m = 1/(255 std), a = -mean/std, i.e.
+  relative 1e-6 of the larger term before cancellation (the kernel's bound is 2**-23 of it, one FMA with
+  rounded m and a).
 * normalize, float16 out: bit-exact to ref rounded to float16.
 * scale, float32 out: bit-exact to NumPy's ``x.astype(float32) * float32(scale)``; float16 out: bit-exact to
   float16(float64(x) * float32(scale)).
 * resize_bilinear (OpenCV INTER_LINEAR half-pixel clamped convention): uint8 within 1 level of the float64
-  reference rounded half up (the kernel blends in float32, so a value within ~1e-4 of .5 may round the other way);
-  float32 within 1e-3 absolute (values are 0..255).
+  reference rounded half up (the kernel blends in float32, so a value within ~1e-4 of .5 may round the other
+  way); float32 within 1e-3 absolute (values are 0..255).
 * center_crop, letterbox padding and layout/threading variants: exact.
 """
 
@@ -35,9 +36,9 @@ def warmed() -> list[int]:
     return [len(core.signatures) for core in image.CORES]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # NumPy references
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def ref_normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray, swap: bool) -> np.ndarray:
@@ -71,9 +72,9 @@ def ref_round_u8(values: np.ndarray) -> np.ndarray:
     return np.minimum(np.floor(values + 0.5), 255).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # strategies
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 channels_st = st.sampled_from([1, 3, 4])
 
@@ -104,9 +105,9 @@ def batches(draw: st.DrawFn, min_n: int = 0) -> np.ndarray:
 finite_std = st.one_of(st.floats(2**-10, 10.0, width=32), st.floats(-10.0, -(2**-10), width=32))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # normalize / scale
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @SETTINGS
@@ -121,7 +122,11 @@ def test_normalize_float32_matches_reference(images: np.ndarray, data: st.DataOb
     assert out.dtype == np.float32 and out.shape == ref.shape and out.flags.c_contiguous
     m = 1.0 / (255.0 * std.astype(np.float64))
     a = -mean.astype(np.float64) / std
-    x = (images[..., [2, 1, 0] + list(range(3, c))] if swap else images).transpose(0, 3, 1, 2).astype(np.float64)
+    x = (
+        (images[..., [2, 1, 0] + list(range(3, c))] if swap else images)
+        .transpose(0, 3, 1, 2)
+        .astype(np.float64)
+    )
     bound = 1e-6 * (np.abs(x * m[None, :, None, None]) + np.abs(a)[None, :, None, None]) + 1e-30
     assert np.all(np.abs(out - ref) <= bound)
 
@@ -132,7 +137,9 @@ def test_normalize_float16_is_correctly_rounded(images: np.ndarray, data: st.Dat
     c = images.shape[3]
     mean = np.asarray(data.draw(st.lists(st.floats(-2.0, 2.0, width=32), min_size=c, max_size=c)), np.float32)
     std = np.asarray(data.draw(st.lists(finite_std, min_size=c, max_size=c)), np.float32)
-    out = image.normalize_hwc_to_nchw(images, mean, std, np.float16, channel_order="BGR", model_channel_order=order)
+    out = image.normalize_hwc_to_nchw(
+        images, mean, std, np.float16, channel_order="BGR", model_channel_order=order
+    )
     ref = ref_normalize(images, mean, std, order == "RGB" and c >= 3).astype(np.float16)
     assert out.dtype == np.float16
     np.testing.assert_array_equal(out, ref)
@@ -144,10 +151,14 @@ def test_scale_is_exact(images: np.ndarray, scale: float, per_channel: bool) -> 
     c = images.shape[3]
     scales = np.float32(scale) * np.arange(1, c + 1, dtype=np.float32) if per_channel else np.float32(scale)
     out32 = image.scale_hwc_to_nchw(images, scales)
-    ref32 = images.transpose(0, 3, 1, 2).astype(np.float32) * np.reshape(scales, (-1, 1, 1)).astype(np.float32)
+    ref32 = images.transpose(0, 3, 1, 2).astype(np.float32) * np.reshape(scales, (-1, 1, 1)).astype(
+        np.float32
+    )
     np.testing.assert_array_equal(out32, ref32)
     out16 = image.scale_hwc_to_nchw(images, scales, np.float16)
-    ref16 = images.transpose(0, 3, 1, 2).astype(np.float64) * np.reshape(scales, (-1, 1, 1)).astype(np.float64)
+    ref16 = images.transpose(0, 3, 1, 2).astype(np.float64) * np.reshape(scales, (-1, 1, 1)).astype(
+        np.float64
+    )
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(out16, ref16.astype(np.float16))
 
@@ -190,9 +201,9 @@ def test_normalize_rejects_bad_arguments() -> None:
         image.normalize_hwc_to_nchw(images, 0.5, 0.5, out=np.empty((1, 3, 2, 2), np.float16))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # resize / crop / letterbox
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @SETTINGS
@@ -216,7 +227,8 @@ def test_resize_identity_edges_and_rounding() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
     np.testing.assert_array_equal(image.resize_bilinear(img, 7, 5), img)  # same size: exact copy
-    one = np.array([[[0], [255]]], np.uint8)  # 1x2 -> 1x4: taps at -0.25 (clamped), 0.25, 0.75, 1.25 (clamped)
+    # 1x2 -> 1x4: taps at -0.25 (clamped), 0.25, 0.75, 1.25 (clamped)
+    one = np.array([[[0], [255]]], np.uint8)
     np.testing.assert_allclose(image.resize_bilinear(one, 1, 4, np.float32).ravel(), [0, 63.75, 191.25, 255])
     np.testing.assert_array_equal(image.resize_bilinear(one, 1, 4).ravel(), [0, 64, 191, 255])
     half = np.array([[[0], [1]]], np.uint8)  # 0.5 exactly rounds up
@@ -270,7 +282,8 @@ def test_letterbox(images: np.ndarray, out_h: int, out_w: int, pad: int) -> None
 
 
 def test_letterbox_example_and_per_channel_pad() -> None:
-    img = np.full((2, 4, 3), 9, np.uint8)  # 2x4 into 8x8: scale 2, resized 4x8, 2 rows of padding on each side
+    # 2x4 into 8x8: scale 2, resized 4x8, 2 rows of padding on each side
+    img = np.full((2, 4, 3), 9, np.uint8)
     out, scale, (top, left) = image.letterbox(img, 8, 8, (1, 2, 3))
     assert (scale, top, left) == (2.0, 2, 0)
     np.testing.assert_array_equal(out[2:6], np.full((4, 8, 3), 9, np.uint8))
@@ -280,9 +293,9 @@ def test_letterbox_example_and_per_channel_pad() -> None:
         image.letterbox(img, 8, 8, 256)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # threads and warm-up
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _workload(images: np.ndarray) -> list[np.ndarray]:
@@ -322,7 +335,14 @@ def test_warm_leaves_nothing_to_compile(warmed: list[int]) -> None:
         images = rng.integers(0, 256, (2, 9, 11, c), dtype=np.uint8)
         readonly = images.copy()
         readonly.flags.writeable = False
-        variants = [images, readonly, images[:, 1:8, 2:9], images[:, ::-1], images[..., ::-1], images[:1, :1, :1]]
+        variants = [
+            images,
+            readonly,
+            images[:, 1:8, 2:9],
+            images[:, ::-1],
+            images[..., ::-1],
+            images[:1, :1, :1],
+        ]
         for src in variants:
             image.normalize_hwc_to_nchw(src, 0.5, 0.2)
             image.normalize_hwc_to_nchw(src, 0.5, 0.2, np.float16, channel_order="BGR")
@@ -336,9 +356,9 @@ def test_warm_leaves_nothing_to_compile(warmed: list[int]) -> None:
     assert [len(core.signatures) for core in image.CORES] == warmed
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # GPU twin
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(cuda_image.available(), reason="a GPU is available")
@@ -365,8 +385,12 @@ def test_cuda_matches_cpu() -> None:
         m = 1.0 / (255.0 * std.astype(np.float64))
         bound = 1e-6 * (255 * m + np.abs(mean / std))[None, :, None, None]
         assert np.all(np.abs(got - ref) <= bound)
-        got16 = cuda_image.normalize_hwc_to_nchw(images, mean, std, np.float16, channel_order="BGR", to_host=True)
-        np.testing.assert_array_equal(got16, image.normalize_hwc_to_nchw(images, mean, std, np.float16, "BGR"))
+        got16 = cuda_image.normalize_hwc_to_nchw(
+            images, mean, std, np.float16, channel_order="BGR", to_host=True
+        )
+        np.testing.assert_array_equal(
+            got16, image.normalize_hwc_to_nchw(images, mean, std, np.float16, "BGR")
+        )
         for out_h, out_w in [(1, 1), (9, 4), (300, 113)]:
             cpu = ref_resize(images, out_h, out_w)
             gpu8 = cuda_image.resize_bilinear(images, out_h, out_w, to_host=True)

@@ -1,8 +1,8 @@
 """hotwire.kernels.sequence.pad_truncate against a pure-Python reference.
 
-Tolerance: none (integer copies: ids and masks must be equal). Covered: N = 0, empty rows, length 0, rows shorter,
-equal and longer than length, int64 extremes as ids and pad_id, both truncation and padding sides, both input forms
-(list of rows and flat + offsets), rows of other integer dtypes.
+Tolerance: none (integer copies: ids and masks must be equal). Covered: N = 0, empty rows, length 0, rows
+shorter, equal and longer than length, int64 extremes as ids and pad_id, both truncation and padding sides,
+both input forms (list of rows and flat + offsets), rows of other integer dtypes.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def ref_pad_truncate(rows: list[list[int]], length: int, pad_id: int, trunc: str
         else:
             ids.append([pad_id] * padding + kept)
             mask.append([0] * padding + [1] * len(kept))
-    return np.array(ids, np.int64).reshape(len(rows), length), np.array(mask, np.int64).reshape(len(rows), length)
+    return np.array(ids, np.int64).reshape(len(rows), length), np.array(mask, np.int64).reshape(
+        len(rows), length
+    )
 
 
 @SETTINGS
@@ -115,7 +117,9 @@ def test_concurrent_calls_match_serial() -> None:
 
     def run(_: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         barrier.wait()
-        return [[sequence.pad_truncate(flat, 128, 0, s, s, offsets) for s in sequence.SIDES] for _ in range(50)]
+        return [
+            [sequence.pad_truncate(flat, 128, 0, s, s, offsets) for s in sequence.SIDES] for _ in range(50)
+        ]
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(run, range(4)))
@@ -136,5 +140,7 @@ def test_warm_leaves_nothing_to_compile(warmed: list[int]) -> None:
     readonly = np.arange(4)
     readonly.flags.writeable = False
     sequence.pad_truncate(readonly, 3, offsets=readonly[:2] * 0 + np.array([0, 4]))
-    sequence.pad_truncate(np.arange(4), 3, offsets=np.frombuffer(np.array([0, 4], np.int64).tobytes(), np.int64))
+    sequence.pad_truncate(
+        np.arange(4), 3, offsets=np.frombuffer(np.array([0, 4], np.int64).tobytes(), np.int64)
+    )
     assert [len(core.signatures) for core in sequence.CORES] == warmed

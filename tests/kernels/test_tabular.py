@@ -1,9 +1,10 @@
 """hotwire.kernels.tabular against NumPy reference implementations.
 
-Tolerance: none. Every kernel does the same float32 IEEE operations as the NumPy expression it documents, so results
-are compared bit for bit (``assert_array_equal``: NaN equals NaN, +0 equals -0), over shapes with N = 0 and F = 0,
-and float32 values including NaN, +-inf, subnormals and huge magnitudes (overflow to inf included).
-References run under ``np.errstate(all="ignore")`` (overflow/invalid are expected results, not errors).
+Tolerance: none. Every kernel does the same float32 IEEE operations as the NumPy expression it documents, so
+results are compared bit for bit (``assert_array_equal``: NaN equals NaN, +0 equals -0), over shapes with N =
+0 and F = 0, and float32 values including NaN, +-inf, subnormals and huge magnitudes
+(overflow to inf included). References run under ``np.errstate(all="ignore")`` (overflow/invalid are expected
+results, not errors).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ def warmed() -> list[int]:
     return [len(core.signatures) for core in tabular.CORES]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # NumPy references
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def ref_standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -55,9 +56,9 @@ def ref_one_hot(categories: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # strategies
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 any_f32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
 edge_f32 = st.sampled_from([0.0, -0.0, np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45, 1.0])
@@ -84,9 +85,9 @@ def params(n_feat: int, elements: st.SearchStrategy[float] = values) -> st.Searc
     return hnp.arrays(np.float32, (n_feat,), elements=elements)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # properties
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @SETTINGS
@@ -103,7 +104,9 @@ def test_standardize(x: np.ndarray, data: st.DataObject) -> None:
 @given(x=tables(), data=st.data(), clip=st.booleans())
 def test_min_max(x: np.ndarray, data: st.DataObject, clip: bool) -> None:
     lo = data.draw(params(x.shape[1]))
-    hi = np.where(data.draw(params(x.shape[1], st.booleans())).astype(bool), lo, data.draw(params(x.shape[1])))
+    hi = np.where(
+        data.draw(params(x.shape[1], st.booleans())).astype(bool), lo, data.draw(params(x.shape[1]))
+    )
     out = tabular.min_max(x, lo, hi, clip=clip)
     np.testing.assert_array_equal(out, ref_min_max(x, lo, hi, clip))
     if clip:
@@ -168,7 +171,8 @@ def test_out_buffer_conversion_and_errors() -> None:
     in_place = x.copy()
     tabular.fill_nan(in_place, 0.0, out=in_place)
     np.testing.assert_array_equal(in_place, x)
-    np.testing.assert_array_equal(tabular.clip(x.astype(np.float64), 2, 5), np.clip(x, 2, 5))  # converted to f32
+    # converted to f32
+    np.testing.assert_array_equal(tabular.clip(x.astype(np.float64), 2, 5), np.clip(x, 2, 5))
     unaligned = np.frombuffer(b"\0" + x.tobytes(), np.float32, count=12, offset=1).reshape(3, 4)
     np.testing.assert_array_equal(tabular.clip(unaligned, 2, 5), np.clip(x, 2, 5))
     with pytest.raises(ValueError):
@@ -185,9 +189,9 @@ def test_out_buffer_conversion_and_errors() -> None:
         tabular.standardize(np.array([["a"]]), 0.0, 1.0)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # threads and warm-up
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _workload(x: np.ndarray, cats: np.ndarray) -> list[np.ndarray]:
@@ -234,6 +238,12 @@ def test_warm_leaves_nothing_to_compile(warmed: list[int]) -> None:
         tabular.min_max(src, 0.0, 1.0, clip=True)
         tabular.clip(src, -1, 1, out=np.empty(src.shape, np.float32))
         tabular.fill_nan(src, 0.0)
-    for cats in (np.arange(3), np.arange(3, dtype=np.int32), np.arange(3, dtype=np.uint64), [1, 2], np.zeros(0, int)):
+    for cats in (
+        np.arange(3),
+        np.arange(3, dtype=np.int32),
+        np.arange(3, dtype=np.uint64),
+        [1, 2],
+        np.zeros(0, int),
+    ):
         tabular.one_hot(cats, 4)
     assert [len(core.signatures) for core in tabular.CORES] == warmed

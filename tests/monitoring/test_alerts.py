@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 import yaml
 
+from external_tools import missing
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import grpc_service_pb2_grpc
 from hotwire.server.metrics import FAILURE_REASONS, LIFECYCLE, LIFECYCLE_EVENTS
-from external_tools import missing
 from onnx_models import add_sub, write_model
 from server_harness import ServerThread
 
@@ -60,8 +60,21 @@ def run_promtool(promtool: str, *args: str) -> str:
 
 # ----- PromQL text ---------------------------------------------------------------------------------------
 
-KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-            "group_right", "inf", "nan"}
+KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -84,8 +97,10 @@ def test_metric_names_finds_every_selector_and_nothing_else() -> None:
 
 def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
     """Every `name{label="value", ...}` selector with its equality matchers."""
-    return [(name, dict(re.findall(r'(\w+)\s*=\s*"((?:[^"\\]|\\.)*)"', body)))
-            for name, body in re.findall(r"([A-Za-z_:][\w:]*)\{([^}]*)\}", expr)]
+    return [
+        (name, dict(re.findall(r'(\w+)\s*=\s*"((?:[^"\\]|\\.)*)"', body)))
+        for name, body in re.findall(r"([A-Za-z_:][\w:]*)\{([^}]*)\}", expr)
+    ]
 
 
 def alert_exprs() -> dict[str, str]:
@@ -103,8 +118,11 @@ def dashboard_panels(panels: list[dict]) -> Iterator[dict]:
 def dashboard_exprs() -> list[tuple[str, str]]:
     """(where, expression) of every panel target and template variable query."""
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    found = [(f"panel {p['id']} {p['title']!r} {t['refId']}", t["expr"])
-             for p in dashboard_panels(dashboard["panels"]) for t in p.get("targets", [])]
+    found = [
+        (f"panel {p['id']} {p['title']!r} {t['refId']}", t["expr"])
+        for p in dashboard_panels(dashboard["panels"])
+        for t in p.get("targets", [])
+    ]
     for variable in dashboard["templating"]["list"]:
         query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
         match = re.fullmatch(r"label_values\((.+), *(\w+)\)", query)
@@ -203,8 +221,14 @@ def supervisor_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
     """What the --workers supervisor serves: a worker's values, through prometheus-client's multiprocess
     files."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("multiprocess"))}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(SUPERVISOR)], env=env, capture_output=True,
-                            text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SUPERVISOR)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -240,9 +264,11 @@ def test_promtool_parses_every_dashboard_query(promtool: str, tmp_path: Path) ->
     # As recording rules, each query goes through Prometheus's own PromQL parser.
     rules = ["groups:", "  - name: dashboard", "    rules:"]
     for i, (where, expr) in enumerate(dashboard_exprs()):
-        rules += [f"      - record: dashboard:query_{i}",
-                  f"        expr: {json.dumps(as_plain_promql(expr))}",
-                  f"        labels: {{where: {json.dumps(where)}}}"]
+        rules += [
+            f"      - record: dashboard:query_{i}",
+            f"        expr: {json.dumps(as_plain_promql(expr))}",
+            f"        labels: {{where: {json.dumps(where)}}}",
+        ]
     path = tmp_path / "dashboard-rules.yml"
     path.write_text("\n".join(rules) + "\n")
     out = run_promtool(promtool, "check", "rules", str(path))
@@ -262,8 +288,9 @@ def test_every_metric_the_alerts_and_the_dashboard_query_is_exported(scrape: str
         assert names <= exported, f"{where} queries {sorted(names - exported)}: not on /metrics"
         for name, matchers in selectors(expr):  # and each `label="value"` matcher finds a series
             wanted = {k: v for k, v in matchers.items() if k not in ADDED_BY_PROMETHEUS}
-            assert any(n == name and wanted.items() <= labels.items() for n, labels, _ in samples), \
+            assert any(n == name and wanted.items() <= labels.items() for n, labels, _ in samples), (
                 f"{where}: no {name} series with {wanted}"
+            )
 
 
 def test_every_metric_the_monitoring_text_mentions_is_exported(scrape: str) -> None:
@@ -293,8 +320,11 @@ def test_the_lifecycle_counters_carry_model_and_version(single_process_scrape: s
     # every event of a loaded version is there from the start (at 0)
     assert sorted(labels["event"] for labels in lifecycle) == sorted(LIFECYCLE_EVENTS)
     assert all((labels["model"], labels["version"]) == ("simple", "1") for labels in lifecycle)
-    failures = {labels["reason"] for name, labels, _ in parse_samples(single_process_scrape)
-                if name == "nv_inference_request_failure"}
+    failures = {
+        labels["reason"]
+        for name, labels, _ in parse_samples(single_process_scrape)
+        if name == "nv_inference_request_failure"
+    }
     assert failures == {reason.value for reason in FAILURE_REASONS}
 
 

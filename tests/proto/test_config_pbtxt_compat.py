@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf import text_format
 
-from hotwire.proto import grpc_service_pb2, model_config_pb2 as mc
+from hotwire.proto import grpc_service_pb2
+from hotwire.proto import model_config_pb2 as mc
 
 tc_service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
 tc_model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -169,7 +170,8 @@ ensemble_scheduling {
 version_policy: { all {} }
 """
 
-# Fields newer than tritonclient 2.41.0's stubs (in current tritonclient and Triton's public model_config.proto).
+# Fields newer than tritonclient 2.41.0's stubs (in current tritonclient and Triton's public
+# model_config.proto).
 RECENT = """
 name: "recent"
 backend: "python"

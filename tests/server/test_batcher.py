@@ -72,7 +72,8 @@ def test_with_delay_zero_a_preferred_size_still_caps_the_batch():
 
 
 def test_the_delay_counts_from_the_oldest_request_of_the_batch_not_the_head():
-    # a high-priority request (at the head) arrived after a low-priority one that has already waited past the delay
+    # a high-priority request (at the head) arrived after a low-priority one that has already waited past the
+    # delay
     policy = BatchingPolicy(max_batch_size=8, max_queue_delay_s=0.1)
     assert plan_batch(queue((1, 0.14), (1, 0.0)), policy, now=0.15) == (2, 0.0)
     take, wait = plan_batch(queue((1, 0.14), (1, 0.1)), policy, now=0.15)
@@ -80,7 +81,9 @@ def test_the_delay_counts_from_the_oldest_request_of_the_batch_not_the_head():
 
 
 def test_without_dynamic_batching_requests_run_one_at_a_time():
-    assert plan_batch(queue((2, 0.0), (2, 0.0)), BatchingPolicy(max_batch_size=8, enabled=False), now=0.0) == (1, 0.0)
+    assert plan_batch(
+        queue((2, 0.0), (2, 0.0)), BatchingPolicy(max_batch_size=8, enabled=False), now=0.0
+    ) == (1, 0.0)
     assert plan_batch(queue((1, 0.0), (1, 0.0)), BatchingPolicy(max_batch_size=0), now=0.0) == (1, 0.0)
 
 

@@ -1,14 +1,15 @@
-"""The Batcher's queue semantics, driven with instances that block until the test lets them run, so each scenario
-is deterministic: queue full, timeouts (REJECT and DELAY), priorities, cancellation, preserve_ordering, concurrent
-instances, and shapes that never mix."""
+"""The Batcher's queue semantics, driven with instances that block until the test lets them run, so each
+scenario is deterministic: queue full, timeouts (REJECT and DELAY), priorities, cancellation,
+preserve_ordering, concurrent instances, and shapes that never mix."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import weakref
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,10 +20,12 @@ from hotwire.server.errors import DeadlineExceeded, ResourceExhausted
 
 
 class GatedInstance:
-    """Stands in for runner.Instance: records every batch it runs and blocks until `gate` is set. Like the real
-    one, it runs calls on its own single-thread executor."""
+    """Stands in for runner.Instance: records every batch it runs and blocks until `gate` is set. Like the
+    real one, it runs calls on its own single-thread executor."""
 
-    def __init__(self, name: str, gate: threading.Event | None = None, barrier: threading.Barrier | None = None) -> None:
+    def __init__(
+        self, name: str, gate: threading.Event | None = None, barrier: threading.Barrier | None = None
+    ) -> None:
         self.name = name
         self.gate = gate or threading.Event()
         self.barrier = barrier
@@ -35,9 +38,10 @@ class GatedInstance:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def idle(self) -> None:
-        """Wait until the executor thread has let go of its last call. A worker thread resolves a call's future
-        before it drops the work item holding the call's arguments (the batch), so for a moment after a response
-        the batch is still referenced from that thread; a no-op queued behind it returns only after that."""
+        """Wait until the executor thread has let go of its last call. A worker thread resolves a call's
+        future before it drops the work item holding the call's arguments (the batch), so for a moment after a
+        response the batch is still referenced from that thread; a no-op queued behind it returns only after
+        that."""
         await self.call(lambda: None)
 
     def run_sync(self, feeds: dict[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
@@ -45,7 +49,8 @@ class GatedInstance:
             self.batches.append({k: v.copy() for k, v in feeds.items()})
         self.started.set()
         if self.barrier is not None:
-            self.barrier.wait(timeout=5)  # raises BrokenBarrierError unless the other instance runs at the same time
+            # raises BrokenBarrierError unless the other instance runs at the same time
+            self.barrier.wait(timeout=5)
         assert self.gate.wait(timeout=10), "test never opened the gate"
         return [feeds["x"] * 2]
 
@@ -77,8 +82,9 @@ def run(coro: Any) -> Any:
 def test_queue_full_fails_fast_and_a_cancelled_client_frees_its_slot():
     async def scenario() -> None:
         instance = GatedInstance("i0")
-        batcher = make_batcher(BatchingPolicy(max_batch_size=1, queue_policies=(QueuePolicy(max_queue_size=2),)),
-                               [instance])
+        batcher = make_batcher(
+            BatchingPolicy(max_batch_size=1, queue_policies=(QueuePolicy(max_queue_size=2),)), [instance]
+        )
         running = submit(batcher, 0)
         await until(instance.started.is_set)
         waiting = [submit(batcher, 1), submit(batcher, 2)]
@@ -100,8 +106,14 @@ def test_queue_full_fails_fast_and_a_cancelled_client_frees_its_slot():
 def test_expired_requests_are_rejected_uncomputed_or_delayed_behind_the_others(delay_on_timeout):
     async def scenario() -> None:
         instance = GatedInstance("i0")
-        policy = BatchingPolicy(max_batch_size=1, queue_policies=(
-            QueuePolicy(default_timeout_s=0.05, delay_on_timeout=delay_on_timeout, allow_timeout_override=True),))
+        policy = BatchingPolicy(
+            max_batch_size=1,
+            queue_policies=(
+                QueuePolicy(
+                    default_timeout_s=0.05, delay_on_timeout=delay_on_timeout, allow_timeout_override=True
+                ),
+            ),
+        )
         batcher = make_batcher(policy, [instance])
         blocker = submit(batcher, 0, timeout_us=10_000_000)
         await until(instance.started.is_set)
@@ -132,8 +144,12 @@ def test_expired_requests_are_rejected_uncomputed_or_delayed_behind_the_others(d
 def test_a_delayed_request_runs_after_its_own_level_but_before_lower_levels():
     async def scenario() -> None:
         instance = GatedInstance("i0")
-        policy = BatchingPolicy(max_batch_size=1, priority_levels=2, default_priority_level=2, queue_policies=(
-            QueuePolicy(default_timeout_s=0.05, delay_on_timeout=True), QueuePolicy()))
+        policy = BatchingPolicy(
+            max_batch_size=1,
+            priority_levels=2,
+            default_priority_level=2,
+            queue_policies=(QueuePolicy(default_timeout_s=0.05, delay_on_timeout=True), QueuePolicy()),
+        )
         batcher = make_batcher(policy, [instance])
         blocker = submit(batcher, 0, priority=2)
         await until(instance.started.is_set)
@@ -151,8 +167,9 @@ def test_a_delayed_request_runs_after_its_own_level_but_before_lower_levels():
 def test_an_expired_request_is_answered_at_once_under_preserve_ordering():
     async def scenario() -> None:
         instance = GatedInstance("i0")
-        policy = BatchingPolicy(max_batch_size=1, preserve_ordering=True,
-                                queue_policies=(QueuePolicy(default_timeout_s=0.05),))
+        policy = BatchingPolicy(
+            max_batch_size=1, preserve_ordering=True, queue_policies=(QueuePolicy(default_timeout_s=0.05),)
+        )
         batcher = make_batcher(policy, [instance])
         blocker = submit(batcher, 0)
         await until(instance.started.is_set)
@@ -182,7 +199,8 @@ def test_finished_requests_are_not_held_until_their_deadline():
         del inputs, futures
         instance.batches.clear()
         await instance.idle()
-        assert sum(ref() is not None for ref in alive) == 0  # the 60 s deadlines don't pin the request buffers
+        # the 60 s deadlines don't pin the request buffers
+        assert sum(ref() is not None for ref in alive) == 0
         await batcher.close()
 
     run(scenario())
@@ -191,13 +209,19 @@ def test_finished_requests_are_not_held_until_their_deadline():
 def test_higher_priority_requests_run_first_and_out_of_range_ones_get_the_default_level():
     async def scenario() -> None:
         instance = GatedInstance("i0")
-        policy = BatchingPolicy(max_batch_size=1, priority_levels=3, default_priority_level=2,
-                                queue_policies=(QueuePolicy(),) * 3)
+        policy = BatchingPolicy(
+            max_batch_size=1, priority_levels=3, default_priority_level=2, queue_policies=(QueuePolicy(),) * 3
+        )
         batcher = make_batcher(policy, [instance])
         blocker = submit(batcher, 0)
         await until(instance.started.is_set)
-        futures = [submit(batcher, 3, priority=3), submit(batcher, 2), submit(batcher, 1, priority=1),
-                   submit(batcher, 2.5, priority=2), submit(batcher, 2.75, priority=9)]  # 9: out of range, default
+        futures = [
+            submit(batcher, 3, priority=3),
+            submit(batcher, 2),
+            submit(batcher, 1, priority=1),
+            submit(batcher, 2.5, priority=2),
+            submit(batcher, 2.75, priority=9),  # 9: out of range, default
+        ]
         instance.gate.set()
         await asyncio.gather(blocker, *futures)
         assert [float(b["x"][0, 0]) for b in instance.batches] == [0.0, 1.0, 2.0, 2.5, 2.75, 3.0]
@@ -215,7 +239,8 @@ def test_queued_requests_batch_together_and_each_gets_its_own_rows():
         futures = [submit(batcher, v, rows=r) for v, r in ((1, 1), (2, 3), (3, 2), (4, 3))]
         instance.gate.set()
         results = await asyncio.gather(*futures)
-        assert [b["x"].shape[0] for b in instance.batches] == [1, 6, 3]  # 1+3+2 fit in 8; the last 3 would not
+        # 1+3+2 fit in 8; the last 3 would not
+        assert [b["x"].shape[0] for b in instance.batches] == [1, 6, 3]
         for (value, rows), result in zip(((1, 1), (2, 3), (3, 2), (4, 3)), results):
             np.testing.assert_array_equal(result[0], np.full((rows, 4), value * 2, np.float32))
         await blocker
@@ -230,8 +255,12 @@ def test_requests_with_different_shapes_are_never_batched_together():
         batcher = make_batcher(BatchingPolicy(max_batch_size=8), [instance])
         blocker = submit(batcher, 0)
         await until(instance.started.is_set)
-        futures = [submit(batcher, 1, width=4), submit(batcher, 2, width=4), submit(batcher, 3, width=5),
-                   submit(batcher, 4, width=4)]
+        futures = [
+            submit(batcher, 1, width=4),
+            submit(batcher, 2, width=4),
+            submit(batcher, 3, width=5),
+            submit(batcher, 4, width=4),
+        ]
         instance.gate.set()
         await asyncio.gather(blocker, *futures)
         shapes = [b["x"].shape for b in instance.batches]
@@ -276,8 +305,13 @@ def test_preserve_ordering_releases_responses_in_arrival_order():
 def test_preserve_ordering_answers_in_the_order_batches_took_the_requests():
     async def scenario() -> None:
         instance = GatedInstance("i0")
-        policy = BatchingPolicy(max_batch_size=1, preserve_ordering=True, priority_levels=2, default_priority_level=2,
-                                queue_policies=(QueuePolicy(),) * 2)
+        policy = BatchingPolicy(
+            max_batch_size=1,
+            preserve_ordering=True,
+            priority_levels=2,
+            default_priority_level=2,
+            queue_policies=(QueuePolicy(),) * 2,
+        )
         batcher = make_batcher(policy, [instance])
         answered: list[float] = []
         blocker = submit(batcher, 0)

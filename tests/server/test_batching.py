@@ -1,6 +1,6 @@
-"""Dynamic batching through the real server: concurrent clients each get exactly their own rows (equal to unbatched
-ONNX Runtime), preferred sizes and the delay bound hold, ragged padding never reaches a response, and the reserved
-`priority` / `timeout` parameters are honoured."""
+"""Dynamic batching through the real server: concurrent clients each get exactly their own rows
+(equal to unbatched ONNX Runtime), preferred sizes and the delay bound hold, ragged padding never reaches a
+response, and the reserved `priority` / `timeout` parameters are honoured."""
 
 from __future__ import annotations
 
@@ -24,8 +24,13 @@ def scale_model(width: int | None = 8) -> onnx.ModelProto:
     bias = numpy_helper.from_array(np.array(0.5, np.float32), "bias")
     three = numpy_helper.from_array(np.array(3.0, np.float32), "three")
     nodes = [helper.make_node("Mul", ["x", "three"], ["t"]), helper.make_node("Add", ["t", "bias"], ["y"])]
-    graph = helper.make_graph(nodes, "scale", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])], [bias, three])
+    graph = helper.make_graph(
+        nodes,
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])],
+        [bias, three],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -34,12 +39,25 @@ def scale_model(width: int | None = 8) -> onnx.ModelProto:
 def matmul_chain(layers: int = 30, width: int = 256) -> onnx.ModelProto:
     """Slow enough (tens of ms at batch 64 on one core) that requests queue behind each other."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32),
-                                       f"w{i}") for i in range(layers)]
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < layers - 1 else "y"])
-             for i in range(layers)]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], weights)
+    weights = [
+        numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"
+        )
+        for i in range(layers)
+    ]
+    nodes = [
+        helper.make_node(
+            "MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < layers - 1 else "y"]
+        )
+        for i in range(layers)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        weights,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -55,7 +73,9 @@ def infer(stub, model: str, x: np.ndarray, deadline: float = 30, **params: int) 
         else:
             request.parameters[key].int64_param = value
     response = stub.ModelInfer(request, timeout=deadline)
-    return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(tuple(response.outputs[0].shape))
+    return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(
+        tuple(response.outputs[0].shape)
+    )
 
 
 def test_concurrent_clients_each_get_exactly_their_own_rows(tmp_path, running_server, stub_for):
@@ -78,7 +98,12 @@ def test_concurrent_clients_each_get_exactly_their_own_rows(tmp_path, running_se
 
 
 def test_a_lone_request_waits_at_most_the_queue_delay(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "delayed", scale_model(), "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }")
+    write_model(
+        tmp_path,
+        "delayed",
+        scale_model(),
+        "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }",
+    )
     write_model(tmp_path, "eager", scale_model(), "max_batch_size: 8\ndynamic_batching { }")
     stub = stub_for(running_server(tmp_path))
     x = np.ones((1, 8), np.float32)
@@ -92,9 +117,16 @@ def test_a_lone_request_waits_at_most_the_queue_delay(tmp_path, running_server, 
     assert time.monotonic() - started < 0.3  # delay 0: work-conserving, never held
 
 
-def test_a_preferred_batch_size_goes_at_once_without_waiting_for_the_delay(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "pref", scale_model(),
-                "max_batch_size: 16\ndynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 20000000 }")
+def test_a_preferred_batch_size_goes_at_once_without_waiting_for_the_delay(
+    tmp_path, running_server, stub_for
+):
+    write_model(
+        tmp_path,
+        "pref",
+        scale_model(),
+        "max_batch_size: 16\ndynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: "
+        "20000000 }",
+    )
     server = running_server(tmp_path)
     stub = stub_for(server)
     started = time.monotonic()
@@ -106,7 +138,9 @@ def test_a_preferred_batch_size_goes_at_once_without_waiting_for_the_delay(tmp_p
     assert dict(server.app.registry.route("pref").stats.batches).keys() == {4}
 
 
-def test_ragged_inputs_batch_together_and_padding_never_reaches_a_response(tmp_path, running_server, stub_for):
+def test_ragged_inputs_batch_together_and_padding_never_reaches_a_response(
+    tmp_path, running_server, stub_for
+):
     config = """
 max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
@@ -122,11 +156,17 @@ dynamic_batching { max_queue_delay_microseconds: 200000 preferred_batch_size: [ 
     for x, result in zip(inputs, results):
         assert result.shape == x.shape
         np.testing.assert_array_equal(result, x * 3 + 0.5)
-    assert dict(server.app.registry.route("ragged").stats.batches).keys() == {3}  # one padded batch of all three
+    # one padded batch of all three
+    assert dict(server.app.registry.route("ragged").stats.batches).keys() == {3}
 
 
 def test_without_ragged_batching_other_lengths_run_in_separate_batches(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "strict", scale_model(width=None), "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100000 }")
+    write_model(
+        tmp_path,
+        "strict",
+        scale_model(width=None),
+        "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100000 }",
+    )
     server = running_server(tmp_path)
     stub = stub_for(server)
     inputs = [np.ones((1, n), np.float32) * n for n in (2, 5, 2, 5)]
@@ -160,7 +200,8 @@ dynamic_batching { default_queue_policy { allow_timeout_override: true } }
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "timed out" in caught.value.details()
         with pytest.raises(grpc.RpcError) as caught:
-            infer(stub, "slow", np.ones((1, 512), np.float32), deadline=0.01)  # the client gives up: slot freed
+            # the client gives up: slot freed
+            infer(stub, "slow", np.ones((1, 512), np.float32), deadline=0.01)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         for future in busy:
             future.result(timeout=60)
@@ -168,8 +209,15 @@ dynamic_batching { default_queue_policy { allow_timeout_override: true } }
     assert stats.inference_count == 8 * 64  # neither expired request was computed
 
 
-def test_priority_parameter_out_of_range_means_the_default_level_as_in_triton(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "prio", scale_model(), "max_batch_size: 8\ndynamic_batching { priority_levels: 2 default_priority_level: 2 }")
+def test_priority_parameter_out_of_range_means_the_default_level_as_in_triton(
+    tmp_path, running_server, stub_for
+):
+    write_model(
+        tmp_path,
+        "prio",
+        scale_model(),
+        "max_batch_size: 8\ndynamic_batching { priority_levels: 2 default_priority_level: 2 }",
+    )
     stub = stub_for(running_server(tmp_path))
     x = np.ones((1, 8), np.float32)
     for priority in (1, 2, 3, 99):
@@ -177,10 +225,14 @@ def test_priority_parameter_out_of_range_means_the_default_level_as_in_triton(tm
 
 
 def test_every_instance_of_a_model_takes_batches(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "two", matmul_chain(layers=10, width=128),
-                'max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_CPU } ]\n'
-                'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
-                'parameters { key: "execution" value: { string_value: "thread" } }')
+    write_model(
+        tmp_path,
+        "two",
+        matmul_chain(layers=10, width=128),
+        "max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_CPU } ]\n"
+        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        'parameters { key: "execution" value: { string_value: "thread" } }',
+    )
     server = running_server(tmp_path)
     stub = stub_for(server)
     version = server.app.registry.route("two")
@@ -188,9 +240,11 @@ def test_every_instance_of_a_model_takes_batches(tmp_path, running_server, stub_
     used: set[str] = set()
     original = [instance.run_sync for instance in version.instances]
     for instance, run in zip(version.instances, original):
+
         def recording(feeds, names, instance=instance, run=run):
             used.add(instance.name)
             return run(feeds, names)
+
         instance.run_sync = recording  # type: ignore[method-assign]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: infer(stub, "two", np.ones((8, 128), np.float32)), range(32)))
@@ -199,7 +253,9 @@ def test_every_instance_of_a_model_takes_batches(tmp_path, running_server, stub_
 
 def test_a_tiny_model_runs_inline_with_one_instance_and_on_threads_with_several(tmp_path, running_server):
     write_model(tmp_path, "one", scale_model(), "max_batch_size: 8")
-    write_model(tmp_path, "two", scale_model(), "max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_CPU } ]")
+    write_model(
+        tmp_path, "two", scale_model(), "max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_CPU } ]"
+    )
     registry = running_server(tmp_path).app.registry
     assert [instance.inline for instance in registry.route("one").instances] == [True]
     # count: 2 asks for concurrency, which two instances taking turns on the loop thread could not give

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as triton
+
 from hotwire.server.config import parse_serve_args, variables
 from onnx_models import add_sub, write_model
 
@@ -19,27 +20,52 @@ HOTWIRE = [sys.executable, "-m", "hotwire.server"]
 GRPC_CORE_LINE = re.compile(r"^[EWID]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]", re.MULTILINE)
 
 
-def _run(*args: str, env: dict[str, str] | None = None,
-         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     # Without the GRPC_VERBOSITY this test process got from importing hotwire: the child must set its own.
     inherited = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
-    return subprocess.run([*HOTWIRE, *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**inherited, **(env or {})})
+    return subprocess.run(
+        [*HOTWIRE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**inherited, **(env or {})},
+    )
 
 
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     """`simple` (loads, but sets Triton fields hotwire ignores) and `broken` (not an ONNX file)."""
-    write_model(tmp_path, "simple", add_sub(), 'max_batch_size: 8\nresponse_cache { enable: true }\n'
-                'instance_group [ { count: 1 kind: KIND_CPU rate_limiter { priority: 1 } } ]')
+    write_model(
+        tmp_path,
+        "simple",
+        add_sub(),
+        "max_batch_size: 8\nresponse_cache { enable: true }\n"
+        "instance_group [ { count: 1 kind: KIND_CPU rate_limiter { priority: 1 } } ]",
+    )
     write_model(tmp_path, "broken", b"not an onnx model")
     return tmp_path
 
 
 def test_tritons_flags_configure_the_server(serve, repository):
-    process = serve("--model-store", str(repository), "--grpc-address", "127.0.0.1", "--grpc-port", "0",
-                    "--metrics-port", "-1", "--log-verbose=1", "--exit-timeout-secs", "7",
-                    "--strict-readiness=false", "--exit-on-error=false", env={"HOTWIRE_GRPC_PROT": "9000", "HOTWIRE_PERF_ANALYZER_HOME": "/tmp"})
+    process = serve(
+        "--model-store",
+        str(repository),
+        "--grpc-address",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--log-verbose=1",
+        "--exit-timeout-secs",
+        "7",
+        "--strict-readiness=false",
+        "--exit-on-error=false",
+        env={"HOTWIRE_GRPC_PROT": "9000", "HOTWIRE_PERF_ANALYZER_HOME": "/tmp"},
+    )
     port = process.wait_listening()
     assert f"hotwire listening on 127.0.0.1:{port}" in process.log
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
@@ -60,8 +86,16 @@ def test_tritons_flags_configure_the_server(serve, repository):
 
 
 def test_readiness_is_strict_by_default(serve, repository):
-    process = serve("--model-repository", str(repository), "--host", "127.0.0.1", "--grpc-port", "0",
-                    "--metrics-port", "-1")
+    process = serve(
+        "--model-repository",
+        str(repository),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+    )
     port = process.wait_listening()
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
     assert client.is_model_ready("simple") and not client.is_server_ready()
@@ -70,19 +104,37 @@ def test_readiness_is_strict_by_default(serve, repository):
 
 
 def test_exit_on_error_true_exits_when_a_model_fails_to_load(repository):
-    result = _run("serve", "--model-repository", str(repository), "--host", "127.0.0.1", "--grpc-port", "0",
-                  "--metrics-port", "0", "--exit-on-error=true")
+    result = _run(
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--exit-on-error=true",
+    )
     assert result.returncode == 1, result.stderr
     assert "--exit-on-error: model broken failed to load" in result.stderr
     assert "hotwire listening" not in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("flag, expected", [
-    ("--exit-on-error=true", True), ("--exit-on-error=false", False), ("--exit-on-error=1", True),
-    ("--exit-on-error=0", False), ("--exit-on-error=yes", True), ("--exit-on-error", True),
-    ("--strict-readiness=false", False), ("--strict-readiness=False", False),
-    ("--strict-readiness=no", False),
-])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("--exit-on-error=true", True),
+        ("--exit-on-error=false", False),
+        ("--exit-on-error=1", True),
+        ("--exit-on-error=0", False),
+        ("--exit-on-error=yes", True),
+        ("--exit-on-error", True),
+        ("--strict-readiness=false", False),
+        ("--strict-readiness=False", False),
+        ("--strict-readiness=no", False),
+    ],
+)
 def test_boolean_flags_take_tritons_forms(flag, expected):
     config = parse_serve_args([flag], {})
     assert getattr(config, flag[2:].split("=")[0].replace("-", "_")) is expected
@@ -98,8 +150,19 @@ def test_tritons_log_formats_are_taken(given, used):
 
 
 def test_tritonserver_flags_get_a_hint_instead_of_unrecognized_arguments():
-    result = _run("serve", "--http-thread-count", "8", "--model-load-thread-count=4", "--allow-metrics", "false",
-                  "--log-info", "--reuse-grpc-port=1", "--response-cache-byte-size", "1024", "--frobnicate")
+    result = _run(
+        "serve",
+        "--http-thread-count",
+        "8",
+        "--model-load-thread-count=4",
+        "--allow-metrics",
+        "false",
+        "--log-info",
+        "--reuse-grpc-port=1",
+        "--response-cache-byte-size",
+        "1024",
+        "--frobnicate",
+    )
     assert result.returncode == 2
     stderr = result.stderr
     assert "--http-thread-count: hotwire serves HTTP on its event loop" in stderr
@@ -125,19 +188,33 @@ def test_version_and_the_environment_variables_in_help():
 
 
 def test_an_empty_repository_warns_and_a_port_in_use_is_one_clean_line(serve, tmp_path):
-    first = serve("--model-repository", str(tmp_path), "--host", "127.0.0.1", "--grpc-port", "0",
-                  "--metrics-port", "-1")
+    first = serve(
+        "--model-repository", str(tmp_path), "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1"
+    )
     port = first.wait_listening()
     assert re.search(rf"WARNING .*model repository {re.escape(str(tmp_path))} is empty", first.log), first.log
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
     assert client.is_server_ready()
     client.close()
-    second = _run("serve", "--model-repository", str(tmp_path), "--host", "127.0.0.1",
-                  "--grpc-port", str(port), "--metrics-port", "-1")
+    second = _run(
+        "serve",
+        "--model-repository",
+        str(tmp_path),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(port),
+        "--metrics-port",
+        "-1",
+    )
     assert second.returncode == 1
     errors = [line for line in second.stderr.splitlines() if " INFO " not in line and " WARNING " not in line]
-    assert errors == [(f"hotwire: cannot bind 127.0.0.1:{port}: Address already in use "
-                       "(is another server using the port, or the host wrong?)")], second.stderr
+    assert errors == [
+        (
+            f"hotwire: cannot bind 127.0.0.1:{port}: Address already in use "
+            "(is another server using the port, or the host wrong?)"
+        )
+    ], second.stderr
     assert not GRPC_CORE_LINE.search(second.stderr) and "GRPC_VERBOSITY" not in second.stderr
     assert first.stop() == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import datatypes, wire
 from hotwire.server.errors import InvalidInput

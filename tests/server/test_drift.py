@@ -1,4 +1,5 @@
-"""Drift statistics, feature extraction, the monitor and reference profiles (the monitoring/ files: tests/monitoring)."""
+"""Drift statistics, feature extraction, the monitor and reference profiles (the monitoring/ files:
+tests/monitoring)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hotwire.server.drift import (
     REFERENCE_FILENAME,
     DriftMonitor,
@@ -18,11 +22,9 @@ from hotwire.server.drift import (
     psi,
     psi_categorical,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-
-# -- statistics ---------------------------------------------------------------------------------------------------
+# -- statistics
+# ---------------------------------------------------------------------------------------------------
 
 
 def brute_force_ks(a: np.ndarray, b: np.ndarray) -> float:
@@ -31,7 +33,9 @@ def brute_force_ks(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # Small integer ranges force many ties, within and across the samples.
-samples = st.lists(st.integers(-5, 5).map(float) | st.floats(-10, 10, allow_nan=False), min_size=1, max_size=40)
+samples = st.lists(
+    st.integers(-5, 5).map(float) | st.floats(-10, 10, allow_nan=False), min_size=1, max_size=40
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -76,7 +80,8 @@ def test_psi() -> None:
     assert psi(shifted, a) == pytest.approx(psi(a, shifted), rel=0.25)
     same = rng.normal(0, 1, 5000)
     assert psi(a, same) < 0.02
-    # A discrete reference merges duplicate quantile edges; an unseen value lands in an (epsilon-smoothed) bin.
+    # A discrete reference merges duplicate quantile edges; an unseen value lands in an (epsilon-smoothed)
+    # bin.
     assert psi(np.zeros(100), np.zeros(100)) == 0.0
     assert psi(np.zeros(100), np.ones(100)) > 1.0 and psi(np.zeros(100), -np.ones(100)) > 1.0
 
@@ -89,14 +94,20 @@ def test_psi_categorical() -> None:
         psi_categorical(np.array([0, 0]), np.array([1, 1]))
 
 
-# -- features -----------------------------------------------------------------------------------------------------
+# -- features
+# -----------------------------------------------------------------------------------------------------
 
 
 def test_feature_names() -> None:
     assert FeatureExtractor("x", (4,), np.float32).names == ("x[0]", "x[1]", "x[2]", "x[3]")
     assert FeatureExtractor("x", (2, 2), np.int64).names == ("x[0]", "x[1]", "x[2]", "x[3]")
-    assert FeatureExtractor("img", (32, 32, 3), np.uint8).names == ("img.mean", "img.std", "img.ch0", "img.ch1",
-                                                                     "img.ch2")
+    assert FeatureExtractor("img", (32, 32, 3), np.uint8).names == (
+        "img.mean",
+        "img.std",
+        "img.ch0",
+        "img.ch1",
+        "img.ch2",
+    )
     chw = FeatureExtractor("img", (3, 32, 32), np.float32)
     assert chw.channel_axis == 0 and chw.names[2:] == ("img.ch0", "img.ch1", "img.ch2")
     assert FeatureExtractor("gray", (1, 32, 32), np.float32).names == ("gray.mean", "gray.std")
@@ -121,7 +132,8 @@ def test_feature_values() -> None:
     chw = rng.normal(size=(4, 2, 10, 10)).astype(np.float32)
     feats = FeatureExtractor.for_batch("x", chw).extract(chw)
     np.testing.assert_allclose(feats[:, 2:], chw.reshape(4, 2, -1).astype(np.float64).mean(axis=2), rtol=1e-6)
-    # Large items: summary over a strided sample of <= 4096 elements: within ~5 standard errors of the exact values.
+    # Large items: summary over a strided sample of <= 4096 elements: within ~5 standard errors of the exact
+    # values.
     big = rng.integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
     feats = FeatureExtractor.for_batch("big", big).extract(big)
     exact = big.reshape(3, -1).astype(np.float64)
@@ -132,15 +144,19 @@ def test_feature_values() -> None:
     feats = FeatureExtractor.for_batch("big", big_chw).extract(big_chw)
     np.testing.assert_allclose(feats[:, 2:], big_chw.reshape(2, 3, -1).mean(axis=2), atol=0.3)
     exact_f = FeatureExtractor("big", (3, 100, 100), np.float32, max_summary_elements=10**6).extract(big_chw)
-    np.testing.assert_allclose(exact_f[:, 1], big_chw.reshape(2, -1).astype(np.float64).std(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        exact_f[:, 1], big_chw.reshape(2, -1).astype(np.float64).std(axis=1), rtol=1e-6
+    )
     strings = np.array([[b"ab", b""], [b"xyz", b"q"]], dtype=object)
     np.testing.assert_array_equal(FeatureExtractor.for_batch("s", strings).extract(strings), [[2, 0], [3, 1]])
     scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32)
-    np.testing.assert_allclose(FeatureExtractor.for_batch("p", scores, output=True).extract(scores),
-                               [[1, 0.7], [0, 0.5]], rtol=1e-6)
+    np.testing.assert_allclose(
+        FeatureExtractor.for_batch("p", scores, output=True).extract(scores), [[1, 0.7], [0, 0.5]], rtol=1e-6
+    )
 
 
-# -- monitor ------------------------------------------------------------------------------------------------------
+# -- monitor
+# ------------------------------------------------------------------------------------------------------
 
 FEATURES = 16
 
@@ -151,7 +167,9 @@ def scores_for(classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def feed(monitor: DriftMonitor, rng: np.random.Generator, rows: int, shift: float, class_p: list[float]) -> None:
+def feed(
+    monitor: DriftMonitor, rng: np.random.Generator, rows: int, shift: float, class_p: list[float]
+) -> None:
     for _ in range(rows // 50):  # requests of 50 rows
         x = rng.normal(shift, 1.0, (50, FEATURES)).astype(np.float32)
         monitor.observe({"x": x}, {"probs": scores_for(rng.choice(3, 50, p=class_p), rng)})
@@ -168,7 +186,8 @@ def test_monitor_no_false_alarm_then_detects_shift() -> None:
     report = monitor.compute()
     assert len(report.inputs) == FEATURES
     assert all(f.n_reference == 1000 and f.n_current == 1000 for f in report.inputs)
-    # Same distribution: 16 KS tests + the max-score feature. Bonferroni-corrected: no feature below 0.05 / 17.
+    # Same distribution: 16 KS tests + the max-score feature. Bonferroni-corrected: no feature below 0.05 /
+    # 17.
     tests = [f for f in report.features if f.ks_pvalue is not None]
     assert len(tests) == FEATURES + 1
     assert report.drifted(0.05 / len(tests)) == []
@@ -215,7 +234,13 @@ def test_image_brightness_shift() -> None:
     for _ in range(4):
         monitor.observe({"image": images(50, 0)}, {})
     report = monitor.compute()
-    assert [f.feature for f in report.features] == ["image.mean", "image.std", "image.ch0", "image.ch1", "image.ch2"]
+    assert [f.feature for f in report.features] == [
+        "image.mean",
+        "image.std",
+        "image.ch0",
+        "image.ch1",
+        "image.ch2",
+    ]
     assert report.drifted(0.05 / 5) == []
     for _ in range(4):
         monitor.observe({"image": images(50, 25)}, {})
@@ -262,9 +287,13 @@ def test_reference_profile_roundtrip(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     model_dir = tmp_path / "mymodel"
     assert ReferenceProfile.for_model(model_dir) is None
-    batches = [{"x": rng.normal(size=(100, 4)).astype(np.float32),
-                "tokens": np.array([[b"a" * int(n)] for n in rng.integers(1, 20, 100)], dtype=object)}
-               for _ in range(6)]
+    batches = [
+        {
+            "x": rng.normal(size=(100, 4)).astype(np.float32),
+            "tokens": np.array([[b"a" * int(n)] for n in rng.integers(1, 20, 100)], dtype=object),
+        }
+        for _ in range(6)
+    ]
     profile = ReferenceProfile.from_capture(batches, max_rows=500)
     assert profile.arrays["x"].shape == (500, 4)
     profile.save(model_dir / REFERENCE_FILENAME)
@@ -287,4 +316,5 @@ def test_reference_profile_roundtrip(tmp_path: Path) -> None:
     assert not report.reference_complete
 
 
-# -- monitoring/ --------------------------------------------------------------------------------------------------
+# -- monitoring/
+# --------------------------------------------------------------------------------------------------

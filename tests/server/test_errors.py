@@ -1,10 +1,10 @@
-"""The error contract (ARCHITECTURE.md §Errors) through the real server: each malformed request gets its status code and a
-message naming the tensor and what was expected, and the server keeps serving afterwards."""
+"""The error contract (ARCHITECTURE.md §Errors) through the real server: each malformed request gets its
+status code and a message naming the tensor and what was expected, and the server keeps serving afterwards."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -18,8 +18,14 @@ from server_harness import ServerThread
 SIMPLE_CONFIG = """
 name: "simple"
 max_batch_size: 4
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
 """
 
 
@@ -50,8 +56,12 @@ def simple_request(rows: int = 1, **changes: object) -> pb.ModelInferRequest:
     return request
 
 
-def expect_error(stub: grpc_service_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest,
-                 code: grpc.StatusCode, *fragments: str) -> str:
+def expect_error(
+    stub: grpc_service_pb2_grpc.GRPCInferenceServiceStub,
+    request: pb.ModelInferRequest,
+    code: grpc.StatusCode,
+    *fragments: str,
+) -> str:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(request, timeout=10)
     assert caught.value.code() == code, caught.value.details()
@@ -142,7 +152,9 @@ def test_input_without_data_is_rejected(stub):
 
 
 def test_batch_larger_than_max_batch_size_is_rejected(stub):
-    expect_error(stub, simple_request(rows=5), grpc.StatusCode.INVALID_ARGUMENT, "'INPUT0'", "batch size 5", "1..4")
+    expect_error(
+        stub, simple_request(rows=5), grpc.StatusCode.INVALID_ARGUMENT, "'INPUT0'", "batch size 5", "1..4"
+    )
 
 
 def test_unknown_requested_output_is_named(stub):

@@ -1,5 +1,5 @@
-"""GPU placement. Without onnxruntime-gpu and a CUDA device the `gpu` tests skip; KIND_GPU on such a machine is a
-clear load error for that model only (checked everywhere)."""
+"""GPU placement. Without onnxruntime-gpu and a CUDA device the `gpu` tests skip; KIND_GPU on such a machine
+is a clear load error for that model only (checked everywhere)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ def simple_request(model: str) -> pb.ModelInferRequest:
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has the CUDA provider: KIND_GPU loads")
 def test_kind_gpu_without_cuda_is_a_clear_load_error_for_that_model_only(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "on_gpu", add_sub(), "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_GPU } ]")
-    write_model(tmp_path, "on_cpu", add_sub(), "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_AUTO } ]")
+    write_model(
+        tmp_path, "on_gpu", add_sub(), "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_GPU } ]"
+    )
+    write_model(
+        tmp_path, "on_cpu", add_sub(), "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_AUTO } ]"
+    )
     server = running_server(tmp_path)
     stub = stub_for(server)
     assert stub.ModelReady(pb.ModelReadyRequest(name="on_cpu")).ready
@@ -38,7 +42,12 @@ def test_kind_gpu_without_cuda_is_a_clear_load_error_for_that_model_only(tmp_pat
 @gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu with the CUDA provider and a GPU")
 def test_kind_gpu_results_equal_cpu_onnxruntime(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "on_gpu", add_sub(), "max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]")
+    write_model(
+        tmp_path,
+        "on_gpu",
+        add_sub(),
+        "max_batch_size: 8\ninstance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]",
+    )
     server = running_server(tmp_path)
     stub = stub_for(server)
     response = stub.ModelInfer(simple_request("on_gpu"))
@@ -53,11 +62,19 @@ def test_gpu_preprocessing_feeds_onnxruntime_on_the_device(tmp_path, running_ser
 
     if not cuda_image.available():
         pytest.skip("numba.cuda cannot use the GPU here")
-    write_model(tmp_path, "image", models.image_classifier_nchw(),
-                models.IMAGE_CLASSIFIER_CONFIG.replace("image_classifier", "image").replace("KIND_CPU", "KIND_GPU"))
+    write_model(
+        tmp_path,
+        "image",
+        models.image_classifier_nchw(),
+        models.IMAGE_CLASSIFIER_CONFIG.replace("image_classifier", "image").replace("KIND_CPU", "KIND_GPU"),
+    )
     (tmp_path / "image" / "preprocess.json").write_text(models.IMAGE_CLASSIFIER_PIPELINE)
-    write_model(tmp_path, "image_cpu", models.image_classifier_nchw(),
-                models.IMAGE_CLASSIFIER_CONFIG.replace("image_classifier", "image_cpu"))
+    write_model(
+        tmp_path,
+        "image_cpu",
+        models.image_classifier_nchw(),
+        models.IMAGE_CLASSIFIER_CONFIG.replace("image_classifier", "image_cpu"),
+    )
     (tmp_path / "image_cpu" / "preprocess.json").write_text(models.IMAGE_CLASSIFIER_PIPELINE)
     stub = stub_for(running_server(tmp_path))
     image = np.random.default_rng(0).integers(0, 256, (2, 90, 120, 3), dtype=np.uint8)

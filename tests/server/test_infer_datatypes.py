@@ -1,4 +1,5 @@
-"""Every datatype through the real server: raw and typed contents in, raw_output_contents out, compared with ORT.
+"""Every datatype through the real server: raw and typed contents in, raw_output_contents out, compared with
+ORT.
 
 One module-scoped server serves every model these tests use; each expected result comes from running the same
 ONNX model in-process with onnxruntime.
@@ -7,9 +8,9 @@ ONNX model in-process with onnxruntime.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -17,7 +18,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from hotwire.proto import grpc_service_pb2 as pb, grpc_service_pb2_grpc
+from hotwire.proto import grpc_service_pb2 as pb
+from hotwire.proto import grpc_service_pb2_grpc
 from onnx_models import ONNX_TYPES, add_sub, identity_all_types, write_model
 from server_harness import ServerThread
 
@@ -65,7 +67,7 @@ version_policy: { all: {} }
 """
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # models
 
 
@@ -100,7 +102,8 @@ _SESSIONS: dict[int, ort.InferenceSession] = {}
 
 
 def ort_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run `model` in-process; BYTES inputs go in as str (what ORT takes), outputs come back as utf-8 bytes."""
+    """Run `model` in-process; BYTES inputs go in as str (what ORT takes), outputs come back as utf-8
+    bytes."""
     session = _SESSIONS.get(id(model))
     if session is None:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -119,7 +122,7 @@ def ort_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[
     return results
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # values
 
 
@@ -155,15 +158,29 @@ def spread(datatype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
         extra = list(rng.integers(0, 2, size=count).astype(bool))
     elif datatype == "BYTES":
         base = list(BYTES_SPREAD)
-        extra = [bytes(rng.integers(32, 127, size=int(rng.integers(0, 20))).astype(np.uint8)) for _ in range(count)]
+        extra = [
+            bytes(rng.integers(32, 127, size=int(rng.integers(0, 20))).astype(np.uint8)) for _ in range(count)
+        ]
     elif dtype.kind in "iu":
         info = np.iinfo(dtype)
         base = [info.min, info.max, 0, 1, info.min + 1, info.max - 1] + ([-1] if dtype.kind == "i" else [])
         extra = list(rng.integers(info.min, info.max, size=count, dtype=dtype, endpoint=True))
     else:
         info = np.finfo(dtype)
-        base = [np.nan, np.inf, -np.inf, -0.0, 0.0, info.smallest_subnormal, -info.smallest_subnormal,
-                info.max, info.min, info.smallest_normal, info.eps, 1 / 3]
+        base = [
+            np.nan,
+            np.inf,
+            -np.inf,
+            -0.0,
+            0.0,
+            info.smallest_subnormal,
+            -info.smallest_subnormal,
+            info.max,
+            info.min,
+            info.smallest_normal,
+            info.eps,
+            1 / 3,
+        ]
         extra = list(rng.standard_normal(count) * 1000)
     values = (base + extra)[:count]
     if datatype == "BYTES":
@@ -171,7 +188,7 @@ def spread(datatype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.array(values, dtype=dtype).reshape(shape)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # wire helpers
 
 
@@ -192,8 +209,15 @@ def parse_bytes(raw: bytes) -> list[bytes]:
     return elements
 
 
-def make_request(model: str, inputs: dict[str, tuple[str, np.ndarray]], *, typed: bool = False,
-                 outputs: list[str] | None = None, request_id: str = "", version: str = "") -> pb.ModelInferRequest:
+def make_request(
+    model: str,
+    inputs: dict[str, tuple[str, np.ndarray]],
+    *,
+    typed: bool = False,
+    outputs: list[str] | None = None,
+    request_id: str = "",
+    version: str = "",
+) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     for name, (datatype, array) in inputs.items():
         tensor = request.inputs.add(name=name, datatype=datatype, shape=array.shape)
@@ -235,7 +259,9 @@ def assert_same(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
         np.testing.assert_array_equal(actual.view(bits), expected.view(bits), err_msg=f"{what} (bits)")
 
 
-def check_outputs(response: pb.ModelInferResponse, expected: dict[str, np.ndarray], datatypes: dict[str, str]) -> None:
+def check_outputs(
+    response: pb.ModelInferResponse, expected: dict[str, np.ndarray], datatypes: dict[str, str]
+) -> None:
     """Response outputs are exactly `expected`'s names, in that order, with the right datatypes and values."""
     assert [t.name for t in response.outputs] == list(expected)
     got = decode(response)
@@ -245,7 +271,7 @@ def check_outputs(response: pb.ModelInferResponse, expected: dict[str, np.ndarra
         assert_same(got[tensor.name], expected[tensor.name], tensor.name)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # fixtures
 
 
@@ -263,7 +289,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def stub(server: ServerThread) -> Iterator[grpc_service_pb2_grpc.GRPCInferenceServiceStub]:
-    options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ]
     channel = grpc.insecure_channel(server.address, options=options)
     yield grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
     channel.close()
@@ -279,7 +308,7 @@ def expect_error(call, code: grpc.StatusCode, *words: str) -> str:
     return details
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # every datatype
 
 
@@ -287,7 +316,9 @@ def expect_error(call, code: grpc.StatusCode, *words: str) -> str:
 def test_raw_roundtrip_every_datatype(stub, datatype: str) -> None:
     model = f"id_{datatype}"
     array = spread(datatype, (2, ROW), seed=1)
-    response = stub.ModelInfer(make_request(model, {f"in_{datatype}": (datatype, array)}, request_id=f"raw-{datatype}"))
+    response = stub.ModelInfer(
+        make_request(model, {f"in_{datatype}": (datatype, array)}, request_id=f"raw-{datatype}")
+    )
     assert response.model_name == model
     assert response.model_version == "1"
     assert response.id == f"raw-{datatype}"
@@ -315,9 +346,11 @@ def test_fp16_has_no_typed_contents(stub) -> None:
     expect_error(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "in_FP16", "raw")
 
 
-@pytest.mark.parametrize("datatype", ["UINT8", "UINT16", "INT8", "INT16"])  # narrower than their contents field
+# narrower than their contents field
+@pytest.mark.parametrize("datatype", ["UINT8", "UINT16", "INT8", "INT16"])
 def test_typed_contents_out_of_range_is_rejected(stub, datatype: str) -> None:
-    """A typed value that does not fit the datatype (e.g. 256 as UINT8) is an error, never silently wrapped."""
+    """A typed value that does not fit the datatype (e.g. 256 as UINT8) is an error, never silently
+    wrapped."""
     dtype = NUMPY[datatype]
     request = pb.ModelInferRequest(model_name=f"id_{datatype}")
     tensor = request.inputs.add(name=f"in_{datatype}", datatype=datatype, shape=[1, ROW])
@@ -340,7 +373,9 @@ def test_all_datatypes_in_one_raw_request(stub) -> None:
 
 def test_all_typed_datatypes_in_one_request(stub) -> None:
     arrays = {d: spread(d, (2, ROW), seed=4) for d in TYPED}
-    response = stub.ModelInfer(make_request("identity_typed", {f"in_{d}": (d, a) for d, a in arrays.items()}, typed=True))
+    response = stub.ModelInfer(
+        make_request("identity_typed", {f"in_{d}": (d, a) for d, a in arrays.items()}, typed=True)
+    )
     expected = ort_reference(MODELS["identity_typed"], {f"in_{d}": a for d, a in arrays.items()})
     check_outputs(response, expected, {f"out_{d}": d for d in TYPED})
 
@@ -360,21 +395,28 @@ def test_invalid_utf8_bytes_is_invalid_argument(stub) -> None:
         expect_error(lambda: stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "in_BYTES", "UTF-8")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # requested outputs, id, versions
 
 
 def test_requested_outputs_subset_in_requested_order(stub) -> None:
     arrays = {d: spread(d, (2, ROW), seed=5) for d in DATATYPES}
-    request = make_request("identity", {f"in_{d}": (d, a) for d, a in arrays.items()},
-                           outputs=["out_INT32", "out_FP32"], request_id="subset-7")
+    request = make_request(
+        "identity",
+        {f"in_{d}": (d, a) for d, a in arrays.items()},
+        outputs=["out_INT32", "out_FP32"],
+        request_id="subset-7",
+    )
     response = stub.ModelInfer(request)
     assert response.id == "subset-7"
     assert [t.name for t in response.outputs] == ["out_INT32", "out_FP32"]
     assert len(response.raw_output_contents) == 2
     expected = ort_reference(MODELS["identity"], {f"in_{d}": a for d, a in arrays.items()})
-    check_outputs(response, {"out_INT32": expected["out_INT32"], "out_FP32": expected["out_FP32"]},
-                  {"out_INT32": "INT32", "out_FP32": "FP32"})
+    check_outputs(
+        response,
+        {"out_INT32": expected["out_INT32"], "out_FP32": expected["out_FP32"]},
+        {"out_INT32": "INT32", "out_FP32": "FP32"},
+    )
 
 
 def test_unknown_requested_output_is_rejected(stub) -> None:
@@ -401,13 +443,21 @@ def test_version_pinning(stub, requested: str, served: int) -> None:
     assert response.id == f"v{requested}"
     expected = ort_reference(SIMPLE_VERSIONS[served], feeds)
     check_outputs(response, expected, {"OUTPUT0": "FP32", "OUTPUT1": "FP32"})
-    np.testing.assert_allclose(decode(response)["OUTPUT0"], feeds["INPUT0"] + feeds["INPUT1"] + SIMPLE_OFFSETS[served],
-                               rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(
+        decode(response)["OUTPUT0"],
+        feeds["INPUT0"] + feeds["INPUT1"] + SIMPLE_OFFSETS[served],
+        rtol=1e-6,
+        atol=1e-5,
+    )
 
 
 def test_unknown_version_is_not_found(stub) -> None:
-    expect_error(lambda: stub.ModelInfer(_simple_request(_simple_inputs(1, 0), version="3")),
-                 grpc.StatusCode.NOT_FOUND, "simple", "3")
+    expect_error(
+        lambda: stub.ModelInfer(_simple_request(_simple_inputs(1, 0), version="3")),
+        grpc.StatusCode.NOT_FOUND,
+        "simple",
+        "3",
+    )
 
 
 def test_both_versions_are_ready(stub) -> None:
@@ -418,7 +468,7 @@ def test_both_versions_are_ready(stub) -> None:
     assert list(metadata.versions) == ["1", "2"]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # batching, shapes, sizes
 
 
@@ -431,19 +481,27 @@ def test_batch_of_rows_all_datatypes(stub, rows: int) -> None:
 
 
 def test_batch_over_max_batch_size_is_rejected(stub) -> None:
-    expect_error(lambda: stub.ModelInfer(_simple_request(_simple_inputs(9, 0))),
-                 grpc.StatusCode.INVALID_ARGUMENT, "INPUT0", "8")
+    expect_error(
+        lambda: stub.ModelInfer(_simple_request(_simple_inputs(9, 0))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INPUT0",
+        "8",
+    )
 
 
 def test_concurrent_requests_get_their_own_rows(stub) -> None:
     """Concurrent requests may be batched together by the server; each must get back exactly its own rows."""
     cases = [_simple_inputs(1 + i % 3, seed=100 + i) for i in range(24)]
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(stub.ModelInfer, _simple_request(f, request_id=f"c{i}")) for i, f in enumerate(cases)]
+        futures = [
+            pool.submit(stub.ModelInfer, _simple_request(f, request_id=f"c{i}")) for i, f in enumerate(cases)
+        ]
         responses = [f.result(timeout=30) for f in futures]
     for i, (feeds, response) in enumerate(zip(cases, responses)):
         assert response.id == f"c{i}"
-        check_outputs(response, ort_reference(SIMPLE_VERSIONS[2], feeds), {"OUTPUT0": "FP32", "OUTPUT1": "FP32"})
+        check_outputs(
+            response, ort_reference(SIMPLE_VERSIONS[2], feeds), {"OUTPUT0": "FP32", "OUTPUT1": "FP32"}
+        )
 
 
 def test_model_without_batch_dimension(stub) -> None:
@@ -452,7 +510,9 @@ def test_model_without_batch_dimension(stub) -> None:
     metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="identity_nobatch"))
     assert [list(t.shape) for t in metadata.inputs] == [[2, 4]] * len(DATATYPES)
     arrays = {d: spread(d, (2, 4), seed=6) for d in DATATYPES}
-    response = stub.ModelInfer(make_request("identity_nobatch", {f"in_{d}": (d, a) for d, a in arrays.items()}))
+    response = stub.ModelInfer(
+        make_request("identity_nobatch", {f"in_{d}": (d, a) for d, a in arrays.items()})
+    )
     expected = ort_reference(MODELS["identity_nobatch"], {f"in_{d}": a for d, a in arrays.items()})
     check_outputs(response, expected, {f"out_{d}": d for d in DATATYPES})
     # A batch dimension in front is a shape mismatch, not a batch.
@@ -473,14 +533,20 @@ def test_zero_size_dimension(stub) -> None:
 def test_zero_batch_size_is_rejected(stub) -> None:
     """Shape [0, 8] on a batching model: batch size 0 is outside 1..max_batch_size (as in Triton)."""
     array = spread("FP32", (0, ROW))
-    expect_error(lambda: stub.ModelInfer(make_request("id_FP32", {"in_FP32": ("FP32", array)})),
-                 grpc.StatusCode.INVALID_ARGUMENT, "in_FP32", "batch size 0")
+    expect_error(
+        lambda: stub.ModelInfer(make_request("id_FP32", {"in_FP32": ("FP32", array)})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "in_FP32",
+        "batch size 0",
+    )
 
 
 def test_dynamic_dimension_per_request(stub) -> None:
     for width in (1, 7, 33):
         arrays = {d: spread(d, (2, width), seed=width) for d in DATATYPES}
-        response = stub.ModelInfer(make_request("identity_dyn", {f"in_{d}": (d, a) for d, a in arrays.items()}))
+        response = stub.ModelInfer(
+            make_request("identity_dyn", {f"in_{d}": (d, a) for d, a in arrays.items()})
+        )
         expected = ort_reference(MODELS["identity_dyn"], {f"in_{d}": a for d, a in arrays.items()})
         check_outputs(response, expected, {f"out_{d}": d for d in DATATYPES})
 

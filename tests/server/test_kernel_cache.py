@@ -2,9 +2,9 @@
 warmed once by `hotwire warm-kernels`, then used by processes that cannot write to it, compiling
 nothing; cold and read-only, or with nothing writable at all, kernels still work.
 
-"Read-only" is real here: the reading processes are refused writes by the kernel (a non-root test runner with the
-directory chmod'ed a-w, or root with CAP_DAC_OVERRIDE dropped by `setpriv`); each test checks that first and skips
-where it cannot be arranged.
+"Read-only" is real here: the reading processes are refused writes by the kernel
+(a non-root test runner with the directory chmod'ed a-w, or root with CAP_DAC_OVERRIDE dropped by `setpriv`);
+each test checks that first and skips where it cannot be arranged.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ def stats():
             if isinstance(value, Dispatcher) and value.__module__ == module.__name__:
                 s = value.stats
                 if s.cache_hits or s.cache_misses:
-                    used[f"{module.__name__}.{name}"] = {"path": str(s.cache_path), "hits": sum(s.cache_hits.values()),
-                                                        "misses": sum(s.cache_misses.values())}
+                    used[f"{module.__name__}.{name}"] = {
+                        "path": str(s.cache_path),
+                        "hits": sum(s.cache_hits.values()),
+                        "misses": sum(s.cache_misses.values()),
+                    }
     return used
 """
 
@@ -72,9 +75,13 @@ def read_only_prefix(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         pytest.skip("running as root without setpriv: cannot make a directory read-only for a child process")
     probe = tmp_path_factory.mktemp("probe")
     _make_read_only(probe)
-    result = subprocess.run([*prefix, sys.executable, "-c", WRITE_PROBE, str(probe)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", WRITE_PROBE, str(probe)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
-        pytest.skip(f"cannot make a directory read-only for a child process here: {result.stderr.strip()[-300:]}")
+        pytest.skip(
+            f"cannot make a directory read-only for a child process here: {result.stderr.strip()[-300:]}"
+        )
     return prefix
 
 
@@ -99,9 +106,14 @@ def warmed_cache(tmp_path_factory: pytest.TempPathFactory, read_only_prefix: lis
     xdg = tmp_path_factory.mktemp("xdg")
     package = Path(kernels.__file__).parent
     package_before = {p: p.stat().st_mtime_ns for p in _numba_files(package)}
-    result = subprocess.run([sys.executable, "-m", "hotwire.server", "warm-kernels"],
-                            env=_env(XDG_CACHE_HOME=str(xdg)), capture_output=True, text=True, check=False,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "hotwire.server", "warm-kernels"],
+        env=_env(XDG_CACHE_HOME=str(xdg)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     cache = xdg / "hotwire" / "kernels"
     assert "compiled" in result.stdout and str(cache) in result.stdout, result.stdout
@@ -128,7 +140,9 @@ def _snapshot(path: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in path.rglob("*")}
 
 
-def test_a_read_only_warmed_cache_is_loaded_at_model_load_and_nothing_compiles(warmed_cache, read_only_prefix):
+def test_a_read_only_warmed_cache_is_loaded_at_model_load_and_nothing_compiles(
+    warmed_cache, read_only_prefix
+):
     script = STATS + (
         "import asyncio, sys, tempfile\n"
         "from hotwire.server.config import bundled_repository\n"
@@ -146,15 +160,21 @@ def test_a_read_only_warmed_cache_is_loaded_at_model_load_and_nothing_compiles(w
         "print(json.dumps({'writable': writable, 'kernels': stats()}))\n"
     )
     before = _snapshot(warmed_cache)
-    result = subprocess.run([*read_only_prefix, sys.executable, "-c", script, str(warmed_cache)],
-                            env=_env(NUMBA_CACHE_DIR=str(warmed_cache), NUMBA_DEBUG_CACHE="1"),
-                            capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [*read_only_prefix, sys.executable, "-c", script, str(warmed_cache)],
+        env=_env(NUMBA_CACHE_DIR=str(warmed_cache), NUMBA_DEBUG_CACHE="1"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = _last_json(result.stdout)
     assert report["writable"] is False  # the test really ran against a read-only directory
     kernels = report["kernels"]
     assert kernels, "no kernel ran at model load"
-    # every kernel came from the warmed directory (numba alone skips it and uses kernels/__pycache__ instead) ...
+    # every kernel came from the warmed directory (numba alone skips it and uses kernels/__pycache__
+    # instead) ...
     assert {k: v["path"] for k, v in kernels.items() if not v["path"].startswith(str(warmed_cache))} == {}
     # ... loaded, none compiled, nothing written anywhere
     assert {k: v["misses"] for k, v in kernels.items() if v["misses"]} == {}
@@ -168,9 +188,14 @@ def test_a_read_only_warmed_cache_is_loaded_at_model_load_and_nothing_compiles(w
 
 
 def test_warm_kernels_check_passes_on_the_read_only_warmed_cache(warmed_cache, read_only_prefix):
-    result = subprocess.run([*read_only_prefix, sys.executable, "-m", "hotwire.server", "warm-kernels", "--check"],
-                            env=_env(HOTWIRE_KERNEL_CACHE_DIR=str(warmed_cache)),
-                            capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [*read_only_prefix, sys.executable, "-m", "hotwire.server", "warm-kernels", "--check"],
+        env=_env(HOTWIRE_KERNEL_CACHE_DIR=str(warmed_cache)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(warmed_cache) in result.stdout and " 0 compiled" in result.stdout, result.stdout
 
@@ -181,9 +206,22 @@ def test_a_cold_read_only_cache_compiles_in_memory_with_a_warning(tmp_path, read
     cache.mkdir()
     _make_read_only(cache)
     try:
-        result = subprocess.run([*read_only_prefix, sys.executable, "-m", "hotwire.server", "warm-kernels",
-                                 "--kernel-cache-dir", str(cache)],
-                                env=_env(), capture_output=True, text=True, check=False, timeout=600)
+        result = subprocess.run(
+            [
+                *read_only_prefix,
+                sys.executable,
+                "-m",
+                "hotwire.server",
+                "warm-kernels",
+                "--kernel-cache-dir",
+                str(cache),
+            ],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
         assert result.returncode == 1, result.stderr[-3000:]  # the kernels work, but the cache was not warmed
         assert "compile in memory" in result.stderr and str(cache) in result.stderr, result.stderr[-3000:]
         assert "could not be saved" in result.stdout and "0 kernel signatures loaded" in result.stdout
@@ -193,28 +231,34 @@ def test_a_cold_read_only_cache_compiles_in_memory_with_a_warning(tmp_path, read
 
 
 def test_importing_kernels_needs_no_writable_directory(tmp_path, read_only_prefix):
-    """Nothing writable at all (no cache directory configured, read-only sources and home): numba alone fails the
-    import ("cannot cache function ...: no locator available"); here the kernel compiles in memory with a warning,
-    and nothing is written next to its source."""
+    """Nothing writable at all (no cache directory configured, read-only sources and home): numba alone fails
+    the import ("cannot cache function ...: no locator available"); here the kernel compiles in memory with a
+    warning, and nothing is written next to its source."""
     package = tmp_path / "src"
     package.mkdir()
-    (package / "ro_kernel.py").write_text("from numba import njit\n\n\n"
-                                          "@njit(cache=True)\n"
-                                          "def add_one(x):\n"
-                                          "    return x + 1\n")
+    (package / "ro_kernel.py").write_text(
+        "from numba import njit\n\n\n@njit(cache=True)\ndef add_one(x):\n    return x + 1\n"
+    )
     home = tmp_path / "home"
     home.mkdir()
-    script = ("import hotwire.kernels, sys\n"  # installs the kernel cache locators, as the server's imports do
-              "sys.path.insert(0, sys.argv[1])\n"
-              "import ro_kernel\n"
-              "assert ro_kernel.add_one(41) == 42\n"
-              "print(ro_kernel.add_one.stats.cache_path, sum(ro_kernel.add_one.stats.cache_misses.values()))\n")
+    script = (
+        "import hotwire.kernels, sys\n"  # installs the kernel cache locators, as the server's imports do
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import ro_kernel\n"
+        "assert ro_kernel.add_one(41) == 42\n"
+        "print(ro_kernel.add_one.stats.cache_path, sum(ro_kernel.add_one.stats.cache_misses.values()))\n"
+    )
     _make_read_only(package)
     _make_read_only(home)
     try:
-        result = subprocess.run([*read_only_prefix, sys.executable, "-c", script, str(package)],
-                                env=_env(HOME=str(home), XDG_CACHE_HOME=str(home), PYTHONDONTWRITEBYTECODE="1"),
-                                capture_output=True, text=True, check=False, timeout=300)
+        result = subprocess.run(
+            [*read_only_prefix, sys.executable, "-c", script, str(package)],
+            env=_env(HOME=str(home), XDG_CACHE_HOME=str(home), PYTHONDONTWRITEBYTECODE="1"),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         cache_path, misses = result.stdout.split()
         assert cache_path.startswith(str(home / "hotwire" / "kernels")) and misses == "1", result.stdout
@@ -228,12 +272,21 @@ def test_importing_kernels_needs_no_writable_directory(tmp_path, read_only_prefi
 
 def test_with_no_cache_directory_at_all_kernels_compile_in_memory_with_one_warning(tmp_path):
     """No NUMBA_CACHE_DIR, no XDG_CACHE_HOME and no home to find a cache in (an arbitrary container UID)."""
-    script = ("from hotwire.kernels import batching\n"
-              "batching.warm()\n"
-              "print(sum(batching._copy_rows.stats.cache_misses.values()))\n")
+    script = (
+        "from hotwire.kernels import batching\n"
+        "batching.warm()\n"
+        "print(sum(batching._copy_rows.stats.cache_misses.values()))\n"
+    )
     env = {k: v for k, v in _env(HOME="relative").items() if k != "XDG_CACHE_HOME"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) >= 1
     warnings = [line for line in result.stderr.splitlines() if "kernel" in line]
@@ -242,6 +295,10 @@ def test_with_no_cache_directory_at_all_kernels_compile_in_memory_with_one_warni
 
 
 def test_warm_kernels_is_a_command():
-    result = subprocess.run([sys.executable, "-m", "hotwire.server", "warm-kernels", "--help"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "hotwire.server", "warm-kernels", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0 and "--kernel-cache-dir" in result.stdout and "--check" in result.stdout

@@ -1,14 +1,15 @@
-"""Model lifecycle through the real server: lossless swaps and rollbacks under load, poll mode, failed loads that
-leave the old version serving, canary split, sticky routing, shadow traffic, the canary guard, uploads."""
+"""Model lifecycle through the real server: lossless swaps and rollbacks under load, poll mode, failed loads
+that leave the old version serving, canary split, sticky routing, shadow traffic, the canary guard,
+uploads."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
+import statistics
 import subprocess
 import sys
-import statistics
 import threading
 import time
 from collections import Counter
@@ -36,9 +37,13 @@ WIDTH = 4
 def offset_model(offset: float) -> onnx.ModelProto:
     """y = x + offset: every version's outputs name the version that computed them."""
     const = numpy_helper.from_array(np.array(offset, np.float32), "offset")
-    graph = helper.make_graph([helper.make_node("Add", ["x", "offset"], ["y"])], "offset",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])], [const])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])],
+        "offset",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        [const],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -46,7 +51,9 @@ def offset_model(offset: float) -> onnx.ModelProto:
 
 def config(**params: str) -> str:
     text = "max_batch_size: 8\ndynamic_batching { }\n"
-    text += "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items())
+    text += "".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()
+    )
     return text
 
 
@@ -85,7 +92,9 @@ class Load:
         self.mismatches: list[str] = []
         self.by_version: Counter[str] = Counter()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(address, i), daemon=True) for i in range(clients)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(address, i), daemon=True) for i in range(clients)
+        ]
 
     def _run(self, address: str, seed: int) -> None:
         channel = grpc.insecure_channel(address)
@@ -106,7 +115,7 @@ class Load:
                 self.mismatches.append(version)
         channel.close()
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
         return self
@@ -138,8 +147,9 @@ def test_twenty_swaps_and_rollbacks_under_load_fail_no_request(tmp_path, running
             time.sleep(0.05)
         load(stub)  # after a rollback, loading again returns to the newest version (kept warm in standby)
         assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "11"
-    # A flip from standby loads nothing, so it takes well under 10 ms; a reload takes tens of ms. The median keeps
-    # one preempted flip on a shared CI box (the load threads share this process's GIL) from failing the test.
+    # A flip from standby loads nothing, so it takes well under 10 ms; a reload takes tens of ms. The median
+    # keeps one preempted flip on a shared CI box (the load threads share this process's GIL) from failing the
+    # test.
     assert statistics.median(rollback_ms) < 10, rollback_ms
     assert load_.failures == []
     assert load_.mismatches == []
@@ -150,7 +160,9 @@ def test_twenty_swaps_and_rollbacks_under_load_fail_no_request(tmp_path, running
     assert ("11", "READY", "stable") in states and ("10", "READY", "standby") in states
 
 
-def test_swaps_without_standby_drain_and_release_the_old_version_under_load(tmp_path, running_server, stub_for):
+def test_swaps_without_standby_drain_and_release_the_old_version_under_load(
+    tmp_path, running_server, stub_for
+):
     write_model(tmp_path, "m", offset_model(1.0), config(standby_versions="0"), version=1)
     server = running_server(tmp_path, model_control_mode="explicit", load_model=("m",))
     stub = stub_for(server)
@@ -181,11 +193,15 @@ def test_rollback_without_a_standby_copy_reloads_and_says_so(tmp_path, running_s
     server = running_server(tmp_path)
     stub = stub_for(server)
     assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "4"
-    result = subprocess.run([sys.executable, "-m", "hotwire.server", "rollback", "m", "--url", server.address],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hotwire.server", "rollback", "m", "--url", server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "version 1" in result.stdout and "reloaded" in result.stdout
-    assert infer(stub, np.ones((1, WIDTH), np.float32)) [0] == "1"
+    assert infer(stub, np.ones((1, WIDTH), np.float32))[0] == "1"
 
 
 def test_a_corrupt_new_version_leaves_the_old_one_serving(tmp_path, running_server, stub_for):
@@ -199,13 +215,17 @@ def test_a_corrupt_new_version_leaves_the_old_one_serving(tmp_path, running_serv
     assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "1"
     rows = index(stub)
     assert ("m", "1", "READY", "stable") in rows
-    assert any(v == "2" and state == "UNAVAILABLE" and "could not load" in reason for _, v, state, reason in rows)
+    assert any(
+        v == "2" and state == "UNAVAILABLE" and "could not load" in reason for _, v, state, reason in rows
+    )
     shutil.rmtree(tmp_path / "m" / "2")
     load(stub)  # fixed: loads cleanly again
     assert all(state == "READY" for _, _, state, _ in index(stub))
 
 
-def test_a_model_being_loaded_is_listed_as_loading_and_not_serving(tmp_path, running_server, stub_for, monkeypatch):
+def test_a_model_being_loaded_is_listed_as_loading_and_not_serving(
+    tmp_path, running_server, stub_for, monkeypatch
+):
     gate = threading.Event()
     real_load_version = registry_module.load_version
 
@@ -220,7 +240,8 @@ def test_a_model_being_loaded_is_listed_as_loading_and_not_serving(tmp_path, run
     with pytest.raises(grpc.RpcError):
         load(stub)
     assert [(v, state) for name, v, state, _ in index(stub) if name == "m"] == [("1", "UNAVAILABLE")]
-    write_model(tmp_path, "m", offset_model(1.0), version=1)  # fixed, then loaded again: the retry is listed alone
+    # fixed, then loaded again: the retry is listed alone
+    write_model(tmp_path, "m", offset_model(1.0), version=1)
     monkeypatch.setattr(registry_module, "load_version", held_load_version)
     loader = threading.Thread(target=load, args=(stub,))
     loader.start()
@@ -236,8 +257,10 @@ def test_a_model_being_loaded_is_listed_as_loading_and_not_serving(tmp_path, run
         gate.set()
         loader.join(60)
     assert index(stub) == [("m", "1", "READY", "stable")]
-    assert health.Check(health_pb2.HealthCheckRequest(service="m"), timeout=10).status == \
-        health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="m"), timeout=10).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
 
 
 def test_poll_mode_picks_up_added_and_removed_versions_and_models(tmp_path, running_server, stub_for):
@@ -281,9 +304,14 @@ def test_poll_mode_picks_up_added_and_removed_versions_and_models(tmp_path, runn
 
 def test_canary_split_is_within_three_points_and_sticky_keys_stay_put(tmp_path, running_server, stub_for):
     for version in (1, 2):
-        write_model(tmp_path, "m", offset_model(float(version)),
-                    config(canary_version="2", canary_weight="0.2", stable_version="1", sticky_parameter="user")
-                    + "version_policy { all { } }\n", version=version)
+        write_model(
+            tmp_path,
+            "m",
+            offset_model(float(version)),
+            config(canary_version="2", canary_weight="0.2", stable_version="1", sticky_parameter="user")
+            + "version_policy { all { } }\n",
+            version=version,
+        )
     server = running_server(tmp_path)
     stub = stub_for(server)
     registry = server.app.registry
@@ -300,9 +328,14 @@ def test_canary_split_is_within_three_points_and_sticky_keys_stay_put(tmp_path, 
 
 def test_shadow_traffic_is_compared_but_never_returned(tmp_path, running_server, stub_for):
     for version in (1, 3):
-        write_model(tmp_path, "m", offset_model(float(version)),
-                    config(stable_version="1", shadow_version="3", shadow_fraction="1.0") + "version_policy { all { } }\n",
-                    version=version)
+        write_model(
+            tmp_path,
+            "m",
+            offset_model(float(version)),
+            config(stable_version="1", shadow_version="3", shadow_fraction="1.0")
+            + "version_policy { all { } }\n",
+            version=version,
+        )
     server = running_server(tmp_path, metrics_port=0)
     stub = stub_for(server)
     for _ in range(50):
@@ -320,9 +353,14 @@ def test_shadow_traffic_is_compared_but_never_returned(tmp_path, running_server,
 
 def test_a_stuck_shadow_never_holds_back_the_served_response(tmp_path, running_server, stub_for):
     for version in (1, 3):
-        write_model(tmp_path, "m", offset_model(float(version)),
-                    config(stable_version="1", shadow_version="3", shadow_fraction="1.0", execution="thread")
-                    + "version_policy { all { } }\n", version=version)
+        write_model(
+            tmp_path,
+            "m",
+            offset_model(float(version)),
+            config(stable_version="1", shadow_version="3", shadow_fraction="1.0", execution="thread")
+            + "version_policy { all { } }\n",
+            version=version,
+        )
     server = running_server(tmp_path)
     stub = stub_for(server)
     gate = threading.Event()
@@ -350,27 +388,48 @@ def test_a_stuck_shadow_never_holds_back_the_served_response(tmp_path, running_s
 
 
 def failing_model() -> onnx.ModelProto:
-    """Fails inside ONNX Runtime for a batch of 1 (4 elements can't be reshaped to [-1, 16]); fine for 4 rows."""
-    shapes = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("to16", [-1, 16]), ("back", [-1, WIDTH]))]
-    nodes = [helper.make_node("Reshape", ["x", "to16"], ["flat"]), helper.make_node("Reshape", ["flat", "back"], ["y"])]
-    graph = helper.make_graph(nodes, "failing", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])], shapes)
+    """Fails inside ONNX Runtime for a batch of 1 (4 elements can't be reshaped to [-1, 16]); fine for 4
+    rows."""
+    shapes = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (("to16", [-1, 16]), ("back", [-1, WIDTH]))
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "to16"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "back"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        shapes,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
 def test_canary_guard_sends_traffic_back_to_stable_on_errors(tmp_path, running_server, stub_for, caplog):
-    warmup = ('model_warmup [ { name: "four" batch_size: 4 inputs { key: "x" value: '
-              '{ data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n')
-    write_model(tmp_path, "m", offset_model(1.0),
-                config(stable_version="1") + "version_policy { all { } }\n" + warmup, version=1)
+    warmup = (
+        'model_warmup [ { name: "four" batch_size: 4 inputs { key: "x" value: '
+        "{ data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n"
+    )
+    write_model(
+        tmp_path,
+        "m",
+        offset_model(1.0),
+        config(stable_version="1") + "version_policy { all { } }\n" + warmup,
+        version=1,
+    )
     write_model(tmp_path, "m", failing_model(), version=2)
     server = running_server(tmp_path)
     stub = stub_for(server)
     registry = server.app.registry
-    registry.set_traffic("m", {"canary": 2, "canary_weight": 0.5, "canary_max_error_rate": 0.1,
-                               "canary_guard_min_requests": 10})
+    registry.set_traffic(
+        "m",
+        {"canary": 2, "canary_weight": 0.5, "canary_max_error_rate": 0.1, "canary_guard_min_requests": 10},
+    )
     with pytest.raises(grpc.RpcError) as caught:
         infer(stub, np.zeros((1, WIDTH), np.float32), version="2")
     assert caught.value.code() == grpc.StatusCode.INTERNAL and "onnxruntime" in caught.value.details()
@@ -386,7 +445,8 @@ def test_canary_guard_sends_traffic_back_to_stable_on_errors(tmp_path, running_s
     assert registry.events.guard_rollbacks == 1
     entry = registry.entry("m")
     assert entry.canary is None and entry.stable.version == 1
-    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(50)} == {"1"}  # no errors after it
+    # no errors after it
+    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(50)} == {"1"}
     assert "breached its guard" in caplog.text
     failures = registry.entry("m").versions[2].stats.fail_by_reason
     assert failures[FailureReason.BACKEND] > 0 and failures.get(FailureReason.OTHER, 0) == 0
@@ -394,12 +454,19 @@ def test_canary_guard_sends_traffic_back_to_stable_on_errors(tmp_path, running_s
 
 def test_client_errors_never_trip_the_canary_guard(tmp_path, running_server, stub_for):
     for version in (1, 2):
-        write_model(tmp_path, "m", offset_model(float(version)), config(stable_version="1") + "version_policy { all { } }\n",
-                    version=version)
+        write_model(
+            tmp_path,
+            "m",
+            offset_model(float(version)),
+            config(stable_version="1") + "version_policy { all { } }\n",
+            version=version,
+        )
     server = running_server(tmp_path)
     stub = stub_for(server)
-    server.app.registry.set_traffic("m", {"canary": 2, "canary_weight": 0.5, "canary_max_error_rate": 0.01,
-                                          "canary_guard_min_requests": 5})
+    server.app.registry.set_traffic(
+        "m",
+        {"canary": 2, "canary_weight": 0.5, "canary_max_error_rate": 0.01, "canary_guard_min_requests": 5},
+    )
     for _ in range(100):
         with pytest.raises(grpc.RpcError):
             infer(stub, np.zeros((1, WIDTH + 1), np.float32))  # wrong shape: the client's fault
@@ -412,10 +479,17 @@ def test_tritonclient_load_model_with_config_and_files_and_unload(tmp_path, runn
     (tmp_path / "placeholder").mkdir()
     server = running_server(tmp_path, model_control_mode="explicit")
     client = triton.InferenceServerClient(server.address)
-    config_json = json.dumps({"name": "uploaded", "max_batch_size": 4,
-                              "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [WIDTH]}]})
+    config_json = json.dumps(
+        {
+            "name": "uploaded",
+            "max_batch_size": 4,
+            "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [WIDTH]}],
+        }
+    )
     json_format.Parse(config_json, mc.ModelConfig())  # the JSON is a valid ModelConfig
-    client.load_model("uploaded", config=config_json, files={"file:1/model.onnx": offset_model(7.0).SerializeToString()})
+    client.load_model(
+        "uploaded", config=config_json, files={"file:1/model.onnx": offset_model(7.0).SerializeToString()}
+    )
     assert client.is_model_ready("uploaded")
     x = triton.InferInput("x", [1, WIDTH], "FP32")
     x.set_data_from_numpy(np.ones((1, WIDTH), np.float32))
@@ -425,7 +499,8 @@ def test_tritonclient_load_model_with_config_and_files_and_unload(tmp_path, runn
     assert {"uploaded", "placeholder"} <= index_names
     client.unload_model("uploaded")
     assert not client.is_model_ready("uploaded")
-    assert client.is_server_ready()  # strict readiness counts the models meant to be loaded, not unloaded ones
+    # strict readiness counts the models meant to be loaded, not unloaded ones
+    assert client.is_server_ready()
     with pytest.raises(triton.InferenceServerException) as caught:  # a config alone, for a model not on disk
         client.load_model("ghost", config=config_json.replace("uploaded", "ghost"))
     assert caught.value.status() == "StatusCode.NOT_FOUND" and "ghost" in caught.value.message()
@@ -452,18 +527,46 @@ def test_load_of_an_unchanged_model_keeps_its_warm_sessions(tmp_path, running_se
 
 def test_traffic_command_sets_a_canary(tmp_path, running_server, stub_for):
     for version in (1, 2):
-        write_model(tmp_path, "m", offset_model(float(version)), config() + "version_policy { all { } }\n",
-                    version=version)
+        write_model(
+            tmp_path,
+            "m",
+            offset_model(float(version)),
+            config() + "version_policy { all { } }\n",
+            version=version,
+        )
     server = running_server(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "hotwire.server", "traffic", "m", "--stable", "1", "--canary", "2",
-                             "--weight", "1.0", "--url", server.address], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hotwire.server",
+            "traffic",
+            "m",
+            "--stable",
+            "1",
+            "--canary",
+            "2",
+            "--weight",
+            "1.0",
+            "--url",
+            server.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     stub = stub_for(server)
     assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(20)} == {"2"}
-    result = subprocess.run([sys.executable, "-m", "hotwire.server", "traffic", "m", "--canary", "9", "--url",
-                             server.address], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hotwire.server", "traffic", "m", "--canary", "9", "--url", server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "version 9 is not loaded" in result.stderr
-    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(20)} == {"2"}  # rejected: policy kept
+    # rejected: policy kept
+    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(20)} == {"2"}
 
 
 def test_model_directory_path_is_left_alone_by_uploads(tmp_path):

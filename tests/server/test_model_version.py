@@ -31,8 +31,10 @@ async def _load(root: Path) -> ModelVersion:
 
 
 def _request(rows: int = 1) -> wire.InferRequest:
-    inputs = [wire.InputTensor(name, datatypes.BY_NAME["FP32"], (rows, 16), np.ones((rows, 16), np.float32))
-              for name in ("INPUT0", "INPUT1")]
+    inputs = [
+        wire.InputTensor(name, datatypes.BY_NAME["FP32"], (rows, 16), np.ones((rows, 16), np.float32))
+        for name in ("INPUT0", "INPUT1")
+    ]
     return wire.InferRequest("simple", "", "r", {}, inputs, None)
 
 
@@ -64,8 +66,13 @@ def test_a_loaded_version_starts_loading_and_moves_only_along_the_transitions(ro
         await version.unload()  # a second unload is a no-op
         return seen
 
-    assert asyncio.run(scenario()) == [VersionState.LOADING, VersionState.STANDBY, VersionState.READY,
-                                       VersionState.DRAINING, VersionState.UNLOADED]
+    assert asyncio.run(scenario()) == [
+        VersionState.LOADING,
+        VersionState.STANDBY,
+        VersionState.READY,
+        VersionState.DRAINING,
+        VersionState.UNLOADED,
+    ]
 
 
 def test_unload_waits_for_the_requests_in_flight_and_they_are_answered(root: Path) -> None:
@@ -97,5 +104,6 @@ def test_a_version_is_complete_when_constructed(root: Path) -> None:
     version = asyncio.run(scenario())
     assert version.fingerprint == ()  # what the caller passed: nothing is patched in afterwards
     assert version.load_seconds > 0
-    assert isinstance(version.stats, VersionStats) and version.stats.success.count == 0  # its own, from the start
+    # its own, from the start
+    assert isinstance(version.stats, VersionStats) and version.stats.success.count == 0
     assert version.drift is None and version.drift_report is None

@@ -58,12 +58,16 @@ def value(body: str, name: str, **labels: str) -> float:
 
 def series_of(body: str, model: str, version: str) -> list[str]:
     """Every sample line labelled with this model and version."""
-    return [line for line in body.splitlines() if not line.startswith("#")
-            and f'model="{model}"' in line and f'version="{version}"' in line]
+    return [
+        line
+        for line in body.splitlines()
+        if not line.startswith("#") and f'model="{model}"' in line and f'version="{version}"' in line
+    ]
 
 
 def parse_all(body: str) -> dict[str, Metric]:
-    """The whole exposition through prometheus-client's parser, every sample under its family's # TYPE line."""
+    """The whole exposition through prometheus-client's parser, every sample under its family's # TYPE
+    line."""
     families = {family.name: family for family in text_string_to_metric_families(body)}
     for family in families.values():
         assert family.type != "unknown", f"{family.name}: its samples match no # TYPE line"
@@ -94,7 +98,11 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     assert (stats.name, stats.version) == ("simple", "1")
     assert stats.inference_count == 8 and stats.execution_count == 4
     assert inference.success.count == 4 and inference.fail.count == 1
-    assert inference.queue.count == 4 and inference.compute_infer.count == 4 and inference.compute_input.count == 4
+    assert (
+        inference.queue.count == 4
+        and inference.compute_infer.count == 4
+        and inference.compute_input.count == 4
+    )
     assert inference.compute_infer.ns > 0 and inference.success.ns > inference.compute_infer.ns
     assert inference.fail.ns > 0  # the failure took time, which the request duration must not include
     assert {b.batch_size: b.compute_infer.count for b in stats.batch_stats} == {1: 1, 2: 2, 3: 1}
@@ -106,10 +114,15 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     assert "# TYPE nv_inference_request_success counter" in body and "process_resident_memory_bytes" in body
     assert value(body, "nv_inference_count") == stats.inference_count
     assert value(body, "nv_inference_exec_count") == stats.execution_count
-    assert value(body, "nv_inference_compute_infer_duration_us") == pytest.approx(inference.compute_infer.ns / 1e3)
+    assert value(body, "nv_inference_compute_infer_duration_us") == pytest.approx(
+        inference.compute_infer.ns / 1e3
+    )
     assert value(body, "nv_inference_queue_duration_us") == pytest.approx(inference.queue.ns / 1e3)
-    # Triton's request duration counts successful requests only (its UpdateSuccess adds to it, UpdateFailure not)
-    assert value(body, "nv_inference_request_duration_us") == pytest.approx(inference.success.ns / 1e3, rel=1e-9)
+    # Triton's request duration counts successful requests only (its UpdateSuccess adds to it, UpdateFailure
+    # not)
+    assert value(body, "nv_inference_request_duration_us") == pytest.approx(
+        inference.success.ns / 1e3, rel=1e-9
+    )
     assert value(body, "nv_inference_pending_request_count") == 0
     assert value(body, "nv_model_load_duration_secs") > 0
     # hotwire's histograms are histogram families with cumulative buckets
@@ -117,11 +130,15 @@ def test_statistics_are_exact_and_equal_the_metrics(tmp_path, running_server, st
     assert value(body, "hotwire_request_duration_us_bucket", le="+Inf") == 4
     assert value(body, "hotwire_request_duration_us_count") == 4
     assert value(body, "hotwire_batch_size_bucket", le="2.0") == 3  # batches of 1, 2, 2 (and 3 above)
-    buckets = [float(v) for v in re.findall(r'^hotwire_request_duration_us_bucket\{[^}]*\} (\S+)$', body, re.M)]
+    buckets = [
+        float(v) for v in re.findall(r"^hotwire_request_duration_us_bucket\{[^}]*\} (\S+)$", body, re.M)
+    ]
     assert buckets == sorted(buckets)
 
 
-def test_requests_failing_to_decode_count_as_failures_of_the_model_they_name(tmp_path, running_server, stub_for):
+def test_requests_failing_to_decode_count_as_failures_of_the_model_they_name(
+    tmp_path, running_server, stub_for
+):
     write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8\ndynamic_batching { }")
     server = running_server(tmp_path)
     stub = stub_for(server)
@@ -160,8 +177,11 @@ def test_the_whole_exposition_parses_with_every_family_typed(tmp_path, running_s
     assert families["nv_inference_pending_request_count"].type == "gauge"
     latency = families["hotwire_request_duration_us"]
     assert latency.type == "histogram"
-    assert {s.name for s in latency.samples} == {"hotwire_request_duration_us_bucket", "hotwire_request_duration_us_sum",
-                                                 "hotwire_request_duration_us_count"}
+    assert {s.name for s in latency.samples} == {
+        "hotwire_request_duration_us_bucket",
+        "hotwire_request_duration_us_sum",
+        "hotwire_request_duration_us_count",
+    }
 
 
 def test_shutdown_publishes_the_final_numbers(tmp_path, running_server, stub_for):
@@ -194,13 +214,17 @@ def test_a_version_s_series_go_away_once_it_is_swapped_out_or_unloaded(tmp_path,
     body = scrape(server.app.metrics_port)
     assert value(body, "nv_inference_request_success") == 4
     assert value(body, "nv_inference_pending_request_count") == 0
-    assert re.search(r'^hotwire_drift_ks_pvalue\{model="simple",version="1",feature="INPUT0[^"]*"\} ', body, re.M)
+    assert re.search(
+        r'^hotwire_drift_ks_pvalue\{model="simple",version="1",feature="INPUT0[^"]*"\} ', body, re.M
+    )
 
     write_model(tmp_path, "simple", add_sub(width=4, offset=1.0), version=2)
-    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))  # v2 serves, v1 drains and goes
+    # v2 serves, v1 drains and goes
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
     stub.ModelInfer(simple_request(3, width=4))
     body = scrape_until(server.app.metrics_port, lambda body: not series_of(body, "simple", "1"))
-    assert series_of(body, "simple", "1") == []  # counters, pending, load time, histograms, drift gauges: all gone
+    # counters, pending, load time, histograms, drift gauges: all gone
+    assert series_of(body, "simple", "1") == []
     assert value(body, "nv_inference_request_success", version="2") == 1
     assert value(body, "nv_inference_count", version="2") == 3
     assert value(body, "nv_inference_pending_request_count", version="2") == 0
@@ -211,7 +235,8 @@ def test_a_version_s_series_go_away_once_it_is_swapped_out_or_unloaded(tmp_path,
     body = scrape_until(server.app.metrics_port, lambda body: len(series_of(body, "simple", "2")) == 1)
     # all gone but the history of what happened: the swap to version 2, a counter that must never go down
     assert series_of(body, "simple", "2") == [
-        'hotwire_lifecycle_events_total{model="simple",version="2",event="swap"} 1.0']
+        'hotwire_lifecycle_events_total{model="simple",version="2",event="swap"} 1.0'
+    ]
     assert [line for line in body.splitlines() if 'model="simple"' in line] == series_of(body, "simple", "2")
     assert "# TYPE nv_inference_request_success counter" in body  # the families stay, empty
 
@@ -237,10 +262,17 @@ sys.stdout.write(render(Metrics.multiprocess_exposition()).decode())
 
 
 def test_workers_drop_an_unloaded_version_s_series_too(tmp_path):
-    # --workers mode: the worker writes prometheus-client's multiprocess files, the supervisor renders their sum
+    # --workers mode: the worker writes prometheus-client's multiprocess files, the supervisor renders their
+    # sum
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(MULTIPROCESS_WORKER)], env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MULTIPROCESS_WORKER)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     before, after = result.stdout.split("=====\n")
     assert value(before, "nv_inference_pending_request_count") == 3
@@ -249,21 +281,33 @@ def test_workers_drop_an_unloaded_version_s_series_too(tmp_path):
     assert series_of(after, "simple", "1") == []
     assert value(after, "nv_inference_request_success", version="2") == 7
     assert value(after, "nv_inference_pending_request_count", version="2") == 1
-    assert re.search(r'^hotwire_drift_ks_pvalue\{feature="INPUT0\[0\]",model="simple",version="2",pid="\d+"\} 0\.9$',
-                     after, re.M)
+    assert re.search(
+        r'^hotwire_drift_ks_pvalue\{feature="INPUT0\[0\]",model="simple",version="2",pid="\d+"\} 0\.9$',
+        after,
+        re.M,
+    )
     parse_all(after)
 
 
 def lifecycle(body: str) -> dict[tuple[str, str, str], float]:
     """(model, version, event) -> count, from hotwire_lifecycle_events_total."""
-    found = re.findall(r'^hotwire_lifecycle_events_total\{(?=[^}]*event="(\w+)")(?=[^}]*model="(\w*)")'
-                       r'(?=[^}]*version="(\w*)")[^}]*\} (\S+)$', body, re.M)
+    found = re.findall(
+        r'^hotwire_lifecycle_events_total\{(?=[^}]*event="(\w+)")(?=[^}]*model="(\w*)")'
+        r'(?=[^}]*version="(\w*)")[^}]*\} (\S+)$',
+        body,
+        re.M,
+    )
     return {(model, version, event): float(count) for event, model, version, count in found}
 
 
 def test_lifecycle_events_are_counted_per_model_version(tmp_path, running_server, stub_for, caplog):
-    write_model(tmp_path, "simple", add_sub(offset=1.0),
-                'max_batch_size: 8\nparameters { key: "standby_versions" value: { string_value: "1" } }', version=1)
+    write_model(
+        tmp_path,
+        "simple",
+        add_sub(offset=1.0),
+        'max_batch_size: 8\nparameters { key: "standby_versions" value: { string_value: "1" } }',
+        version=1,
+    )
     server = running_server(tmp_path, metrics_port=0, model_control_mode="explicit", load_model=("simple",))
     stub = stub_for(server)
     counts = lifecycle(scrape(server.app.metrics_port))
@@ -281,8 +325,11 @@ def test_lifecycle_events_are_counted_per_model_version(tmp_path, running_server
     assert counts[("simple", "2", "swap")] == 1  # the swap to version 2
     assert counts[("simple", "1", "rollback")] == 1  # the rollback to version 1
     assert sum(counts.values()) == 2
-    lines = {r.event: json.loads(JsonFormatter().format(r)) for r in caplog.records
-             if getattr(r, "event", "") in ("swap", "rollback")}
+    lines = {
+        r.event: json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if getattr(r, "event", "") in ("swap", "rollback")
+    }
     assert (lines["swap"]["model"], lines["swap"]["version"]) == ("simple", 2)  # the same int as everywhere
     assert (lines["rollback"]["model"], lines["rollback"]["version"]) == ("simple", 1)
 
@@ -310,8 +357,14 @@ def test_workers_sum_the_lifecycle_counts_per_model_version(tmp_path):
     # --workers: each worker counts its own canary guard's rollbacks; the supervisor adds them up per version
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     for script in (LIFECYCLE_WORKER, LIFECYCLE_WORKER, SUPERVISOR):
-        result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True,
-                                text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
     body = result.stdout
     counts = lifecycle(body)
@@ -357,11 +410,15 @@ def test_health_follows_load_unload_and_drain_and_watch_streams_it(tmp_path, run
     channel.close()
 
 
-def test_idle_watch_and_inference_streams_end_cleanly_at_shutdown_instead_of_holding_it(tmp_path, running_server):
+def test_idle_watch_and_inference_streams_end_cleanly_at_shutdown_instead_of_holding_it(
+    tmp_path, running_server
+):
     write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8")
     server = running_server(tmp_path, shutdown_grace_s=30)
     channel = grpc.insecure_channel(server.address)
-    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="simple"), timeout=60)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service="simple"), timeout=60
+    )
     assert next(watch).status == SERVING
     outbox: queue.Queue = queue.Queue()
     stub = __import__("hotwire.proto.grpc_service_pb2_grpc", fromlist=["x"]).GRPCInferenceServiceStub(channel)
@@ -398,15 +455,28 @@ def test_json_logs_carry_lifecycle_events_and_request_breakdowns(tmp_path, runni
     stages = ("decode_ms", "queue_ms", "preprocess_ms", "compute_ms", "encode_ms", "other_ms")
     assert {*stages, "total_ms"} <= set(line)
     assert line["total_ms"] >= line["compute_ms"] >= 0
-    assert sum(line[stage] for stage in stages) == pytest.approx(line["total_ms"], rel=0.02, abs=0.002)  # they add up
+    # they add up
+    assert sum(line[stage] for stage in stages) == pytest.approx(line["total_ms"], rel=0.02, abs=0.002)
     assert any(r.request_id == "streamed" for r in slow), "stream requests are logged too"
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_json_log_format_from_the_command_line(serve, tmp_path, workers):
     write_model(tmp_path, "simple", add_sub(), "max_batch_size: 8")
-    process = serve("--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port", "-1",
-                    "--host", "127.0.0.1", "--log-format", "json", "--workers", workers)
+    process = serve(
+        "--model-repository",
+        str(tmp_path),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--host",
+        "127.0.0.1",
+        "--log-format",
+        "json",
+        "--workers",
+        workers,
+    )
     process.wait_listening(timeout=120)
     assert process.stop() == 0
     lines = [json.loads(line) for line in process.lines if line.strip()]  # every line is one JSON object
@@ -433,7 +503,9 @@ parameters { key: "drift_window_rows" value: { string_value: "400" } }
             request = pb.ModelInferRequest(model_name="simple")
             for name in ("INPUT0", "INPUT1"):
                 request.inputs.add(name=name, datatype="FP32", shape=[40, 4])
-                request.raw_input_contents.append((rng.standard_normal((40, 4)) + shift).astype(np.float32).tobytes())
+                request.raw_input_contents.append(
+                    (rng.standard_normal((40, 4)) + shift).astype(np.float32).tobytes()
+                )
             stub.ModelInfer(request)
 
     send(0.0)  # the reference, captured from the first 400 rows
@@ -448,7 +520,14 @@ parameters { key: "drift_window_rows" value: { string_value: "400" } }
     server.call(server.app.registry.compute_drift())
     report = server.app.registry.route("simple").drift_report
     drifted = report.drifted(p_threshold=0.05)
-    assert any(name.startswith("INPUT0") for name in drifted) and any(name.startswith("INPUT1") for name in drifted)
+    assert any(name.startswith("INPUT0") for name in drifted) and any(
+        name.startswith("INPUT1") for name in drifted
+    )
     body = scrape(server.app.metrics_port)
-    pvalues = [float(v) for v in re.findall(r'^hotwire_drift_ks_pvalue\{model="simple",version="1",feature="INPUT0[^"]*"\} (\S+)$', body, re.M)]
+    pvalues = [
+        float(v)
+        for v in re.findall(
+            r'^hotwire_drift_ks_pvalue\{model="simple",version="1",feature="INPUT0[^"]*"\} (\S+)$', body, re.M
+        )
+    ]
     assert pvalues and min(pvalues) < 0.05

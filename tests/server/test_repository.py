@@ -1,5 +1,5 @@
-"""Model repository: Triton's layout and config.pbtxt load unchanged, partial configs are completed from the ONNX
-graph, version policies select versions, and a broken model never stops the others."""
+"""Model repository: Triton's layout and config.pbtxt load unchanged, partial configs are completed from the
+ONNX graph, version policies select versions, and a broken model never stops the others."""
 
 from __future__ import annotations
 
@@ -60,7 +60,10 @@ def test_triton_style_repository_loads_with_specific_versions(tmp_path, running_
     config = stub.ModelConfig(pb.ModelConfigRequest(name="simple")).config
     assert config.max_batch_size == 8
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
-    assert config.instance_group[0].count == 2 and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert (
+        config.instance_group[0].count == 2
+        and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    )
     assert stub.ModelMetadata(pb.ModelMetadataRequest(name="simple")).versions == ["1", "3"]
     assert infer_simple(stub) == ("3", pytest.approx(np.full(16, 2.0 + 3)))
     version, out = infer_simple(stub, "1")
@@ -90,7 +93,9 @@ def test_config_less_model_is_completed_from_the_onnx_graph(tmp_path, running_se
 
 
 def test_partial_config_is_completed_and_kept(tmp_path, running_server, stub_for):
-    write_model(tmp_path, "simple", add_sub(), 'max_batch_size: 2\ninput [ { name: "INPUT1" dims: [ 16 ] } ]\n')
+    write_model(
+        tmp_path, "simple", add_sub(), 'max_batch_size: 2\ninput [ { name: "INPUT1" dims: [ 16 ] } ]\n'
+    )
     stub = stub_for(running_server(tmp_path))
     config = stub.ModelConfig(pb.ModelConfigRequest(name="simple")).config
     assert config.max_batch_size == 2
@@ -108,8 +113,12 @@ def test_explicit_max_batch_size_zero_takes_no_batch_dimension(tmp_path, running
 
 @pytest.mark.parametrize(
     ("policy", "expected"),
-    [("", ["3"]), ("version_policy: { latest: { num_versions: 2 } }", ["2", "3"]),
-     ("version_policy: { all: {} }", ["1", "2", "3"]), ("version_policy: { specific: { versions: [2] } }", ["2"])],
+    [
+        ("", ["3"]),
+        ("version_policy: { latest: { num_versions: 2 } }", ["2", "3"]),
+        ("version_policy: { all: {} }", ["1", "2", "3"]),
+        ("version_policy: { specific: { versions: [2] } }", ["2"]),
+    ],
 )
 def test_version_policy_selects_versions(tmp_path, running_server, stub_for, policy, expected):
     for version in (1, 2, 3):
@@ -133,8 +142,12 @@ def test_broken_models_are_reported_and_never_stop_the_others(tmp_path, running_
     write_model(tmp_path, "good", add_sub())
     write_model(tmp_path, "corrupt", b"\x08\x01garbage")
     write_model(tmp_path, "bad_config", add_sub(), "max_batch_size: [not a number")
-    write_model(tmp_path, "wrong_dims", add_sub(), 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 7 ] } ]')
-    write_model(tmp_path, "wrong_type", add_sub(), 'input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] } ]')
+    write_model(
+        tmp_path, "wrong_dims", add_sub(), 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 7 ] } ]'
+    )
+    write_model(
+        tmp_path, "wrong_type", add_sub(), 'input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] } ]'
+    )
     write_model(tmp_path, "not_onnx", add_sub(), 'platform: "tensorrt_plan"')
     write_model(tmp_path, "stateful", add_sub(), "max_batch_size: 8\nsequence_batching { }")
     (tmp_path / "empty").mkdir()
@@ -167,7 +180,9 @@ def test_broken_models_are_reported_and_never_stop_the_others(tmp_path, running_
     assert np.all(np.frombuffer(stub.ModelInfer(request).raw_output_contents[1], np.float32) == 0.0)
 
 
-def test_an_unexpected_failure_while_loading_fails_that_model_only(tmp_path, running_server, stub_for, monkeypatch):
+def test_an_unexpected_failure_while_loading_fails_that_model_only(
+    tmp_path, running_server, stub_for, monkeypatch
+):
     from hotwire.server import registry
 
     real_load_version = registry.load_version

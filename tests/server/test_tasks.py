@@ -34,7 +34,9 @@ def test_wait_returns_after_every_task_including_ones_started_meanwhile() -> Non
     assert finished == ["first", "second"]
 
 
-def test_a_failing_task_is_logged_with_its_owner_and_does_not_stop_the_wait(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_task_is_logged_with_its_owner_and_does_not_stop_the_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def scenario() -> None:
         tasks = BackgroundTasks("shadow requests")
 

@@ -57,7 +57,8 @@ input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ 16 ] } ]
 output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 16 ] } ]
 """
 SIMPLE = add_sub_int32()
-SIMPLE_STRING = add_sub_string()  # Triton's, unchanged: it can't parse the empty strings of hotwire's default warm-up
+# Triton's, unchanged: it can't parse the empty strings of hotwire's default warm-up
+SIMPLE_STRING = add_sub_string()
 SIMPLE_IDENTITY = bytes_identity()
 MODELS: dict[str, tuple[onnx.ModelProto, str]] = {
     "simple": (SIMPLE, SIMPLE_CONFIG),
@@ -94,8 +95,9 @@ def reference(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What in-process onnxruntime computes for model `name` (BYTES as bytes, as tritonclient gives them)."""
     session = _SESSIONS.get(name)
     if session is None:
-        session = _SESSIONS[name] = ort.InferenceSession(MODELS[name][0].SerializeToString(),
-                                                         providers=["CPUExecutionProvider"])
+        session = _SESSIONS[name] = ort.InferenceSession(
+            MODELS[name][0].SerializeToString(), providers=["CPUExecutionProvider"]
+        )
     decode, encode = np.vectorize(bytes.decode, otypes=[object]), np.vectorize(str.encode, otypes=[object])
     as_str = {n: decode(a) if a.dtype.kind in "OS" else a for n, a in feeds.items()}
     names = [o.name for o in session.get_outputs()]
@@ -103,11 +105,14 @@ def reference(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n: encode(a) if a.dtype == object else a for n, a in outputs.items()}
 
 
-def simple_example_data() -> tuple[list[grpcclient.InferInput], list[grpcclient.InferRequestedOutput],
-                                   np.ndarray, np.ndarray]:
+def simple_example_data() -> tuple[
+    list[grpcclient.InferInput], list[grpcclient.InferRequestedOutput], np.ndarray, np.ndarray
+]:
     """The examples' request: INPUT0 = 0..15, INPUT1 = ones, both INT32 [1, 16]; both outputs requested."""
-    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-              grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+    ]
     input0_data = np.expand_dims(np.arange(0, 16, dtype=np.int32), axis=0)
     input1_data = np.ones(shape=(1, 16), dtype=np.int32)
     inputs[0].set_data_from_numpy(input0_data)
@@ -139,18 +144,30 @@ def model_stats(client: grpcclient.InferenceServerClient, name: str) -> Any:
 
 
 @pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
-def test_infer_with_timeout_headers_compression_then_statistics(server: ServerThread,
-                                                                compression: str | None) -> None:
+def test_infer_with_timeout_headers_compression_then_statistics(
+    server: ServerThread, compression: str | None
+) -> None:
     """The simple gRPC infer example: infer with client_timeout, headers and a compression algorithm, read the
     model's statistics, then infer again with outputs=None (every output)."""
-    client = grpcclient.InferenceServerClient(url=server.address, verbose=False, ssl=False,
-                                              root_certificates=None, private_key=None,
-                                              certificate_chain=None)
+    client = grpcclient.InferenceServerClient(
+        url=server.address,
+        verbose=False,
+        ssl=False,
+        root_certificates=None,
+        private_key=None,
+        certificate_chain=None,
+    )
     try:
         before = model_stats(client, "simple")
         inputs, outputs, input0, input1 = simple_example_data()
-        results = client.infer(model_name="simple", inputs=inputs, outputs=outputs, client_timeout=TIMEOUT_S,
-                               headers={"test": "1"}, compression_algorithm=compression)
+        results = client.infer(
+            model_name="simple",
+            inputs=inputs,
+            outputs=outputs,
+            client_timeout=TIMEOUT_S,
+            headers={"test": "1"},
+            compression_algorithm=compression,
+        )
         check_simple(results, input0, input1)
         assert [o.name for o in results.get_response().outputs] == ["OUTPUT0", "OUTPUT1"]
 
@@ -164,8 +181,9 @@ def test_infer_with_timeout_headers_compression_then_statistics(server: ServerTh
         assert after.inference_stats.success.ns > before.inference_stats.success.ns
         assert after.last_inference > 0
 
-        results = client.infer(model_name="simple", inputs=inputs, outputs=None,
-                               compression_algorithm=compression)
+        results = client.infer(
+            model_name="simple", inputs=inputs, outputs=None, compression_algorithm=compression
+        )
         check_simple(results, input0, input1)
         assert sorted(o.name for o in results.get_response().outputs) == ["OUTPUT0", "OUTPUT1"]
     finally:
@@ -184,21 +202,28 @@ def test_statistics_as_json_and_for_every_model(client: grpcclient.InferenceServ
     assert [(s.name, s.version) for s in version_one.model_stats] == [("simple", "1")]
 
 
-# The keepalive example: a client built with KeepAliveOptions; the custom-args example: one built from explicit
-# gRPC channel arguments (1 MiB message limits). Both then infer with headers.
+# The keepalive example: a client built with KeepAliveOptions; the custom-args example: one built from
+# explicit gRPC channel arguments (1 MiB message limits). Both then infer with headers.
 CLIENT_OPTIONS = {
-    "keepalive_options": {"keepalive_options": grpcclient.KeepAliveOptions(
-        keepalive_time_ms=2**31 - 1, keepalive_timeout_ms=20000, keepalive_permit_without_calls=False,
-        http2_max_pings_without_data=2)},
-    "channel_args": {"channel_args": [
-        ("grpc.max_send_message_length", 1024 * 1024),
-        ("grpc.max_receive_message_length", 1024 * 1024),
-        ("grpc.keepalive_time_ms", 2**31 - 1),
-        ("grpc.keepalive_timeout_ms", 20000),
-        ("grpc.keepalive_permit_without_calls", False),
-        ("grpc.http2.max_pings_without_data", 2),
-        ("grpc.dns_enable_srv_queries", 1),
-    ]},
+    "keepalive_options": {
+        "keepalive_options": grpcclient.KeepAliveOptions(
+            keepalive_time_ms=2**31 - 1,
+            keepalive_timeout_ms=20000,
+            keepalive_permit_without_calls=False,
+            http2_max_pings_without_data=2,
+        )
+    },
+    "channel_args": {
+        "channel_args": [
+            ("grpc.max_send_message_length", 1024 * 1024),
+            ("grpc.max_receive_message_length", 1024 * 1024),
+            ("grpc.keepalive_time_ms", 2**31 - 1),
+            ("grpc.keepalive_timeout_ms", 20000),
+            ("grpc.keepalive_permit_without_calls", False),
+            ("grpc.http2.max_pings_without_data", 2),
+            ("grpc.dns_enable_srv_queries", 1),
+        ]
+    },
 }
 
 
@@ -207,8 +232,11 @@ def test_clients_built_with_keepalive_options_or_channel_args(server: ServerThre
     client = grpcclient.InferenceServerClient(url=server.address, verbose=False, **CLIENT_OPTIONS[options])
     try:
         inputs, outputs, input0, input1 = simple_example_data()
-        check_simple(client.infer(model_name="simple", inputs=inputs, outputs=outputs, headers={"test": "1"}),
-                     input0, input1)
+        check_simple(
+            client.infer(model_name="simple", inputs=inputs, outputs=outputs, headers={"test": "1"}),
+            input0,
+            input1,
+        )
     finally:
         client.close()
 
@@ -222,12 +250,18 @@ def test_async_infer_with_partial_callback(client: grpcclient.InferenceServerCli
     inputs, outputs, input0, input1 = simple_example_data()
     user_data: list[Any] = []
 
-    def callback(user_data: list[Any], result: grpcclient.InferResult | None,
-                 error: InferenceServerException | None) -> None:
+    def callback(
+        user_data: list[Any], result: grpcclient.InferResult | None, error: InferenceServerException | None
+    ) -> None:
         user_data.append(error if error else result)
 
-    client.async_infer(model_name="simple", inputs=inputs, callback=partial(callback, user_data),
-                       outputs=outputs, client_timeout=TIMEOUT_S)
+    client.async_infer(
+        model_name="simple",
+        inputs=inputs,
+        callback=partial(callback, user_data),
+        outputs=outputs,
+        client_timeout=TIMEOUT_S,
+    )
     deadline = time.monotonic() + TIMEOUT_S
     while not user_data and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -242,13 +276,23 @@ def test_aio_infer_statistics_and_concurrent_infers(server: ServerThread) -> Non
     inputs, outputs, input0, input1 = simple_example_data()
 
     async def main() -> tuple[Any, Any, Any, Any]:
-        client = aioclient.InferenceServerClient(url=server.address, verbose=False, ssl=False,
-                                                 root_certificates=None, private_key=None,
-                                                 certificate_chain=None)
+        client = aioclient.InferenceServerClient(
+            url=server.address,
+            verbose=False,
+            ssl=False,
+            root_certificates=None,
+            private_key=None,
+            certificate_chain=None,
+        )
         try:
-            results = await client.infer(model_name="simple", inputs=inputs, outputs=outputs,
-                                         client_timeout=TIMEOUT_S, headers={"test": "1"},
-                                         compression_algorithm="gzip")
+            results = await client.infer(
+                model_name="simple",
+                inputs=inputs,
+                outputs=outputs,
+                client_timeout=TIMEOUT_S,
+                headers={"test": "1"},
+                compression_algorithm="gzip",
+            )
             statistics = await client.get_inference_statistics(model_name="simple")
             result_1, result_2 = await asyncio.gather(
                 client.infer(model_name="simple", inputs=inputs, outputs=None),
@@ -267,16 +311,23 @@ def test_aio_infer_statistics_and_concurrent_infers(server: ServerThread) -> Non
 def test_aio_health_metadata_and_config(server: ServerThread) -> None:
     async def main() -> tuple[Any, ...]:
         async with aioclient.InferenceServerClient(url=server.address) as client:
-            return (await client.is_server_live(), await client.is_server_ready(),
-                    await client.is_model_ready("simple"), await client.get_server_metadata(),
-                    await client.get_model_metadata("simple"), await client.get_model_config("simple"))
+            return (
+                await client.is_server_live(),
+                await client.is_server_ready(),
+                await client.is_model_ready("simple"),
+                await client.get_server_metadata(),
+                await client.get_model_metadata("simple"),
+                await client.get_model_config("simple"),
+            )
 
     answers = asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
     live, ready, model_ready, server_metadata, metadata, config = answers
     assert live and ready and model_ready
     assert server_metadata.name == "hotwire"
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
-        ("INPUT0", "INT32", [-1, 16]), ("INPUT1", "INT32", [-1, 16])]
+        ("INPUT0", "INT32", [-1, 16]),
+        ("INPUT1", "INT32", [-1, 16]),
+    ]
     assert config.config.name == "simple" and config.config.max_batch_size == 8
 
 
@@ -289,20 +340,28 @@ class UserData:
         self.completed_requests: queue.Queue[Any] = queue.Queue()
 
 
-def stream_callback(user_data: UserData, result: grpcclient.InferResult | None,
-                    error: InferenceServerException | None) -> None:
+def stream_callback(
+    user_data: UserData, result: grpcclient.InferResult | None, error: InferenceServerException | None
+) -> None:
     user_data.completed_requests.put(error if error else result)
 
 
 def stream_feeds(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(7)
-    return [(rng.integers(-1000, 1000, size=(1, 16), dtype=np.int32),
-             rng.integers(-1000, 1000, size=(1, 16), dtype=np.int32)) for _ in range(count)]
+    return [
+        (
+            rng.integers(-1000, 1000, size=(1, 16), dtype=np.int32),
+            rng.integers(-1000, 1000, size=(1, 16), dtype=np.int32),
+        )
+        for _ in range(count)
+    ]
 
 
 def as_inputs(input0: np.ndarray, input1: np.ndarray) -> list[grpcclient.InferInput]:
-    inputs = [grpcclient.InferInput("INPUT0", list(input0.shape), "INT32"),
-              grpcclient.InferInput("INPUT1", list(input1.shape), "INT32")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", list(input0.shape), "INT32"),
+        grpcclient.InferInput("INPUT1", list(input1.shape), "INT32"),
+    ]
     inputs[0].set_data_from_numpy(input0)
     inputs[1].set_data_from_numpy(input1)
     return inputs
@@ -316,10 +375,15 @@ def test_stream_infer_with_request_ids(server: ServerThread) -> None:
     with grpcclient.InferenceServerClient(url=server.address, verbose=False) as client:
         client.start_stream(callback=partial(stream_callback, user_data), stream_timeout=TIMEOUT_S)
         for i, (input0, input1) in enumerate(feeds):
-            client.async_stream_infer(model_name="simple", inputs=as_inputs(input0, input1),
-                                      outputs=[grpcclient.InferRequestedOutput("OUTPUT0"),
-                                               grpcclient.InferRequestedOutput("OUTPUT1")],
-                                      request_id=f"1000_{i + 1}")
+            client.async_stream_infer(
+                model_name="simple",
+                inputs=as_inputs(input0, input1),
+                outputs=[
+                    grpcclient.InferRequestedOutput("OUTPUT0"),
+                    grpcclient.InferRequestedOutput("OUTPUT1"),
+                ],
+                request_id=f"1000_{i + 1}",
+            )
         received = [user_data.completed_requests.get(timeout=TIMEOUT_S) for _ in feeds]
         client.stop_stream()
     errors = [item for item in received if isinstance(item, InferenceServerException)]
@@ -332,11 +396,12 @@ def test_stream_infer_with_request_ids(server: ServerThread) -> None:
 
 def test_stream_error_reaches_the_callback_and_the_stream_serves_on(server: ServerThread) -> None:
     user_data = UserData()
-    (input0, input1), = stream_feeds(1)
+    ((input0, input1),) = stream_feeds(1)
     with grpcclient.InferenceServerClient(url=server.address) as client:
         client.start_stream(callback=partial(stream_callback, user_data), stream_timeout=TIMEOUT_S)
-        client.async_stream_infer(model_name="no_such_model", inputs=as_inputs(input0, input1),
-                                  request_id="bad")
+        client.async_stream_infer(
+            model_name="no_such_model", inputs=as_inputs(input0, input1), request_id="bad"
+        )
         client.async_stream_infer(model_name="simple", inputs=as_inputs(input0, input1), request_id="good")
         first = user_data.completed_requests.get(timeout=TIMEOUT_S)
         second = user_data.completed_requests.get(timeout=TIMEOUT_S)
@@ -354,13 +419,19 @@ def test_aio_stream_infer_from_an_async_iterator(server: ServerThread) -> None:
 
     async def requests() -> AsyncIterator[dict[str, Any]]:
         for i, (input0, input1) in enumerate(feeds):
-            inputs = [aioclient.InferInput("INPUT0", list(input0.shape), "INT32"),
-                      aioclient.InferInput("INPUT1", list(input1.shape), "INT32")]
+            inputs = [
+                aioclient.InferInput("INPUT0", list(input0.shape), "INT32"),
+                aioclient.InferInput("INPUT1", list(input1.shape), "INT32"),
+            ]
             inputs[0].set_data_from_numpy(input0)
             inputs[1].set_data_from_numpy(input1)
             outputs = [aioclient.InferRequestedOutput("OUTPUT0"), aioclient.InferRequestedOutput("OUTPUT1")]
-            yield {"model_name": "simple", "inputs": inputs, "outputs": outputs,
-                   "request_id": f"2000_{i + 1}"}
+            yield {
+                "model_name": "simple",
+                "inputs": inputs,
+                "outputs": outputs,
+                "request_id": f"2000_{i + 1}",
+            }
 
     async def main() -> list[tuple[Any, Any]]:
         received: list[tuple[Any, Any]] = []
@@ -389,8 +460,10 @@ def test_string_infer(client: grpcclient.InferenceServerClient) -> None:
     in1 = np.ones(shape=(1, 16), dtype=np.int32)
     input0_data = np.array([str(x).encode() for x in in0.reshape(in0.size)], dtype=np.object_).reshape(1, 16)
     input1_data = np.array([str(x).encode() for x in in1.reshape(in1.size)], dtype=np.object_).reshape(1, 16)
-    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "BYTES"),
-              grpcclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "BYTES"),
+        grpcclient.InferInput("INPUT1", [1, 16], "BYTES"),
+    ]
     inputs[0].set_data_from_numpy(input0_data)
     inputs[1].set_data_from_numpy(input1_data)
     outputs = [grpcclient.InferRequestedOutput("OUTPUT0"), grpcclient.InferRequestedOutput("OUTPUT1")]
@@ -406,16 +479,21 @@ def test_string_infer(client: grpcclient.InferenceServerClient) -> None:
     assert output1_data.tolist() == expected["OUTPUT1"].tolist()
 
 
-@pytest.mark.parametrize("np_array", [
-    np.array([b"he\x00llo" for _ in range(16)], dtype=np.object_).reshape([1, 16]),
-    np.array([b"\x00\x01\x02\x03" for _ in range(16)], dtype=np.bytes_).reshape([1, 16]),
-], ids=["object-with-null-chars", "numpy-bytes"])
+@pytest.mark.parametrize(
+    "np_array",
+    [
+        np.array([b"he\x00llo" for _ in range(16)], dtype=np.object_).reshape([1, 16]),
+        np.array([b"\x00\x01\x02\x03" for _ in range(16)], dtype=np.bytes_).reshape([1, 16]),
+    ],
+    ids=["object-with-null-chars", "numpy-bytes"],
+)
 def test_bytes_identity_infer(client: grpcclient.InferenceServerClient, np_array: np.ndarray) -> None:
     """The string example's identity calls: BYTES with embedded NULs, as an object array and as np.bytes_."""
     inputs = [grpcclient.InferInput("INPUT0", list(np_array.shape), "BYTES")]
     inputs[0].set_data_from_numpy(np_array)
-    results = client.infer(model_name="simple_identity", inputs=inputs,
-                           outputs=[grpcclient.InferRequestedOutput("OUTPUT0")])
+    results = client.infer(
+        model_name="simple_identity", inputs=inputs, outputs=[grpcclient.InferRequestedOutput("OUTPUT0")]
+    )
     output = results.as_numpy("OUTPUT0")
     assert output is not None and output.shape == np_array.shape
     assert output.tolist() == np_array.astype(np.object_).tolist()
@@ -434,20 +512,24 @@ def raw_stub(server: ServerThread) -> Iterator[service_pb2_grpc.GRPCInferenceSer
 
 
 def test_raw_stub_health_metadata_config_and_infer(
-        raw_stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    raw_stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
     """The plain gRPC client example: every metadata RPC with tritonclient's own messages, then ModelInfer
     with a request id and raw_input_contents."""
     model_name, model_version = "simple", ""
     assert raw_stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=TIMEOUT_S).live
     assert raw_stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=TIMEOUT_S).ready
-    assert raw_stub.ModelReady(service_pb2.ModelReadyRequest(name=model_name, version=model_version),
-                               timeout=TIMEOUT_S).ready
+    assert raw_stub.ModelReady(
+        service_pb2.ModelReadyRequest(name=model_name, version=model_version), timeout=TIMEOUT_S
+    ).ready
     assert raw_stub.ServerMetadata(service_pb2.ServerMetadataRequest(), timeout=TIMEOUT_S).name == "hotwire"
     metadata = raw_stub.ModelMetadata(
-        service_pb2.ModelMetadataRequest(name=model_name, version=model_version), timeout=TIMEOUT_S)
+        service_pb2.ModelMetadataRequest(name=model_name, version=model_version), timeout=TIMEOUT_S
+    )
     assert (metadata.name, list(metadata.versions)) == ("simple", ["1"])
-    config = raw_stub.ModelConfig(service_pb2.ModelConfigRequest(name=model_name, version=model_version),
-                                  timeout=TIMEOUT_S).config
+    config = raw_stub.ModelConfig(
+        service_pb2.ModelConfigRequest(name=model_name, version=model_version), timeout=TIMEOUT_S
+    ).config
     assert (config.name, config.max_batch_size) == ("simple", 8)
     assert [t.name for t in config.input] == ["INPUT0", "INPUT1"]
 
@@ -492,7 +574,8 @@ def _requested(*names: str) -> list[service_pb2.ModelInferRequest.InferRequested
 
 
 def test_explicit_int_contents_and_mixing_with_raw_is_refused(
-        raw_stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    raw_stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
     """The explicit int-content example: INT32 inputs in contents.int_contents; then one input split between
     raw_input_contents and contents, which must be refused naming the input."""
     request = service_pb2.ModelInferRequest()
@@ -507,8 +590,10 @@ def test_explicit_int_contents_and_mixing_with_raw_is_refused(
 
     response = raw_stub.ModelInfer(request, timeout=TIMEOUT_S)
     assert len(response.outputs) == 2
-    results = [np.frombuffer(response.raw_output_contents[i], dtype=np.int32).reshape(list(output.shape))
-               for i, output in enumerate(response.outputs)]
+    results = [
+        np.frombuffer(response.raw_output_contents[i], dtype=np.int32).reshape(list(output.shape))
+        for i, output in enumerate(response.outputs)
+    ]
     np.testing.assert_array_equal(results[0], [np.add(input0_data, input1_data)])
     np.testing.assert_array_equal(results[1], [np.subtract(input0_data, input1_data)])
 
@@ -534,9 +619,13 @@ def test_explicit_bytes_contents(raw_stub: service_pb2_grpc.GRPCInferenceService
 
     response = raw_stub.ModelInfer(request, timeout=TIMEOUT_S)
     assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
-        ("OUTPUT0", "BYTES", [1, 16]), ("OUTPUT1", "BYTES", [1, 16])]
-    results = [np.resize(utils.deserialize_bytes_tensor(response.raw_output_contents[i]), list(output.shape))
-               for i, output in enumerate(response.outputs)]
+        ("OUTPUT0", "BYTES", [1, 16]),
+        ("OUTPUT1", "BYTES", [1, 16]),
+    ]
+    results = [
+        np.resize(utils.deserialize_bytes_tensor(response.raw_output_contents[i]), list(output.shape))
+        for i, output in enumerate(response.outputs)
+    ]
     assert [int(v) for v in results[0][0]] == [i + 1 for i in range(16)]
     assert [int(v) for v in results[1][0]] == [i - 1 for i in range(16)]
 
@@ -555,7 +644,9 @@ def test_health_and_metadata_with_headers(client: grpcclient.InferenceServerClie
     metadata = client.get_model_metadata("simple", headers={"test": "1", "dummy": "2"})
     assert metadata.name == "simple"
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
-        ("OUTPUT0", "INT32", [-1, 16]), ("OUTPUT1", "INT32", [-1, 16])]
+        ("OUTPUT0", "INT32", [-1, 16]),
+        ("OUTPUT1", "INT32", [-1, 16]),
+    ]
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata("wrong_model_name")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
@@ -623,11 +714,13 @@ def test_load_model_with_files(running_server: StartServer, tmp_path: Path) -> N
     server = running_server(repository, model_control_mode="explicit")
     client = grpcclient.InferenceServerClient(url=server.address)
     try:
-        config = ('{"name": "uploaded", "backend": "onnxruntime", "max_batch_size": 8, '
-                  '"input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [16]}, '
-                  '{"name": "INPUT1", "data_type": "TYPE_INT32", "dims": [16]}], '
-                  '"output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16]}, '
-                  '{"name": "OUTPUT1", "data_type": "TYPE_INT32", "dims": [16]}]}')
+        config = (
+            '{"name": "uploaded", "backend": "onnxruntime", "max_batch_size": 8, '
+            '"input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [16]}, '
+            '{"name": "INPUT1", "data_type": "TYPE_INT32", "dims": [16]}], '
+            '"output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16]}, '
+            '{"name": "OUTPUT1", "data_type": "TYPE_INT32", "dims": [16]}]}'
+        )
         client.load_model("uploaded", config=config, files={"file:1/model.onnx": SIMPLE.SerializeToString()})
         assert client.is_model_ready("uploaded")
         inputs, outputs, input0, input1 = simple_example_data()

@@ -1,4 +1,5 @@
-"""NVIDIA's own client (tritonclient[grpc] 2.41.0) against a real hotwire server: the wire-compatibility contract.
+"""NVIDIA's own client (tritonclient[grpc] 2.41.0) against a real hotwire server: the wire-compatibility
+contract.
 
 Also the standard gRPC health and reflection services, as grpc_health_probe / grpcurl / Kubernetes use them.
 """
@@ -6,8 +7,9 @@ Also the standard gRPC health and reflection services, as grpc_health_probe / gr
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -43,9 +45,19 @@ SIMPLE = add_sub()
 IDENTITY = identity_all_types(dims=(3,))
 DATATYPES = list(ONNX_TYPES)
 NUMPY = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
 }
 TIMEOUT_S = 30.0
 
@@ -81,10 +93,13 @@ def ort_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[
     """In-process ORT; BYTES go in as str and come back as bytes (as tritonclient's as_numpy returns them)."""
     session = _SESSIONS.get(id(model))
     if session is None:
-        session = _SESSIONS[id(model)] = ort.InferenceSession(model.SerializeToString(),
-                                                              providers=["CPUExecutionProvider"])
-    converted = {n: (np.vectorize(lambda b: b.decode(), otypes=[object])(a) if a.dtype == object else a)
-                 for n, a in feeds.items()}
+        session = _SESSIONS[id(model)] = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+    converted = {
+        n: (np.vectorize(lambda b: b.decode(), otypes=[object])(a) if a.dtype == object else a)
+        for n, a in feeds.items()
+    }
     names = [o.name for o in session.get_outputs()]
     out = {}
     for name, array in zip(names, session.run(names, converted)):
@@ -99,7 +114,9 @@ def simple_inputs(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     return {n: rng.standard_normal((rows, 16)).astype(np.float32) for n in ("INPUT0", "INPUT1")}
 
 
-def triton_inputs(arrays: dict[str, np.ndarray], datatypes: dict[str, str] | None = None) -> list[tc.InferInput]:
+def triton_inputs(
+    arrays: dict[str, np.ndarray], datatypes: dict[str, str] | None = None
+) -> list[tc.InferInput]:
     inputs = []
     for name, array in arrays.items():
         datatype = (datatypes or {}).get(name, "FP32")
@@ -121,7 +138,7 @@ def assert_result(result: tc.InferResult, expected: dict[str, np.ndarray]) -> No
             np.testing.assert_array_equal(got, want, err_msg=name)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # health, metadata, config
 
 
@@ -151,21 +168,29 @@ def test_model_metadata_simple(client) -> None:
     assert list(metadata.versions) == ["1"]
     assert metadata.platform == "onnxruntime_onnx"
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
-        ("INPUT0", "FP32", [-1, 16]), ("INPUT1", "FP32", [-1, 16])]
+        ("INPUT0", "FP32", [-1, 16]),
+        ("INPUT1", "FP32", [-1, 16]),
+    ]
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
-        ("OUTPUT0", "FP32", [-1, 16]), ("OUTPUT1", "FP32", [-1, 16])]
+        ("OUTPUT0", "FP32", [-1, 16]),
+        ("OUTPUT1", "FP32", [-1, 16]),
+    ]
     as_json = client.get_model_metadata("simple", as_json=True)
     assert as_json["name"] == "simple"
     assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in as_json["inputs"]] == [
-        ("INPUT0", "FP32", [-1, 16]), ("INPUT1", "FP32", [-1, 16])]
+        ("INPUT0", "FP32", [-1, 16]),
+        ("INPUT1", "FP32", [-1, 16]),
+    ]
 
 
 def test_model_metadata_every_datatype(client) -> None:
     metadata = client.get_model_metadata("identity", model_version="1")
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
-        (f"in_{d}", d, [-1, 3]) for d in DATATYPES]
+        (f"in_{d}", d, [-1, 3]) for d in DATATYPES
+    ]
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
-        (f"out_{d}", d, [-1, 3]) for d in DATATYPES]
+        (f"out_{d}", d, [-1, 3]) for d in DATATYPES
+    ]
 
 
 def test_model_config(client) -> None:
@@ -180,14 +205,18 @@ def test_model_config(client) -> None:
     assert as_json["name"] == "simple"
     assert int(as_json["max_batch_size"]) == 8
     assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in as_json["input"]] == [
-        ("INPUT0", "TYPE_FP32", [16]), ("INPUT1", "TYPE_FP32", [16])]
+        ("INPUT0", "TYPE_FP32", [16]),
+        ("INPUT1", "TYPE_FP32", [16]),
+    ]
     assert as_json["instance_group"][0]["kind"] == "KIND_CPU"
 
 
 def test_model_config_completed_from_graph(client) -> None:
     config = client.get_model_config("identity", as_json=True)["config"]
     assert int(config["max_batch_size"]) == 32
-    assert [(t["name"], [int(d) for d in t["dims"]]) for t in config["input"]] == [(f"in_{d}", [3]) for d in DATATYPES]
+    assert [(t["name"], [int(d) for d in t["dims"]]) for t in config["input"]] == [
+        (f"in_{d}", [3]) for d in DATATYPES
+    ]
 
 
 def test_metadata_of_unknown_model_is_not_found(client) -> None:
@@ -197,7 +226,7 @@ def test_metadata_of_unknown_model_is_not_found(client) -> None:
     assert "no_such_model" in info.value.message()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # inference
 
 
@@ -224,7 +253,9 @@ def test_infer_requested_output_subset(client) -> None:
 def test_classification_outputs_are_refused_not_ignored(client) -> None:
     feeds = simple_inputs(2, seed=3)
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("simple", triton_inputs(feeds), outputs=[tc.InferRequestedOutput("OUTPUT0", class_count=2)])
+        client.infer(
+            "simple", triton_inputs(feeds), outputs=[tc.InferRequestedOutput("OUTPUT0", class_count=2)]
+        )
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "output 'OUTPUT0'" in caught.value.message() and "classification" in caught.value.message()
 
@@ -239,7 +270,9 @@ def _every_datatype(rows: int) -> dict[str, np.ndarray]:
             array[0] = [True, False, True]
         elif d == "BYTES":
             words = [b"", "h\u00e9llo".encode(), "\u65e5\u672c".encode(), b"x" * 1000, b"a\x00b", b"plain"]
-            array = np.array([[words[(r * 3 + c) % len(words)] for c in range(3)] for r in range(rows)], dtype=object)
+            array = np.array(
+                [[words[(r * 3 + c) % len(words)] for c in range(3)] for r in range(rows)], dtype=object
+            )
         elif np.dtype(dtype).kind in "iu":
             info = np.iinfo(dtype)
             array = rng.integers(info.min, info.max, size=(rows, 3), dtype=dtype, endpoint=True)
@@ -256,7 +289,8 @@ def test_infer_every_datatype(client) -> None:
     result = client.infer("identity", triton_inputs(feeds, {f"in_{d}": d for d in DATATYPES}))
     response = result.get_response()
     assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
-        (f"out_{d}", d, [4, 3]) for d in DATATYPES]
+        (f"out_{d}", d, [4, 3]) for d in DATATYPES
+    ]
     expected = ort_reference(IDENTITY, feeds)
     assert_result(result, expected)
     for d in DATATYPES:  # identity: exactly what was sent
@@ -300,7 +334,8 @@ def test_async_infer_error_reaches_callback(client) -> None:
 
 
 def test_stream_infer(server: ServerThread) -> None:
-    """Responses carry their request's id and values; a bad request mid-stream errors in-band, the stream lives on."""
+    """Responses carry their request's id and values; a bad request mid-stream errors in-band, the stream
+    lives on."""
     stream_client = tc.InferenceServerClient(server.address)
     results: list[tuple[tc.InferResult | None, InferenceServerException | None]] = []
     lock = threading.Lock()
@@ -320,8 +355,9 @@ def test_stream_infer(server: ServerThread) -> None:
         for i, feeds in enumerate(cases):
             if i == bad_at:
                 bad = np.zeros((1, 17), dtype=np.float32)
-                stream_client.async_stream_infer("simple", triton_inputs({"INPUT0": bad, "INPUT1": bad}),
-                                                 request_id="bad")
+                stream_client.async_stream_infer(
+                    "simple", triton_inputs({"INPUT0": bad, "INPUT1": bad}), request_id="bad"
+                )
             stream_client.async_stream_infer("simple", triton_inputs(feeds), request_id=f"s{i}")
         assert all_in.wait(TIMEOUT_S), f"only {len(results)} of {total} stream responses arrived"
         stream_client.stop_stream()
@@ -356,7 +392,7 @@ def test_stream_error_for_an_undecodable_request_still_names_its_id(server: Serv
     assert not responses[1].error_message
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # errors
 
 
@@ -386,7 +422,9 @@ def test_unknown_input_and_output_are_invalid_argument(client) -> None:
     error = _infer_error(client, "simple", triton_inputs(feeds))
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert "INPUT9" in error.message()
-    error = _infer_error(client, "simple", triton_inputs(simple_inputs(1)), outputs=[tc.InferRequestedOutput("NOPE")])
+    error = _infer_error(
+        client, "simple", triton_inputs(simple_inputs(1)), outputs=[tc.InferRequestedOutput("NOPE")]
+    )
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert "NOPE" in error.message()
 
@@ -408,27 +446,33 @@ def test_unimplemented_rpc(client, call: str) -> None:
     assert "not implemented" in info.value.message()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # standard gRPC services
 
 
 @pytest.mark.parametrize("service", ["", "simple", "identity"])
 def test_health_serving(channel, service: str) -> None:
-    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S)
+    response = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S
+    )
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_health_unknown_model_is_not_found(channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="no_such_model"),
-                                                  timeout=TIMEOUT_S)
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="no_such_model"), timeout=TIMEOUT_S
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _reflect(channel: grpc.Channel, **request: Any) -> reflection_pb2.ServerReflectionResponse:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(**request)]),
-                                               timeout=TIMEOUT_S))
+    responses = list(
+        stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(**request)]), timeout=TIMEOUT_S
+        )
+    )
     assert len(responses) == 1
     return responses[0]
 
@@ -442,8 +486,10 @@ def test_reflection_lists_services(channel) -> None:
 def test_reflection_file_containing_symbol(channel) -> None:
     response = _reflect(channel, file_containing_symbol="inference.GRPCInferenceService")
     assert not response.HasField("error_response"), response.error_response.error_message
-    files = [descriptor_pb2.FileDescriptorProto.FromString(b)
-             for b in response.file_descriptor_response.file_descriptor_proto]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in response.file_descriptor_response.file_descriptor_proto
+    ]
     assert files
     services = {f"{f.package}.{s.name}": [m.name for m in s.method] for f in files for s in f.service}
     methods = services["inference.GRPCInferenceService"]

@@ -1,6 +1,6 @@
 """Warm-up at load, as Triton: a configured `model_warmup` must succeed (BYTES data files in Triton's raw
-layout included) or the load fails; hotwire's own default warm-up (zeros, empty strings), which Triton does not
-do, never keeps a model from loading."""
+layout included) or the load fails; hotwire's own default warm-up (zeros, empty strings), which Triton does
+not do, never keeps a model from loading."""
 
 from __future__ import annotations
 
@@ -16,8 +16,14 @@ from onnx_models import add_sub_string, write_model
 CONFIG = """
 name: "simple_string"
 max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_STRING dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_STRING dims: [ 16 ] } ]
+input [
+  { name: "INPUT0" data_type: TYPE_STRING dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_STRING dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_STRING dims: [ 16 ] }
+]
 """
 WARMUP = """
 model_warmup [ { name: "numbers" batch_size: 2
@@ -40,7 +46,7 @@ def _infer(stub, values: list[str]) -> list[bytes]:
     out, pos = [], 0
     while pos < len(data):
         (length,) = struct.unpack_from("<I", data, pos)
-        out.append(data[pos + 4: pos + 4 + length])
+        out.append(data[pos + 4 : pos + 4 + length])
         pos += 4 + length
     return out
 
@@ -49,8 +55,9 @@ def _ready(stub) -> bool:
     return stub.ModelReady(pb.ModelReadyRequest(name="simple_string"), timeout=30).ready
 
 
-def test_a_model_the_default_warm_up_does_not_suit_still_loads_and_serves(tmp_path, running_server, stub_for,
-                                                                            caplog):
+def test_a_model_the_default_warm_up_does_not_suit_still_loads_and_serves(
+    tmp_path, running_server, stub_for, caplog
+):
     write_model(tmp_path, "simple_string", add_sub_string(), config=CONFIG)
     with caplog.at_level(logging.WARNING, logger="hotwire.server.loader"):
         server = running_server(tmp_path)
@@ -61,8 +68,9 @@ def test_a_model_the_default_warm_up_does_not_suit_still_loads_and_serves(tmp_pa
     assert _infer(stub, values) == [str(2 * i).encode() for i in range(16)]  # OUTPUT0 = INPUT0 + INPUT1
 
 
-def test_a_configured_bytes_warm_up_file_in_tritons_raw_layout_warms_the_model(tmp_path, running_server, stub_for,
-                                                                                 caplog):
+def test_a_configured_bytes_warm_up_file_in_tritons_raw_layout_warms_the_model(
+    tmp_path, running_server, stub_for, caplog
+):
     model_dir = write_model(tmp_path, "simple_string", add_sub_string(), config=CONFIG + WARMUP)
     (model_dir / "warmup").mkdir()
     (model_dir / "warmup" / "numbers").write_bytes(_raw_bytes([str(i) for i in range(16)]))
@@ -74,12 +82,16 @@ def test_a_configured_bytes_warm_up_file_in_tritons_raw_layout_warms_the_model(t
     assert _infer(stub, ["7"] * 16) == [b"14"] * 16
 
 
-@pytest.mark.parametrize(("content", "reason"), [
-    (_raw_bytes(["x"] * 16), "warm-up inference (batch 2) failed"),  # parses as no integer
-    (b"\x09\x00\x00\x00ab", "runs past the end"),  # a length prefix longer than the file
-])
-def test_a_configured_warm_up_that_fails_fails_the_load_saying_why(tmp_path, running_server, stub_for, content,
-                                                                   reason):
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (_raw_bytes(["x"] * 16), "warm-up inference (batch 2) failed"),  # parses as no integer
+        (b"\x09\x00\x00\x00ab", "runs past the end"),  # a length prefix longer than the file
+    ],
+)
+def test_a_configured_warm_up_that_fails_fails_the_load_saying_why(
+    tmp_path, running_server, stub_for, content, reason
+):
     model_dir = write_model(tmp_path, "simple_string", add_sub_string(), config=CONFIG + WARMUP)
     (model_dir / "warmup").mkdir()
     (model_dir / "warmup" / "numbers").write_bytes(content)

@@ -1,5 +1,5 @@
-"""wire.py: raw inputs are views over the request bytes (no copy), responses parse as protobuf and carry outputs in
-raw_output_contents, one per output, in order."""
+"""wire.py: raw inputs are views over the request bytes (no copy), responses parse as protobuf and carry
+outputs in raw_output_contents, one per output, in order."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def test_repeated_headers_decode_from_the_cache_with_their_own_id_and_data():
     bad.raw_input_contents[0] = b"\x00" * 5  # same header, wrong size: the byte count is checked every time
     with pytest.raises(InvalidInput, match="5 bytes"):
         wire.decode_request(bad.SerializeToString())
-    missing = pb.ModelInferRequest.FromString(request_bytes({"a": np.zeros((2, 3), np.float32), "b": np.zeros(1, np.float32)}))
+    missing = pb.ModelInferRequest.FromString(
+        request_bytes({"a": np.zeros((2, 3), np.float32), "b": np.zeros(1, np.float32)})
+    )
     wire.decode_request(missing.SerializeToString())
     del missing.raw_input_contents[1]  # same cached header, one raw entry short: never silently truncated
     with pytest.raises(InvalidInput, match="one raw_input_contents entry per input.*input 'b' has no data"):
@@ -111,18 +113,28 @@ def test_malformed_bytes_elements_name_the_tensor(raw):
 
 
 def test_response_has_one_raw_output_per_output_in_order_and_parses():
-    outputs = [np.arange(6, dtype=np.int64).reshape(2, 3), np.array([[True, False]]), np.array(["ab", "c"], dtype=object),
-               np.asfortranarray(np.arange(6, dtype=np.float16).reshape(2, 3))]
+    outputs = [
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.array([[True, False]]),
+        np.array(["ab", "c"], dtype=object),
+        np.asfortranarray(np.arange(6, dtype=np.float16).reshape(2, 3)),
+    ]
     response = wire.InferResponse("m", "2", "id-1", ["i", "b", "s", "h"], outputs, {"flag": True})
     encoder = wire.ResponseEncoder("m", "2")
-    for data, unwrap in ((encoder.encode(response), lambda d: pb.ModelInferResponse.FromString(d)),
-                         (encoder.encode_stream(response), lambda d: pb.ModelStreamInferResponse.FromString(d).infer_response)):
+    for data, unwrap in (
+        (encoder.encode(response), lambda d: pb.ModelInferResponse.FromString(d)),
+        (encoder.encode_stream(response), lambda d: pb.ModelStreamInferResponse.FromString(d).infer_response),
+    ):
         parsed = unwrap(data)
         assert (parsed.model_name, parsed.model_version, parsed.id) == ("m", "2", "id-1")
         assert [o.name for o in parsed.outputs] == ["i", "b", "s", "h"]
         assert [o.datatype for o in parsed.outputs] == ["INT64", "BOOL", "BYTES", "FP16"]
         assert len(parsed.raw_output_contents) == 4
-        np.testing.assert_array_equal(np.frombuffer(parsed.raw_output_contents[0], np.int64).reshape(2, 3), outputs[0])
-        np.testing.assert_array_equal(np.frombuffer(parsed.raw_output_contents[3], np.float16).reshape(2, 3), outputs[3])
+        np.testing.assert_array_equal(
+            np.frombuffer(parsed.raw_output_contents[0], np.int64).reshape(2, 3), outputs[0]
+        )
+        np.testing.assert_array_equal(
+            np.frombuffer(parsed.raw_output_contents[3], np.float16).reshape(2, 3), outputs[3]
+        )
         assert parsed.raw_output_contents[2] == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
         assert parsed.parameters["flag"].bool_param is True

@@ -27,14 +27,17 @@ def metric(port: int, name: str, model: str = "classifier") -> float:
 
 def infer_on_new_connections(port: int, count: int) -> None:
     x = np.random.default_rng(3).random((1, 16), dtype=np.float32)
-    session = ort.InferenceSession(str(bundled_repository() / "classifier" / "1" / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(bundled_repository() / "classifier" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     expected = session.run(None, {"input": x})[0]
     for _ in range(count):  # the kernel spreads connections, not calls, across workers: one client each
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         tensor = triton.InferInput("input", [1, 16], "FP32")
         tensor.set_data_from_numpy(x)
-        np.testing.assert_allclose(client.infer("classifier", [tensor]).as_numpy("probabilities"), expected, rtol=1e-6)
+        np.testing.assert_allclose(
+            client.infer("classifier", [tensor]).as_numpy("probabilities"), expected, rtol=1e-6
+        )
         client.close()
 
 
@@ -59,7 +62,7 @@ def test_two_workers_serve_one_port_restart_when_killed_and_sum_their_metrics(se
     assert metric(process.metrics_port, "nv_inference_count") == 40
 
     os.kill(first[0], signal.SIGKILL)
-    process.wait_for("worker 0 (pid %d) exited with signal 9; restarting it" % first[0])
+    process.wait_for(f"worker 0 (pid {first[0]}) exited with signal 9; restarting it")
     infer_on_new_connections(port, 10)  # the surviving worker serves meanwhile
     process.wait_for("[worker 0]", timeout=5)
     for _ in range(200):
@@ -77,11 +80,22 @@ def test_two_workers_serve_one_port_restart_when_killed_and_sum_their_metrics(se
 
 
 def test_workers_that_refuse_to_start_stop_the_supervisor_at_once(serve, tmp_path):
-    """--exit-on-error=true and a model that fails: each worker refuses to start; the supervisor stops, exit 1,
-    without restarting workers that would refuse again."""
+    """--exit-on-error=true and a model that fails: each worker refuses to start; the supervisor stops, exit
+    1, without restarting workers that would refuse again."""
     write_model(tmp_path, "broken", b"not an onnx model")
-    process = serve("--workers", "2", "--model-repository", str(tmp_path), "--grpc-port", "0", "--metrics-port",
-                    "-1", "--host", "127.0.0.1", "--exit-on-error=true")
+    process = serve(
+        "--workers",
+        "2",
+        "--model-repository",
+        str(tmp_path),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--host",
+        "127.0.0.1",
+        "--exit-on-error=true",
+    )
     assert process.proc.wait(120) == 1
     process.wait_for("refused to start as configured")
     assert "--exit-on-error: model broken failed to load" in process.log
