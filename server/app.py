@@ -169,7 +169,7 @@ class App:
         if self.grpc_port == 0:
             problem = port_in_use(self.config.host, self.config.grpc_port) if self.config.grpc_port else None
             raise OSError(
-                f"{problem or f'could not listen on {address}'} "
+                f"gRPC: {problem or f'could not listen on {address}'} "
                 "(is another server using the port, or the host wrong?)"
             )
         await server.start()

@@ -2,15 +2,18 @@
 
 Inference bodies are JSON, or JSON followed by binary tensors (Triton's binary tensor extension): the header
 `Inference-Header-Content-Length: N` says the first N bytes are the JSON; an input with parameter
-`binary_data_size` takes its bytes, in input order, from what follows, as a read-only view of the body (no copy,
-as on the gRPC path); an output is sent in binary when it asks with `binary_data: true`, or when the request asks
-for every output with `binary_data_output: true`. Other protocol messages are the protobuf messages of the gRPC
-service, written as JSON with Triton's field names and with numbers as numbers (`message_json`).
+`binary_data_size` takes its bytes, in input order, from what follows, as a read-only view of the body (no
+copy, as on the gRPC path); an output is sent in binary when it asks with `binary_data: true`, or when the
+request asks for every output with `binary_data_output: true`. Other protocol messages are the protobuf
+messages of the gRPC service, written as JSON with Triton's field names and with numbers as numbers
+(`message_json`).
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,8 @@ from hotwire.server.wire import InferRequest, InferResponse, InputTensor, ParamV
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_SIZE = "binary_data_size"
-# Request parameters that steer the HTTP encoding only; the rest reach the model as on gRPC (priority, timeout...)
+# Request parameters that steer the HTTP encoding only; the rest reach the model as on gRPC (priority,
+# timeout...)
 _ENCODING_PARAMETERS = frozenset({"binary_data_output"})
 _UNSUPPORTED_OUTPUT_PARAMETERS = {
     "classification": "the classification extension (class_count) is not supported: request the raw output",
@@ -31,12 +35,13 @@ _UNSUPPORTED_OUTPUT_PARAMETERS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # requests
 
 
-def decode_request(model_name: str, model_version: str, body: bytes, header_length: str | None
-                   ) -> tuple[InferRequest, OutputEncoding]:
+def decode_request(
+    model_name: str, model_version: str, body: bytes, header_length: str | None
+) -> tuple[InferRequest, OutputEncoding]:
     """An infer request from its body, and how its response is to be encoded; `header_length`: the
     Inference-Header-Content-Length header, if sent."""
     view = memoryview(body)
@@ -46,10 +51,19 @@ def decode_request(model_name: str, model_version: str, body: bytes, header_leng
         try:
             json_end = int(header_length)
         except ValueError:
-            raise InvalidInput(f"header Inference-Header-Content-Length '{header_length}' is not an integer") from None
+            raise InvalidInput(
+                f"header Inference-Header-Content-Length '{header_length}' is not an integer"
+            ) from None
         if not 0 <= json_end <= len(body):
-            raise InvalidInput(f"header Inference-Header-Content-Length {json_end} is outside the body's "
-                               f"{len(body)} bytes")
+            raise InvalidInput(
+                f"header Inference-Header-Content-Length {json_end} is outside the body's {len(body)} bytes"
+            )
+    cacheable = header_length is not None and json_end <= wire.HEADER_CACHE_MAX_KEY_BYTES
+    if cacheable:
+        key = b"http\0%s\0%s\0%s" % (model_name.encode(), model_version.encode(), bytes(view[:json_end]))
+        layout = _layouts.get(key)
+        if layout is not None:
+            return layout.bind(model_name, model_version, view, json_end, key)
     header = _json_object(view[:json_end])
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
@@ -64,13 +78,93 @@ def decode_request(model_name: str, model_version: str, body: bytes, header_leng
         tensor, offset = _input(index, entry, view, offset)
         inputs.append(tensor)
     if offset != len(body):
-        raise InvalidInput(f"the body holds {len(body) - offset} bytes after the binary inputs that no input's "
-                           "binary_data_size accounts for")
+        raise InvalidInput(
+            f"the body holds {len(body) - offset} bytes after the binary inputs that no "
+            "input's binary_data_size accounts for"
+        )
     requested = _requested_outputs(header.get("outputs"))
-    request = InferRequest(model_name, model_version, request_id,
-                           {k: v for k, v in parameters.items() if k not in _ENCODING_PARAMETERS}, inputs,
-                           [name for name, _ in requested] if requested is not None else None)
-    return request, _output_encoding(parameters, requested)
+    request = InferRequest(
+        model_name,
+        model_version,
+        request_id,
+        {k: v for k, v in parameters.items() if k not in _ENCODING_PARAMETERS},
+        inputs,
+        [name for name, _ in requested] if requested is not None else None,
+    )
+    encoding = _output_encoding(parameters, requested)
+    if cacheable and all(BINARY_SIZE in (entry.get("parameters") or {}) for entry in raw_inputs):
+        _remember(
+            key,
+            _BinaryLayout(
+                request.id,
+                request.parameters,
+                tuple(
+                    (t.name, t.datatype, t.shape, _binary_size(raw_inputs, i)) for i, t in enumerate(inputs)
+                ),
+                request.requested_outputs,
+                encoding,
+            ),
+        )
+        request.header_key = key
+    return request, encoding
+
+
+@dataclass(frozen=True, slots=True)
+class _BinaryLayout:
+    """An infer request whose tensors all come in binary: everything but the data, from its JSON header.
+
+    Clients send the same header again and again, so it is parsed once, as wire.py does for gRPC; its key (the
+    header bytes with the model and version of the URL) is also the request's header_key for the version's
+    plan cache."""
+
+    request_id: str
+    parameters: dict[str, ParamValue]
+    inputs: tuple[
+        tuple[str, datatypes.Datatype, tuple[int, ...], int], ...
+    ]  # name, datatype, shape, byte size
+    requested_outputs: list[str] | None
+    encoding: OutputEncoding
+
+    def bind(
+        self, model_name: str, model_version: str, body: memoryview, offset: int, key: bytes
+    ) -> tuple[InferRequest, OutputEncoding]:
+        inputs = []
+        for name, dtype, shape, size in self.inputs:
+            if offset + size > body.nbytes:
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body "
+                    f"({body.nbytes - offset} bytes left)"
+                )
+            inputs.append(
+                InputTensor(
+                    name, dtype, shape, wire.array_from_raw(name, dtype, shape, body[offset : offset + size])
+                )
+            )
+            offset += size
+        if offset != body.nbytes:
+            raise InvalidInput(
+                f"the body holds {body.nbytes - offset} bytes after the binary inputs that no "
+                "input's binary_data_size accounts for"
+            )
+        requested = list(self.requested_outputs) if self.requested_outputs is not None else None
+        return InferRequest(
+            model_name, model_version, self.request_id, self.parameters, inputs, requested, key
+        ), self.encoding
+
+
+_layouts: OrderedDict[bytes, _BinaryLayout] = OrderedDict()
+
+
+def _remember(key: bytes, layout: _BinaryLayout) -> None:
+    _layouts[key] = layout
+    if len(_layouts) > wire.HEADER_CACHE_SIZE:
+        _layouts.popitem(last=False)
+
+
+def _binary_size(raw_inputs: list[Any], index: int) -> int:
+    size = raw_inputs[index]["parameters"][BINARY_SIZE]
+    assert isinstance(size, int)
+    return size
 
 
 def _json_object(data: memoryview | bytes) -> dict[str, Any]:
@@ -95,7 +189,9 @@ def _parameters(where: str, value: Any) -> dict[str, ParamValue]:
         raise InvalidInput(f"{where} 'parameters' must be a JSON object")
     for key, item in value.items():
         if not isinstance(item, (bool, int, float, str)):
-            raise InvalidInput(f"{where} parameter '{key}': expected a boolean, number or string, got {item!r}")
+            raise InvalidInput(
+                f"{where} parameter '{key}': expected a boolean, number or string, got {item!r}"
+            )
     return value
 
 
@@ -105,11 +201,14 @@ def _input(index: int, entry: Any, body: memoryview, offset: int) -> tuple[Input
     name = entry["name"]
     dtype = datatypes.BY_NAME.get(entry.get("datatype"))  # type: ignore[arg-type]
     if dtype is None:
-        raise InvalidInput(f"input '{name}': unknown datatype {entry.get('datatype')!r}, expected one of "
-                           f"{', '.join(datatypes.BY_NAME)}")
+        raise InvalidInput(
+            f"input '{name}': unknown datatype {entry.get('datatype')!r}, expected one of "
+            f"{', '.join(datatypes.BY_NAME)}"
+        )
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
     shape_t = tuple(shape)
     parameters = _parameters(f"input '{name}'", entry.get("parameters"))
@@ -120,11 +219,14 @@ def _input(index: int, entry: Any, body: memoryview, offset: int) -> tuple[Input
         if "data" in entry:
             raise InvalidInput(f"input '{name}': both 'data' and binary_data_size were given")
         if offset + binary_size > body.nbytes:
-            raise InvalidInput(f"input '{name}': binary_data_size {binary_size} runs past the end of the body "
-                               f"({body.nbytes - offset} bytes left)")
-        payload = body[offset:offset + binary_size]
-        return InputTensor(name, dtype, shape_t, wire.array_from_raw(name, dtype, shape_t, payload)), \
-            offset + binary_size
+            raise InvalidInput(
+                f"input '{name}': binary_data_size {binary_size} runs past the end of the "
+                f"body ({body.nbytes - offset} bytes left)"
+            )
+        payload = body[offset : offset + binary_size]
+        return InputTensor(
+            name, dtype, shape_t, wire.array_from_raw(name, dtype, shape_t, payload)
+        ), offset + binary_size
     if "data" not in entry:
         raise InvalidInput(f"input '{name}': no 'data' and no binary_data_size parameter")
     return InputTensor(name, dtype, shape_t, _array_from_json(name, dtype, shape_t, entry["data"])), offset
@@ -135,8 +237,9 @@ def _array_from_json(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...
     flat = _flatten(name, data)
     count = wire.element_count(shape)
     if len(flat) != count:
-        raise InvalidInput(f"input '{name}': 'data' holds {len(flat)} elements, expected {count} for shape "
-                           f"{list(shape)}")
+        raise InvalidInput(
+            f"input '{name}': 'data' holds {len(flat)} elements, expected {count} for shape {list(shape)}"
+        )
     if dtype.name == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise InvalidInput(f"input '{name}': BYTES data must be strings")
@@ -187,7 +290,8 @@ def _requested_outputs(value: Any) -> list[tuple[str, dict[str, ParamValue]]] | 
         parameters = _parameters(f"output '{entry['name']}'", entry.get("parameters"))
         for key in parameters:
             if key in _UNSUPPORTED_OUTPUT_PARAMETERS:
-                raise InvalidInput(f"output '{entry['name']}': parameter '{key}': {_UNSUPPORTED_OUTPUT_PARAMETERS[key]}")
+                why = _UNSUPPORTED_OUTPUT_PARAMETERS[key]
+                raise InvalidInput(f"output '{entry['name']}': parameter '{key}': {why}")
         requested.append((entry["name"], parameters))
     return requested
 
@@ -197,8 +301,12 @@ class OutputEncoding:
 
     __slots__ = ("default_binary", "binary", "as_json")
 
-    def __init__(self, default_binary: bool = False, binary: frozenset[str] = frozenset(),
-                 as_json: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        default_binary: bool = False,
+        binary: frozenset[str] = frozenset(),
+        as_json: frozenset[str] = frozenset(),
+    ) -> None:
         self.default_binary = default_binary
         self.binary = binary
         self.as_json = as_json
@@ -211,8 +319,9 @@ class OutputEncoding:
         return self.default_binary
 
 
-def _output_encoding(parameters: dict[str, ParamValue],
-                     requested: list[tuple[str, dict[str, ParamValue]]] | None) -> OutputEncoding:
+def _output_encoding(
+    parameters: dict[str, ParamValue], requested: list[tuple[str, dict[str, ParamValue]]] | None
+) -> OutputEncoding:
     default = parameters.get("binary_data_output", False)
     if not isinstance(default, bool):
         raise InvalidInput("request parameter 'binary_data_output' must be true or false")
@@ -228,13 +337,13 @@ def _output_encoding(parameters: dict[str, ParamValue],
     return OutputEncoding(default, frozenset(binary), frozenset(as_json))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # responses
 
 
 def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
-    """The response body, and the length of its JSON part when binary outputs follow it (None: JSON only). Each
-    binary output is copied once, into the body."""
+    """The response body, and the length of its JSON part when binary outputs follow it (None: JSON only).
+    Each binary output is copied once, into the body."""
     outputs: list[dict[str, Any]] = []
     binary_parts: list[bytes | memoryview] = []
     for name, array in zip(response.output_names, response.outputs):
@@ -242,7 +351,8 @@ def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[
         entry: dict[str, Any] = {"name": name, "datatype": dtype.name, "shape": list(array.shape)}
         if encoding.is_binary(name):
             payload = wire.raw_bytes(array, dtype)
-            entry["parameters"] = {BINARY_SIZE: payload.nbytes if isinstance(payload, memoryview) else len(payload)}
+            size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+            entry["parameters"] = {BINARY_SIZE: size}
             binary_parts.append(payload)
         else:
             entry["data"] = _json_data(name, array, dtype)
@@ -269,8 +379,10 @@ def _json_data(name: str, array: np.ndarray, dtype: datatypes.Datatype) -> list[
             try:
                 element = element.decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidInput(f"output '{name}': a BYTES element is not UTF-8, which JSON cannot carry; "
-                                   "request the output with parameter binary_data true") from None
+                raise InvalidInput(
+                    f"output '{name}': a BYTES element is not UTF-8, which JSON cannot carry; "
+                    "request the output with parameter binary_data true"
+                ) from None
         values.append(str(element))
     return values
 
@@ -279,20 +391,29 @@ def error_body(message: str) -> bytes:
     return json_dumps({"error": message})
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # protocol messages as JSON
 
-_INTEGER_TYPES = frozenset({
-    FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED32,
-    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32, FieldDescriptor.TYPE_SFIXED64,
-})
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
 
 
 def message_json(message: Message) -> dict[str, Any]:
-    """A protocol message as the HTTP binding writes it: proto field names, enums by name, 64-bit integers as JSON
-    numbers (protobuf's own JSON form writes them as strings, which Triton's HTTP clients do not expect), and the
-    scalar fields that hold their default value included, as Triton does."""
+    """A protocol message as the HTTP binding writes it: proto field names, enums by name, 64-bit integers as
+    JSON numbers (protobuf's own JSON form writes them as strings, which Triton's HTTP clients do not expect),
+    and the scalar fields that hold their default value included, as Triton does."""
     result: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
@@ -319,7 +440,8 @@ def _field_value(field: FieldDescriptor, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return message_json(value)
     if field.type == FieldDescriptor.TYPE_ENUM:
-        return field.enum_type.values_by_number[value].name if value in field.enum_type.values_by_number else value
+        named = field.enum_type.values_by_number.get(value)
+        return named.name if named is not None else value
     if field.type == FieldDescriptor.TYPE_BYTES:
         return value.decode("latin-1")
     if field.type in _INTEGER_TYPES:

@@ -1,9 +1,10 @@
 """Runs the HTTP/REST frontend (http_service.py) on the server's own event loop: uvicorn with httptools, under
-a bare ASGI callable (no framework: routing is http_service's, and a framework's request objects would cost more
-per call than the rest of the HTTP path).
+a bare ASGI callable (no framework: routing is http_service's, and a framework's request objects would cost
+more per call than the rest of the HTTP path).
 
-Measured against aiohttp's web server on this project's 2-core machine (bench/RESULTS.md, "HTTP server choice"):
-uvicorn+httptools answered more requests per second at concurrency 1 and 16, with JSON and binary bodies.
+Measured against aiohttp's web server on this project's 2-core machine (bench/RESULTS.md, "HTTP server
+choice"): uvicorn+httptools answered more requests per second at concurrency 1 and 16, with JSON and binary
+bodies.
 
 uvicorn's `Server.serve` would install its own signal handlers and run its own tick loop; hotwire owns signals
 and shutdown (app.py), so it calls `startup` on a socket it bound itself (shared with SO_REUSEPORT under
@@ -18,6 +19,7 @@ import logging
 import math
 import socket
 import time
+import zlib
 from typing import Any
 
 import uvicorn
@@ -26,14 +28,16 @@ from hotwire.server.http_codec import error_body
 from hotwire.server.http_service import HttpService
 
 log = logging.getLogger(__name__)
-# uvicorn's own lines ("Uvicorn running on ...", "Shutting down") would contradict hotwire's; its errors still show.
+# uvicorn's own lines ("Uvicorn running on ...", "Shutting down") would contradict hotwire's; its errors still
+# show.
 logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 Scope = dict[str, Any]
 
 
 class AsgiApp:
-    """The ASGI callable: reads the body (bounded), hands the request to the service, writes its answer."""
+    """The ASGI callable: reads the body (bounded), undoes its Content-Encoding, hands the request to the
+    service, writes its answer."""
 
     def __init__(self, service: HttpService, max_body_bytes: int) -> None:
         self._service = service
@@ -43,15 +47,31 @@ class AsgiApp:
         if scope["type"] != "http":  # lifespan is off; websockets are not part of the protocol
             return
         received = time.perf_counter()
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
+        }
         body = await self._body(headers, receive)
         if body is None:
-            await _send(send, 413, error_body(f"request body exceeds {self._max_body_bytes} bytes "
-                                              "(--max-message-bytes)"), "application/json", [])
+            await _send(
+                send,
+                413,
+                error_body(f"request body exceeds {self._max_body_bytes} bytes (--max-message-bytes)"),
+                "application/json",
+                [],
+            )
             return
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity" and body:
+            try:
+                body = _decompress(body, encoding, self._max_body_bytes)
+            except _Refused as refused:
+                await _send(send, refused.status, error_body(str(refused)), "application/json", [])
+                return
         # raw_path: still percent-encoded, so a model name holding an encoded '/' cannot split the path
         path = scope.get("raw_path") or scope["path"].encode()
-        response = await self._service.handle(scope["method"], path.decode("latin-1"), headers, body, received)
+        response = await self._service.handle(
+            scope["method"], path.decode("latin-1"), headers, body, received
+        )
         await _send(send, response.status, response.body, response.content_type, response.headers)
 
     async def _body(self, headers: dict[str, str], receive: Any) -> bytes | None:
@@ -74,7 +94,39 @@ class AsgiApp:
         return b"".join(chunks)
 
 
-async def _send(send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]) -> None:
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Content-Encoding of a request body (tritonclient.http's request_compression_algorithm). "deflate" is
+# zlib-wrapped, as HTTP defines it and clients send it.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """The body without its Content-Encoding; its decompressed size is bounded by --max-message-bytes too."""
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise _Refused(
+            415, f"Content-Encoding '{encoding[:50]}' is not supported: send gzip, deflate or identity"
+        )
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _Refused(400, f"the request body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit:
+        raise _Refused(413, f"request body exceeds {limit} bytes (--max-message-bytes) once decompressed")
+    if not decompressor.eof or decompressor.unused_data:
+        raise _Refused(400, f"the request body is not one complete {encoding} stream")
+    return data
+
+
+async def _send(
+    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
+) -> None:
     raw_headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
     raw_headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
@@ -84,7 +136,10 @@ async def _send(send: Any, status: int, body: bytes, content_type: str, headers:
 def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     """The listening socket: SO_REUSEPORT only for the workers of --workers N, which share it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not the default 0: the accepted sockets inherit it, and asyncio sets TCP_NODELAY only
+    # on sockets that say they are TCP. Without it Nagle holds uvicorn's body write until the client ACKs the
+    # headers write: ~40 ms (the client's delayed ACK) per keep-alive request. (uvloop sets it regardless.)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -99,12 +154,21 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 class HttpServer:
-    def __init__(self, service: HttpService, sock: socket.socket, max_body_bytes: int, grace_s: float) -> None:
+    def __init__(
+        self, service: HttpService, sock: socket.socket, max_body_bytes: int, grace_s: float
+    ) -> None:
         self.port = int(sock.getsockname()[1])
         self._sock = sock
-        config = uvicorn.Config(AsgiApp(service, max_body_bytes), http="httptools", lifespan="off",
-                                log_config=None, access_log=False, server_header=False, date_header=False,
-                                timeout_graceful_shutdown=math.ceil(grace_s))
+        config = uvicorn.Config(
+            AsgiApp(service, max_body_bytes),
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=math.ceil(grace_s),
+        )
         config.load()
         self._server = uvicorn.Server(config)
         # What Server.serve sets up before its startup(); serve itself would take over the process's signals.

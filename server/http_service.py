@@ -61,8 +61,9 @@ class HttpService:
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
 
-    async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-                     received: float | None = None) -> HttpResponse:
+    async def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, received: float | None = None
+    ) -> HttpResponse:
         """Answer one request; never raises. `headers`: names in lower case."""
         received = time.perf_counter() if received is None else received
         try:
@@ -73,8 +74,9 @@ class HttpService:
                 log.exception("unexpected error in %s %s", method, path)
             return HttpResponse(status, http_codec.error_body(message))
 
-    async def _dispatch(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-                        received: float) -> HttpResponse:
+    async def _dispatch(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, received: float
+    ) -> HttpResponse:
         parts = [unquote(p) for p in path.split("/")[1:]]
         if not parts or parts[0] != "v2":
             raise NotFound(f"no such endpoint: {path}")
@@ -99,8 +101,15 @@ class HttpService:
         if method != allowed:
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}")
 
-    async def _model(self, method: str, path: str, rest: list[str], headers: Mapping[str, str], body: bytes,
-                     received: float) -> HttpResponse:
+    async def _model(
+        self,
+        method: str,
+        path: str,
+        rest: list[str],
+        headers: Mapping[str, str],
+        body: bytes,
+        received: float,
+    ) -> HttpResponse:
         if rest == ["stats"]:
             self._expect(method, "GET", path)
             return _ok_json(http_codec.message_json(self._plane.statistics()))
@@ -125,10 +134,13 @@ class HttpService:
             return _ok_json(http_codec.message_json(self._plane.statistics(name, version)))
         raise NotFound(f"no such endpoint: {path}")
 
-    async def _infer(self, name: str, version: str, headers: Mapping[str, str], body: bytes,
-                     received: float) -> HttpResponse:
+    async def _infer(
+        self, name: str, version: str, headers: Mapping[str, str], body: bytes, received: float
+    ) -> HttpResponse:
         try:
-            request, encoding = http_codec.decode_request(name, version, body, headers.get(http_codec.HEADER_LENGTH))
+            request, encoding = http_codec.decode_request(
+                name, version, body, headers.get(http_codec.HEADER_LENGTH)
+            )
         except InvalidInput:
             self._plane.undecodable(name, version, received)
             raise
@@ -159,11 +171,14 @@ class HttpService:
                 await self._plane.unload(name)
                 return HttpResponse(200)
             result = await self._plane.load(name, _load_parameters(parameters))
-            return HttpResponse(200, headers=[
-                ("hotwire-action", result.action),
-                ("hotwire-version", "" if result.version is None else str(result.version)),
-                ("hotwire-elapsed-ms", f"{result.elapsed_ms:.3f}"),
-            ])
+            return HttpResponse(
+                200,
+                headers=[
+                    ("hotwire-action", result.action),
+                    ("hotwire-version", "" if result.version is None else str(result.version)),
+                    ("hotwire-elapsed-ms", f"{result.elapsed_ms:.3f}"),
+                ],
+            )
         raise NotFound(f"no such endpoint: {path}")
 
 

@@ -197,10 +197,10 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         metrics_server = None
-        for port in (self.grpc_port, self.http_port):
+        for frontend, port in (("gRPC", self.grpc_port), ("HTTP", self.http_port)):
             problem = port_in_use(self.config.host, port) if port >= 0 else None
             if problem is not None:
-                log.error("hotwire: %s (is another server using it?)", problem)
+                log.error("hotwire: %s: %s (is another server using it?)", frontend, problem)
                 return 1
         try:
             if self.config.metrics_port >= 0:

@@ -211,7 +211,7 @@ def test_an_empty_repository_warns_and_a_port_in_use_is_one_clean_line(serve, tm
     errors = [line for line in second.stderr.splitlines() if " INFO " not in line and " WARNING " not in line]
     assert errors == [
         (
-            f"hotwire: cannot bind 127.0.0.1:{port}: Address already in use "
+            f"hotwire: gRPC: cannot bind 127.0.0.1:{port}: Address already in use "
             "(is another server using the port, or the host wrong?)"
         )
     ], second.stderr

@@ -31,8 +31,9 @@ def tensor(name: str, datatype: str, shape: list, data: object = None, size: int
 
 def test_binary_inputs_are_read_only_views_of_the_body() -> None:
     values = np.arange(6, dtype=np.float32).reshape(2, 3)
-    header = json.dumps({"inputs": [tensor("x", "FP32", [2, 3], size=values.nbytes),
-                                    tensor("empty", "FP32", [0, 3], size=0)]}).encode()
+    header = json.dumps(
+        {"inputs": [tensor("x", "FP32", [2, 3], size=values.nbytes), tensor("empty", "FP32", [0, 3], size=0)]}
+    ).encode()
     body = header + values.tobytes()
     request, _ = http_codec.decode_request("m", "", body, str(len(header)))
     x, empty = (t.array for t in request.inputs)
@@ -42,18 +43,21 @@ def test_binary_inputs_are_read_only_views_of_the_body() -> None:
     assert empty.shape == (0, 3)
 
 
-@pytest.mark.parametrize("entry, expected", [
-    (tensor("u8", "UINT8", [2], [1, 256]), "out of range for UINT8"),
-    (tensor("i8", "INT8", [1], [-129]), "out of range for INT8"),
-    (tensor("i64", "INT64", [1], [1.5]), "INT64 data must be integers"),
-    (tensor("f", "FP32", [1], [True]), "FP32 data must be numbers"),
-    (tensor("f", "FP32", [1], [None]), "FP32 data must be numbers"),
-    (tensor("b", "BOOL", [2], [1, 0]), "BOOL data must be true or false"),
-    (tensor("s", "BYTES", [1], [3]), "BYTES data must be strings"),
-    (tensor("d", "FP32", [2], 1.0), "'data' must be a list"),
-    (tensor("n", "FP32", [2, 2], [[1.0, 2.0], [3.0]]), "3 elements, expected 4"),
-    (tensor("z", "FP32", [True]), "'shape'"),
-])
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        (tensor("u8", "UINT8", [2], [1, 256]), "out of range for UINT8"),
+        (tensor("i8", "INT8", [1], [-129]), "out of range for INT8"),
+        (tensor("i64", "INT64", [1], [1.5]), "INT64 data must be integers"),
+        (tensor("f", "FP32", [1], [True]), "FP32 data must be numbers"),
+        (tensor("f", "FP32", [1], [None]), "FP32 data must be numbers"),
+        (tensor("b", "BOOL", [2], [1, 0]), "BOOL data must be true or false"),
+        (tensor("s", "BYTES", [1], [3]), "BYTES data must be strings"),
+        (tensor("d", "FP32", [2], 1.0), "'data' must be a list"),
+        (tensor("n", "FP32", [2, 2], [[1.0, 2.0], [3.0]]), "3 elements, expected 4"),
+        (tensor("z", "FP32", [True]), "'shape'"),
+    ],
+)
 def test_json_data_is_checked_against_its_datatype(entry: dict, expected: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         decode({"inputs": [entry]})
@@ -62,12 +66,16 @@ def test_json_data_is_checked_against_its_datatype(entry: dict, expected: str) -
 
 
 def test_json_data_at_the_limits_of_each_datatype() -> None:
-    request, _ = decode({"inputs": [
-        tensor("u64", "UINT64", [2], [0, 2**64 - 1]),
-        tensor("i64", "INT64", [2], [-(2**63), 2**63 - 1]),
-        tensor("deep", "INT32", [2, 2, 1], [[[1], [2]], [[3], [4]]]),
-        tensor("s", "BYTES", [2], ["", "\u00e9\u65e5"]),
-    ]})
+    request, _ = decode(
+        {
+            "inputs": [
+                tensor("u64", "UINT64", [2], [0, 2**64 - 1]),
+                tensor("i64", "INT64", [2], [-(2**63), 2**63 - 1]),
+                tensor("deep", "INT32", [2, 2, 1], [[[1], [2]], [[3], [4]]]),
+                tensor("s", "BYTES", [2], ["", "\u00e9\u65e5"]),
+            ]
+        }
+    )
     u64, i64, deep, strings = (t.array for t in request.inputs)
     assert u64.dtype == np.uint64 and u64.tolist() == [0, 2**64 - 1]
     assert i64.dtype == np.int64 and i64.tolist() == [-(2**63), 2**63 - 1]
@@ -76,15 +84,24 @@ def test_json_data_at_the_limits_of_each_datatype() -> None:
 
 
 def test_encoding_parameters_are_not_passed_to_the_model() -> None:
-    request, encoding = decode({"inputs": [tensor("x", "FP32", [1], [1.0])],
-                                "parameters": {"binary_data_output": True, "priority": 2}})
+    request, encoding = decode(
+        {
+            "inputs": [tensor("x", "FP32", [1], [1.0])],
+            "parameters": {"binary_data_output": True, "priority": 2},
+        }
+    )
     assert request.parameters == {"priority": 2}
     assert encoding.is_binary("anything")
 
 
 def test_an_output_choice_overrides_binary_data_output() -> None:
-    _, encoding = decode({"inputs": [], "parameters": {"binary_data_output": True},
-                          "outputs": [{"name": "a", "parameters": {"binary_data": False}}, {"name": "b"}]})
+    _, encoding = decode(
+        {
+            "inputs": [],
+            "parameters": {"binary_data_output": True},
+            "outputs": [{"name": "a", "parameters": {"binary_data": False}}, {"name": "b"}],
+        }
+    )
     arrays = [np.array([1.5], np.float32), np.array([7], np.int64)]
     response = InferResponse("m", "1", "r", ["a", "b"], arrays)
     body, json_length = http_codec.encode_response(response, encoding)
@@ -110,15 +127,15 @@ def test_non_utf8_bytes_output_needs_binary() -> None:
     with pytest.raises(InvalidInput) as caught:
         http_codec.encode_response(response, http_codec.OutputEncoding())
     assert "output 's'" in str(caught.value) and "binary_data" in str(caught.value)
-    body, json_length = http_codec.encode_response(response,
-                                                   http_codec.OutputEncoding(default_binary=True))
+    body, json_length = http_codec.encode_response(response, http_codec.OutputEncoding(default_binary=True))
     assert json_length is not None and body[json_length:] == b"\x01\x00\x00\x00\xff"
 
 
 def test_message_json_writes_numbers_as_numbers_and_enums_by_name() -> None:
     success = pb.StatisticDuration(count=3, ns=2**40)
-    stats = pb.ModelStatistics(name="m", version="1", inference_count=2**63 + 5,
-                               inference_stats=pb.InferStatistics(success=success))
+    stats = pb.ModelStatistics(
+        name="m", version="1", inference_count=2**63 + 5, inference_stats=pb.InferStatistics(success=success)
+    )
     as_json = http_codec.message_json(stats)
     assert as_json["inference_count"] == 2**63 + 5
     assert as_json["inference_stats"]["success"] == {"count": 3, "ns": 2**40}
@@ -144,3 +161,38 @@ def test_message_json_writes_only_the_set_member_of_a_oneof() -> None:
 
 def test_error_body() -> None:
     assert json.loads(http_codec.error_body("it's \u00e9")) == {"error": "it's \u00e9"}
+
+
+def test_a_repeated_binary_header_is_parsed_once_and_still_binds_each_bodys_data() -> None:
+    header = json.dumps(
+        {
+            "inputs": [tensor("x", "FP32", [1, 4], size=16)],
+            "outputs": [{"name": "y"}],
+            "parameters": {"priority": 2},
+        }
+    ).encode()
+    first, _ = http_codec.decode_request(
+        "cached", "1", header + np.ones(4, np.float32).tobytes(), str(len(header))
+    )
+    second, encoding = http_codec.decode_request(
+        "cached", "1", header + np.arange(4, dtype=np.float32).tobytes(), str(len(header))
+    )
+    np.testing.assert_array_equal(first.inputs[0].array, np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(second.inputs[0].array, np.arange(4, dtype=np.float32).reshape(1, 4))
+    assert first.header_key is not None and second.header_key == first.header_key  # one plan for both
+    assert second.parameters == {"priority": 2} and second.requested_outputs == ["y"]
+    assert not encoding.is_binary("y")
+    # the cached layout checks each body's size as the first parse does
+    with pytest.raises(InvalidInput, match="runs past the end of the body"):
+        http_codec.decode_request("cached", "1", header + b"\0" * 8, str(len(header)))
+    with pytest.raises(InvalidInput, match="4 bytes after the binary inputs"):
+        http_codec.decode_request("cached", "1", header + b"\0" * 20, str(len(header)))
+    # another model or version behind the same header is another entry: its URL is part of the key
+    other, _ = http_codec.decode_request("cached", "2", header + b"\0" * 16, str(len(header)))
+    assert (other.model_version, other.header_key != first.header_key) == ("2", True)
+
+
+def test_a_header_with_json_data_is_never_cached() -> None:
+    body = json.dumps({"inputs": [tensor("x", "FP32", [1, 2], [1.0, 2.0])]}).encode()
+    request, _ = http_codec.decode_request("m", "", body, str(len(body)))
+    assert request.header_key is None
