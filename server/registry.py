@@ -22,6 +22,7 @@ from pathlib import Path
 from hotwire.server import repository
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
 from hotwire.server.loader import load_version
+from hotwire.server.model_config import traffic_policy
 from hotwire.server.model_version import ModelVersion, VersionState
 from hotwire.server.repository import ModelSource
 from hotwire.server.tasks import BackgroundTasks
@@ -32,7 +33,6 @@ from hotwire.server.traffic import (
     apply_update,
     compare,
     goes_to_canary,
-    policy_from_config,
 )
 from hotwire.server.wire import InferRequest, InferResponse
 
@@ -167,7 +167,7 @@ class Registry:
         if source.error or source.config is None:
             return self._load_failed(entry, -1, source.error or "no configuration")
         try:
-            policy = policy_from_config(source.config)
+            policy = traffic_policy(source.config)
         except InvalidInput as exc:
             return self._load_failed(entry, -1, f"config parameters: {exc}")
         fresh: dict[int, ModelVersion] = {}

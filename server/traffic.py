@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.errors import InvalidInput
 
 
@@ -66,15 +65,6 @@ _GUARD_KEYS = {
     "canary_guard_window_s": "window_s",
     "canary_guard_min_requests": "min_requests",
 }
-
-
-def policy_from_config(config: mc.ModelConfig) -> TrafficPolicy:
-    """The policy a model's config parameters set (stable_version, canary_version, canary_weight, ...): parsed
-    and checked by model_config.traffic_policy, with every other config parameter; InvalidInput naming a bad
-    one."""
-    from hotwire.server.model_config import traffic_policy  # model_config builds this module's dataclasses
-
-    return traffic_policy(config)
 
 
 def apply_update(policy: TrafficPolicy, values: Mapping[str, Any]) -> TrafficPolicy:

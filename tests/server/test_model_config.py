@@ -24,7 +24,7 @@ from hotwire.server.model_config import (
     traffic_policy,
 )
 from hotwire.server.runner import session_options
-from hotwire.server.traffic import GuardPolicy, TrafficPolicy, policy_from_config
+from hotwire.server.traffic import GuardPolicy, TrafficPolicy
 from onnx_models import add_sub, write_model
 
 
@@ -240,7 +240,7 @@ def test_traffic_policy_from_config_parameters():
         standby=2,
         guard=GuardPolicy(max_error_rate=0.1, max_p99_ms=50.0, window_s=10.0, min_requests=5),
     )
-    assert policy_from_config(parameters(standby_versions="2")) == TrafficPolicy(standby=2)
+    assert traffic_policy(parameters(standby_versions="2")) == TrafficPolicy(standby=2)
 
 
 @pytest.mark.parametrize(
@@ -259,4 +259,4 @@ def test_traffic_policy_from_config_parameters():
 )
 def test_malformed_traffic_parameters_are_invalid_input_naming_them(key, value, expected):
     with pytest.raises(InvalidInput, match=f"^{re.escape(expected)}$"):
-        policy_from_config(parameters(**{key: value}))
+        traffic_policy(parameters(**{key: value}))
