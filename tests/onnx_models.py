@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
@@ -114,3 +115,33 @@ def bytes_identity(width: int = 16) -> onnx.ModelProto:
         [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, shape)],
         [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, shape)],
     )
+
+
+_SESSIONS: dict[int, ort.InferenceSession] = {}
+
+
+def ort_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """In-process ORT, the answer a server must give; BYTES go in as str and come back as bytes (as
+    tritonclient's as_numpy returns them)."""
+    session = _SESSIONS.get(id(model))
+    if session is None:
+        session = _SESSIONS[id(model)] = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+    converted = {
+        n: (np.vectorize(lambda b: b.decode(), otypes=[object])(a) if a.dtype == object else a)
+        for n, a in feeds.items()
+    }
+    names = [o.name for o in session.get_outputs()]
+    out = {}
+    for name, array in zip(names, session.run(names, converted)):
+        if array.dtype == object:
+            array = np.vectorize(lambda s: s.encode(), otypes=[object])(array)
+        out[name] = array
+    return out
+
+
+def simple_inputs(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random INPUT0 and INPUT1 for Triton's 'simple' model (add_sub)."""
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal((rows, 16)).astype(np.float32) for n in ("INPUT0", "INPUT1")}

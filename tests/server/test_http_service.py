@@ -20,14 +20,20 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from onnx_models import ONNX_TYPES, add_sub, bytes_identity, identity_all_types, write_model
+from onnx_models import (
+    ONNX_TYPES,
+    add_sub,
+    bytes_identity,
+    identity_all_types,
+    ort_reference,
+    simple_inputs,
+    write_model,
+)
 from server_harness import ServerThread
 
 SIMPLE_CONFIG = """
@@ -79,35 +85,6 @@ def grpc_client(server: ServerThread) -> Iterator[tg.InferenceServerClient]:
     triton = tg.InferenceServerClient(server.address)
     yield triton
     triton.close()
-
-
-_SESSIONS: dict[int, ort.InferenceSession] = {}
-
-
-def ort_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """In-process ORT; BYTES go in as str and come back as bytes (as tritonclient's as_numpy returns binary
-    BYTES outputs)."""
-    session = _SESSIONS.get(id(model))
-    if session is None:
-        session = _SESSIONS[id(model)] = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-    converted = {
-        n: (np.vectorize(lambda b: b.decode(), otypes=[object])(a) if a.dtype == object else a)
-        for n, a in feeds.items()
-    }
-    names = [o.name for o in session.get_outputs()]
-    out = {}
-    for name, array in zip(names, session.run(names, converted)):
-        if array.dtype == object:
-            array = np.vectorize(lambda s: s.encode(), otypes=[object])(array)
-        out[name] = array
-    return out
-
-
-def simple_inputs(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {n: rng.standard_normal((rows, 16)).astype(np.float32) for n in ("INPUT0", "INPUT1")}
 
 
 def every_datatype(rows: int) -> dict[str, np.ndarray]:
