@@ -95,6 +95,38 @@ class RequestsFailed(HotwireError):
         self.failures = failures
 
 
+class PermissionDenied(HotwireError):
+    """The caller may not make this call (e.g. a browser's cross-origin request to the repository API)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+    client_fault = True
+
+
+class PayloadTooLarge(HotwireError):
+    """A request body over --max-message-bytes (before or after undoing its Content-Encoding)."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+    client_fault = True
+
+
+class UnsupportedMediaType(HotwireError):
+    """A request body in a Content-Encoding hotwire cannot undo."""
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 415
+    client_fault = True
+
+
+class MethodNotAllowed(HotwireError):
+    """An HTTP method the endpoint does not take (HTTP only: gRPC has no such case)."""
+
+    status = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 405
+    client_fault = True
+
+
 class Unimplemented(HotwireError):
     status = grpc.StatusCode.UNIMPLEMENTED
     http_status = 501

@@ -60,7 +60,8 @@ def _encode_stream(version: ModelVersion, response: wire.InferResponse) -> bytes
 class InferenceService:
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
-        self._stream_readers = BackgroundTasks("ModelStreamInfer readers")
+        # each stream awaits its own reader, so a reader's error surfaces there, once
+        self._stream_readers = BackgroundTasks("ModelStreamInfer readers", log_failures=False)
         self._streams_ending = False
 
     def end_streams(self) -> None:
@@ -181,13 +182,7 @@ class InferenceService:
             for key, value in request.parameters.items()
         }
         result = await self._plane.load(request.model_name, params)
-        context.set_trailing_metadata(
-            (
-                ("hotwire-action", result.action),
-                ("hotwire-version", "" if result.version is None else str(result.version)),
-                ("hotwire-elapsed-ms", f"{result.elapsed_ms:.3f}"),
-            )
-        )
+        context.set_trailing_metadata(tuple(result.metadata()))
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(

@@ -172,6 +172,8 @@ def _json_object(data: memoryview | bytes) -> dict[str, Any]:
         value = json.loads(bytes(data))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("the request body's JSON is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidInput("the request body must be a JSON object")
     return value
@@ -199,7 +201,8 @@ def _input(index: int, entry: Any, body: memoryview, offset: int) -> tuple[Input
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise InvalidInput(f"input {index}: expected an object with a string 'name'")
     name = entry["name"]
-    dtype = datatypes.BY_NAME.get(entry.get("datatype"))  # type: ignore[arg-type]
+    datatype = entry.get("datatype")
+    dtype = datatypes.BY_NAME.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise InvalidInput(
             f"input '{name}': unknown datatype {entry.get('datatype')!r}, expected one of "
@@ -257,7 +260,10 @@ def _array_from_json(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...
         info = np.iinfo(dtype.numpy)
         if flat and (min(flat) < info.min or max(flat) > info.max):
             raise InvalidInput(f"input '{name}': a value is out of range for {dtype.name}")
-    return np.array(flat, dtype=dtype.numpy).reshape(shape)
+    try:
+        return np.array(flat, dtype=dtype.numpy).reshape(shape)
+    except OverflowError:  # an integer too large for any float (e.g. 10**400 given for FP32)
+        raise InvalidInput(f"input '{name}': a value is out of range for {dtype.name}") from None
 
 
 def _flatten(name: str, data: Any) -> list[Any]:

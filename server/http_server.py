@@ -14,7 +14,6 @@ keep-alive connections.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import socket
@@ -24,6 +23,12 @@ from typing import Any
 
 import uvicorn
 
+from hotwire.server.errors import (
+    HotwireError,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from hotwire.server.http_codec import error_body
 from hotwire.server.http_service import HttpService
 
@@ -46,26 +51,25 @@ class AsgiApp:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not part of the protocol
             return
-        received = time.perf_counter()
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
         }
-        body = await self._body(headers, receive)
-        if body is None:
-            await _send(
-                send,
-                413,
-                error_body(f"request body exceeds {self._max_body_bytes} bytes (--max-message-bytes)"),
-                "application/json",
-                [],
-            )
+        try:
+            body = await self._body(headers, receive)
+        except _Disconnected:  # the client went away mid-body: nothing to answer, nothing to count
             return
+        except HotwireError as exc:
+            await _send(send, exc.http_status, error_body(str(exc)), "application/json", [])
+            return
+        # As on gRPC, where a call's message has fully arrived before the handler runs: the client's upload
+        # time is not the server's latency (which the canary guard and the slow-request log judge).
+        received = time.perf_counter()
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity" and body:
             try:
                 body = _decompress(body, encoding, self._max_body_bytes)
-            except _Refused as refused:
-                await _send(send, refused.status, error_body(str(refused)), "application/json", [])
+            except HotwireError as exc:
+                await _send(send, exc.http_status, error_body(str(exc)), "application/json", [])
                 return
         # raw_path: still percent-encoded, so a model name holding an encoded '/' cannot split the path
         path = scope.get("raw_path") or scope["path"].encode()
@@ -74,30 +78,37 @@ class AsgiApp:
         )
         await _send(send, response.status, response.body, response.content_type, response.headers)
 
-    async def _body(self, headers: dict[str, str], receive: Any) -> bytes | None:
+    async def _body(self, headers: dict[str, str], receive: Any) -> bytes:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
-            return None
+            raise self._too_large()
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
         body = message.get("body", b"")
         if not message.get("more_body"):
-            return body if len(body) <= self._max_body_bytes else None
+            if len(body) > self._max_body_bytes:
+                raise self._too_large()
+            return body
         chunks = [body]
         size = len(body)
         while message.get("more_body"):
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body_bytes:
-                return None
+                raise self._too_large()
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes (--max-message-bytes)")
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+
+class _Disconnected(Exception):
+    """The client closed the connection before its request body was complete."""
 
 
 # Content-Encoding of a request body (tritonclient.http's request_compression_algorithm). "deflate" is
@@ -109,18 +120,18 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """The body without its Content-Encoding; its decompressed size is bounded by --max-message-bytes too."""
     wbits = _WBITS.get(encoding)
     if wbits is None:
-        raise _Refused(
-            415, f"Content-Encoding '{encoding[:50]}' is not supported: send gzip, deflate or identity"
+        raise UnsupportedMediaType(
+            f"Content-Encoding '{encoding[:50]}' is not supported: send gzip, deflate or identity"
         )
     decompressor = zlib.decompressobj(wbits)
     try:
         data = decompressor.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise _Refused(400, f"the request body is not valid {encoding} data: {exc}") from None
+        raise InvalidInput(f"the request body is not valid {encoding} data: {exc}") from None
     if len(data) > limit:
-        raise _Refused(413, f"request body exceeds {limit} bytes (--max-message-bytes) once decompressed")
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes (--max-message-bytes) once decompressed")
     if not decompressor.eof or decompressor.unused_data:
-        raise _Refused(400, f"the request body is not one complete {encoding} stream")
+        raise InvalidInput(f"the request body is not one complete {encoding} stream")
     return data
 
 
@@ -162,7 +173,9 @@ class HttpServer:
         config = uvicorn.Config(
             AsgiApp(service, max_body_bytes),
             http="httptools",
+            ws="none",
             lifespan="off",
+            proxy_headers=False,  # no proxy is trusted: client addresses are the sockets' own
             log_config=None,
             access_log=False,
             server_header=False,
@@ -174,14 +187,20 @@ class HttpServer:
         # What Server.serve sets up before its startup(); serve itself would take over the process's signals.
         self._server.lifespan = config.lifespan_class(config)
 
+        self._started = False
+
     async def start(self) -> None:
-        await self._server.startup(sockets=[self._sock])
-        if self._server.should_exit:  # startup failed; uvicorn logged why
-            raise OSError(f"the HTTP server could not start on port {self.port}")
+        try:
+            await self._server.startup(sockets=[self._sock])
+        except BaseException:
+            self._sock.close()
+            raise
+        self._started = True
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the grace), close every connection."""
-        self._server.should_exit = True
-        await self._server.shutdown(sockets=[self._sock])
+        if self._started:
+            self._started = False
+            self._server.should_exit = True
+            await self._server.shutdown(sockets=[self._sock])
         self._sock.close()
-        await asyncio.sleep(0)

@@ -10,8 +10,8 @@
     POST /v2/repository/models/{m}/load|unload        {"parameters": {...}}: `config`, `file:<path>` (base64)
 
 Like the gRPC servicer it only translates: the data plane does the work, and every exception becomes the HTTP
-status of its class in errors.py with a body `{"error": "..."}`. `route` is independent of the HTTP server
-library; http_server.py runs it.
+status of its class in errors.py with a body `{"error": "..."}`. `HttpService` is independent of the HTTP
+server library; http_server.py runs it.
 """
 
 from __future__ import annotations
@@ -20,14 +20,21 @@ import base64
 import binascii
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 from hotwire.server import http_codec
 from hotwire.server.dataplane import DataPlane
-from hotwire.server.errors import HotwireError, InvalidInput, NotFound, http_status_of
+from hotwire.server.errors import (
+    HotwireError,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PermissionDenied,
+    http_status_of,
+)
 from hotwire.server.model_version import ModelVersion
 from hotwire.server.wire import InferResponse
 
@@ -43,14 +50,6 @@ class HttpResponse:
     body: bytes = b""
     content_type: str = JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-class MethodNotAllowed(HotwireError):
-    http_status = 405
-    client_fault = True
-
-
-Handler = Callable[[list[str], Mapping[str, str], bytes, float], Awaitable[HttpResponse]]
 
 
 def _ok_json(value: Any) -> HttpResponse:
@@ -93,7 +92,7 @@ class HttpService:
         if rest[0] == "models":
             return await self._model(method, path, rest[1:], headers, body, received)
         if rest[0] == "repository":
-            return await self._repository(method, path, rest[1:], body)
+            return await self._repository(method, path, rest[1:], headers, body)
         raise NotFound(f"no such endpoint: {path}")
 
     @staticmethod
@@ -120,6 +119,8 @@ class HttpService:
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
         action = rest[0] if len(rest) == 1 else "" if not rest else None
+        if action not in ("", "ready", "config", "stats", "infer"):
+            raise NotFound(f"no such endpoint: {path}")
         if action == "infer":
             self._expect(method, "POST", path)
             return await self._infer(name, version, headers, body, received)
@@ -130,9 +131,7 @@ class HttpService:
             return HttpResponse(200 if self._plane.model_ready(name, version) else 400)
         if action == "config":
             return _ok_json(http_codec.message_json(self._plane.model_config(name, version)))
-        if action == "stats":
-            return _ok_json(http_codec.message_json(self._plane.statistics(name, version)))
-        raise NotFound(f"no such endpoint: {path}")
+        return _ok_json(http_codec.message_json(self._plane.statistics(name, version)))
 
     async def _infer(
         self, name: str, version: str, headers: Mapping[str, str], body: bytes, received: float
@@ -153,8 +152,19 @@ class HttpService:
 
         return await self._plane.infer(request, received, encode)
 
-    async def _repository(self, method: str, path: str, rest: list[str], body: bytes) -> HttpResponse:
+    async def _repository(
+        self, method: str, path: str, rest: list[str], headers: Mapping[str, str], body: bytes
+    ) -> HttpResponse:
+        control = len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload")
+        if rest != ["index"] and not control:
+            raise NotFound(f"no such endpoint: {path}")
         self._expect(method, "POST", path)
+        if "origin" in headers:
+            # A browser adds Origin to a cross-origin POST, which needs no preflight when it is "simple" (e.g.
+            # text/plain): without this, any web page its user opens could load, unload or roll back models.
+            raise PermissionDenied(
+                "the repository API refuses requests from web pages (a request with an Origin header)"
+            )
         request = http_codec.json_body(body)
         if rest == ["index"]:
             ready = request.get("ready", False)
@@ -162,24 +172,15 @@ class HttpService:
                 raise InvalidInput("'ready' must be true or false")
             index = self._plane.repository_index(ready)
             return _ok_json([http_codec.message_json(entry) for entry in index.models])
-        if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
-            name = rest[1]
-            parameters = request.get("parameters", {})
-            if not isinstance(parameters, dict):
-                raise InvalidInput("'parameters' must be a JSON object")
-            if rest[2] == "unload":
-                await self._plane.unload(name)
-                return HttpResponse(200)
-            result = await self._plane.load(name, _load_parameters(parameters))
-            return HttpResponse(
-                200,
-                headers=[
-                    ("hotwire-action", result.action),
-                    ("hotwire-version", "" if result.version is None else str(result.version)),
-                    ("hotwire-elapsed-ms", f"{result.elapsed_ms:.3f}"),
-                ],
-            )
-        raise NotFound(f"no such endpoint: {path}")
+        name = rest[1]
+        parameters = request.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be a JSON object")
+        if rest[2] == "unload":
+            await self._plane.unload(name)
+            return HttpResponse(200)
+        result = await self._plane.load(name, _load_parameters(parameters))
+        return HttpResponse(200, headers=result.metadata())
 
 
 def _load_parameters(parameters: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,14 @@ class AdminResult:
     version: int | None = None
     elapsed_ms: float = 0.0
 
+    def metadata(self) -> list[tuple[str, str]]:
+        """As gRPC trailing metadata and as HTTP response headers."""
+        return [
+            ("hotwire-action", self.action),
+            ("hotwire-version", "" if self.version is None else str(self.version)),
+            ("hotwire-elapsed-ms", f"{self.elapsed_ms:.3f}"),
+        ]
+
 
 class ModelControl:
     def __init__(

@@ -245,7 +245,10 @@ class Registry:
             else []
         )
         for version in kept:
-            version.stand_by()
+            if version.version == policy.stable:  # the config names a superseded version as stable: it serves
+                version.serve()
+            else:
+                version.stand_by()
         entry.versions = {**{v.version: v for v in kept}, **fresh}
         entry.failures = {}
         entry.policy = policy

@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundTasks:
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, log_failures: bool = True) -> None:
+        """`log_failures`: False where the starter awaits each task itself and handles its exception."""
         self._owner = owner
+        self._log_failures = log_failures
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, work: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
@@ -28,7 +30,7 @@ class BackgroundTasks:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None and self._log_failures:
             log.error(
                 "%s: background task %s failed", self._owner, task.get_name(), exc_info=task.exception()
             )

@@ -160,6 +160,8 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
 def _int_parameter(request: InferRequest, key: str) -> int:
     """The reserved `priority` (uint64) and `timeout` (int64, microseconds) request parameters."""
     value = request.parameters.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"parameter '{key}': expected a non-negative integer, got {value!r}")
+    # gRPC's int64/uint64 fields bound these; JSON (HTTP) does not: a huge one would fail deep in the batcher
+    limit = 2**64 - 1 if key == "priority" else 2**63 - 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise InvalidInput(f"parameter '{key}': expected an integer from 0 to {limit}, got {value!r}")
     return value

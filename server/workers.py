@@ -205,12 +205,16 @@ class Supervisor:
         try:
             if self.config.metrics_port >= 0:
                 metrics_server = self._serve_metrics()
-            self._workers = {i: self._spawn(i) for i in range(self.config.workers)}
+            for index in range(self.config.workers):  # one at a time: a failed spawn leaves the others known
+                self._workers[index] = self._spawn(index)
             self._announce_when_listening(metrics_server.server_port if metrics_server else None)
             while not self._stopping.wait(POLL_S):
                 self._restart_exited()
             code = self._stop_all()
             return 1 if self._gave_up else code
+        except BaseException:
+            self._stop_all()  # never leave workers (in their own sessions) running, holding the ports
+            raise
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
@@ -227,8 +231,10 @@ class Supervisor:
 
     def _announce_when_listening(self, metrics_port: int | None) -> None:
         def wait() -> None:
-            for worker in list(self._workers.values()):
-                worker.listening.wait()
+            # per index, the current worker: one restarted before it listened is a new Worker (a new event)
+            for index in range(self.config.workers):
+                while not self._stopping.is_set() and not self._workers[index].listening.wait(POLL_S):
+                    pass
             if not self._stopping.is_set():
                 log.info(
                     "hotwire listening on %s:%d (gRPC, %d workers)%s%s",
@@ -280,7 +286,10 @@ class Supervisor:
             if time.monotonic() - worker.started_at < RESTART_WINDOW_S:
                 time.sleep(RESTART_BACKOFF_S)  # a worker that dies at once must not spin
             self.restarts += 1
-            self._workers[index] = self._spawn(index)
+            try:
+                self._workers[index] = self._spawn(index)
+            except OSError:  # e.g. no memory or processes left to fork: try again on the next round
+                log.exception("worker %d could not be restarted; retrying", index)
 
     def _mark_dead(self, pid: int) -> None:
         from prometheus_client import multiprocess

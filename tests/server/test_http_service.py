@@ -751,6 +751,16 @@ BAD_BODIES = {
         ["INPUT0", "60 bytes"],
     ),
     "data-and-binary": (_infer_body(_input0(parameters={"binary_data_size": 0})), {}, ["INPUT0", "both"]),
+    # JSON's types are wider than the protocol's: each answered 400, never a 500 with a traceback
+    "datatype-not-a-string": (_infer_body(_input0(datatype=[1])), {}, ["INPUT0", "unknown datatype"]),
+    "nested-too-deeply": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, ["nested too deeply"]),
+    "integer-too-large-for-fp32": (
+        _infer_body(_input0(data=[10**400] + [0.0] * 15)),
+        {},
+        ["INPUT0", "range"],
+    ),
+    "timeout-too-large": (_infer_body(_input0(), parameters={"timeout": 10**400}), {}, ["'timeout'"]),
+    "priority-negative": (_infer_body(_input0(), parameters={"priority": -1}), {}, ["'priority'"]),
 }
 
 
@@ -1041,3 +1051,46 @@ def test_http_port_in_use_is_a_clear_error(serve, tmp_path: Path, workers: str) 
     line = next((line for line in process.lines if str(port) in line), None)
     assert line is not None, process.log
     assert "HTTP" in line and "in use" in line, line
+
+
+def test_the_repository_api_refuses_web_pages(raw) -> None:
+    """A browser adds Origin to a cross-origin POST, and a text/plain one needs no preflight: without the
+    check any web page could roll back or load models through a server on localhost."""
+    for path in ("/v2/repository/index", "/v2/repository/models/simple/load"):
+        response = raw(
+            "POST",
+            path,
+            b'{"parameters": {"hotwire.rollback": ""}}',
+            {"Origin": "https://example.com", "Content-Type": "text/plain"},
+        )
+        assert response.status == 403, response.body
+        assert "Origin" in response.error()
+    assert raw("POST", "/v2/repository/index", b"{}").status == 200  # without Origin, as clients send it
+    assert_serving(raw)
+
+
+def test_an_unknown_action_is_404_whatever_the_method(raw) -> None:
+    for method, path in (("POST", "/v2/models/simple/frobnicate"), ("GET", "/v2/repository/elsewhere")):
+        response = raw(method, path)
+        assert response.status == 404, (method, path, response.body)
+    assert_serving(raw)
+
+
+def test_a_client_gone_mid_body_is_not_counted_as_a_failed_request(server: ServerThread, raw) -> None:
+    def failures() -> int:
+        stats = raw("GET", "/v2/models/simple/stats").json()["model_stats"][0]
+        return int(stats["inference_stats"]["fail"]["count"])
+
+    before = failures()
+    host, port = server.http_address.rsplit(":", 1)
+    body = json_request(simple_inputs(1))
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as gone:
+        head = (
+            f"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            "Content-Type: application/json\r\n\r\n"
+        )
+        gone.sendall(head.encode() + body[: len(body) // 2])  # half the body, then the client is gone
+    assert_serving(
+        raw
+    )  # the server answers the next request, and counted nothing for the one that never came
+    assert failures() == before
