@@ -580,3 +580,19 @@ def test_model_directory_path_is_left_alone_by_uploads(tmp_path):
         control._source("evil", {"config": "{}", "file:../../escape": b"x"})
     assert not (tmp_path.parent / "escape").exists()
     assert isinstance(Path(tmp_path), Path)
+
+
+def test_a_reload_naming_a_standby_version_stable_serves_it(tmp_path, running_server, stub_for):
+    """Version 2 arrives with a config that keeps version 1 stable: 1 leaves the version policy (latest 1) but
+    is kept in standby, and as the config's stable version it serves (READY), not merely stands by."""
+    write_model(tmp_path, "m", offset_model(1.0), config(standby_versions="1"), version=1)
+    server = running_server(tmp_path, model_control_mode="explicit", load_model=("m",))
+    stub = stub_for(server)
+    assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "1"
+    write_model(tmp_path, "m", offset_model(2.0), config(standby_versions="1", stable_version="1"), version=2)
+    load(stub)
+    assert {infer(stub, np.zeros((1, WIDTH), np.float32))[0] for _ in range(10)} == {"1"}
+    rows = {(version, state, reason) for name, version, state, reason in index(stub) if name == "m"}
+    assert ("1", "READY", "stable") in rows and ("2", "READY", "") in rows, rows
+    assert server.app.registry.entry("m").versions[1].state.value == "READY"
+    assert infer(stub, np.zeros((1, WIDTH), np.float32), version="2")[0] == "2"  # pinned: the new one serves
