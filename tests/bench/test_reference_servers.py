@@ -134,3 +134,37 @@ def test_sigterm_exits_zero(classifier_file):
         assert process.stop() == 0
     finally:
         process.close()
+
+
+def test_inline_http_answers_what_in_process_onnxruntime_answers_in_json_and_binary(classifier_file):
+    """The HTTP reference (`inline-http`, reference_http.py): what perf_analyzer -i http asks of it, through
+    tritonclient.http, and SIGTERM exits 0."""
+    import tritonclient.http as triton_http
+
+    process = ReferenceProcess("inline-http", classifier_file, "classifier")
+    try:
+        client = triton_http.InferenceServerClient(process.url())
+        try:
+            assert (
+                client.is_server_live() and client.is_server_ready() and client.is_model_ready("classifier")
+            )
+            metadata = client.get_model_metadata("classifier")
+            assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
+                ("input", "FP32", [-1, 16])
+            ]
+            assert client.get_model_config("classifier")["max_batch_size"] == 64
+            x = np.random.default_rng(8).standard_normal((3, 16)).astype(np.float32)
+            expected = ort.InferenceSession(str(classifier_file), providers=["CPUExecutionProvider"]).run(
+                None, {"input": x}
+            )[0]
+            for binary in (True, False):
+                tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x, binary_data=binary)
+                output = triton_http.InferRequestedOutput("probabilities", binary_data=binary)
+                got = client.infer("classifier", [tensor], outputs=[output]).as_numpy("probabilities")
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        finally:
+            client.close()
+        assert process.stop() == 0
+    finally:
+        process.close()
