@@ -50,6 +50,24 @@ def identity_all_types(dims: tuple[int, ...] = (3,), batched: bool = True) -> on
     return _model(nodes, inputs, outputs)
 
 
+# Triton's 'simple' example model (add_sub) as its config.pbtxt declares it
+SIMPLE_CONFIG = """
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+dynamic_batching { }
+instance_group [ { count: 1, kind: KIND_CPU } ]
+"""
+
+
 def add_sub(width: int = 16, batched: bool = True, offset: float = 0.0) -> onnx.ModelProto:
     """Triton's 'simple' model: OUTPUT0 = INPUT0 + INPUT1 + offset, OUTPUT1 = INPUT0 - INPUT1 (FP32)."""
     shape = (["batch"] if batched else []) + [width]

@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from onnx_models import (
     ONNX_TYPES,
+    SIMPLE_CONFIG,
     add_sub,
     bytes_identity,
     identity_all_types,
@@ -36,21 +37,6 @@ from onnx_models import (
 )
 from server_harness import ServerThread
 
-SIMPLE_CONFIG = """
-name: "simple"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-dynamic_batching { }
-instance_group [ { count: 1, kind: KIND_CPU } ]
-"""
 SIMPLE = add_sub()
 IDENTITY = identity_all_types(dims=(3,))
 DATATYPES = list(ONNX_TYPES)

@@ -21,24 +21,17 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from hotwire.proto import grpc_service_pb2 as pb
-from onnx_models import ONNX_TYPES, add_sub, identity_all_types, ort_reference, simple_inputs, write_model
+from onnx_models import (
+    ONNX_TYPES,
+    SIMPLE_CONFIG,
+    add_sub,
+    identity_all_types,
+    ort_reference,
+    simple_inputs,
+    write_model,
+)
 from server_harness import ServerThread
 
-SIMPLE_CONFIG = """
-name: "simple"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-dynamic_batching { }
-instance_group [ { count: 1, kind: KIND_CPU } ]
-"""
 SIMPLE = add_sub()
 IDENTITY = identity_all_types(dims=(3,))
 DATATYPES = list(ONNX_TYPES)
