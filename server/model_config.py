@@ -101,7 +101,12 @@ def read_config(path: Path, model_name: str) -> tuple[mc.ModelConfig, bool]:
     config = mc.ModelConfig()
     text = ""
     if path.exists():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:  # e.g. a directory named config.pbtxt: this model fails, not the server
+            raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
         try:
             text_format.Parse(text, config)
         except text_format.ParseError as exc:

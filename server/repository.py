@@ -56,7 +56,11 @@ def read_model(path: Path, config_override: mc.ModelConfig | None = None) -> Mod
         source.error = str(exc)
         return source
     source.config, source.max_batch_size_given = config, given
-    available = _version_dirs(path)
+    try:
+        available = _version_dirs(path)
+    except OSError as exc:  # an unreadable model directory fails this model only
+        source.error = f"{path}: cannot be read: {exc.strerror or exc}"
+        return source
     source.on_disk = tuple(sorted(available))
     selected = select_versions(config.version_policy, sorted(available))
     for version in selected:

@@ -4,6 +4,7 @@ ONNX graph, version policies select versions, and a broken model never stops the
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 import numpy as np
@@ -214,3 +215,32 @@ def test_select_versions_policies_directly():
     assert repository.select_versions(policy, [1, 3, 5]) == [1]
     policy.all.SetInParent()
     assert repository.select_versions(policy, [1, 3, 5]) == [1, 3, 5]
+
+
+def _unreadable_configs(root) -> None:
+    write_model(root, "good", add_sub())
+    write_model(root, "latin1", add_sub())
+    (root / "latin1" / "config.pbtxt").write_bytes(b'name: "latin1" # caf\xe9\n')
+    write_model(root, "dir_config", add_sub())
+    (root / "dir_config" / "config.pbtxt").mkdir()
+
+
+@pytest.mark.parametrize("mode", ["none", "poll", "explicit"])
+def test_an_unreadable_config_fails_only_its_model_in_every_mode(tmp_path, running_server, stub_for, mode):
+    """A non-UTF-8 config.pbtxt, or a directory named config.pbtxt, used to stop the whole server at start (and
+    every later poll); now each fails its own model with the reason, and the rest serve."""
+    _unreadable_configs(tmp_path)
+    extra = {"load_model": ("good", "latin1", "dir_config")} if mode == "explicit" else {}
+    server = running_server(tmp_path, model_control_mode=mode, repository_poll_secs=0.2, **extra)
+    stub = stub_for(server)
+    assert stub.ModelReady(pb.ModelReadyRequest(name="good")).ready
+    rows = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+    assert rows["good"].state == "READY"
+    assert rows["latin1"].state == "UNAVAILABLE" and "not UTF-8" in rows["latin1"].reason, rows["latin1"]
+    assert rows["dir_config"].state == "UNAVAILABLE" and "cannot be read" in rows["dir_config"].reason
+    if mode == "poll":  # polling goes on: a model added later loads
+        write_model(tmp_path, "later", add_sub())
+        deadline = time.monotonic() + 30
+        while not stub.ModelReady(pb.ModelReadyRequest(name="later")).ready:
+            assert time.monotonic() < deadline, "the poll never loaded the model added later"
+            time.sleep(0.05)
