@@ -227,8 +227,8 @@ def _unreadable_configs(root) -> None:
 
 @pytest.mark.parametrize("mode", ["none", "poll", "explicit"])
 def test_an_unreadable_config_fails_only_its_model_in_every_mode(tmp_path, running_server, stub_for, mode):
-    """A non-UTF-8 config.pbtxt, or a directory named config.pbtxt, used to stop the whole server at start (and
-    every later poll); now each fails its own model with the reason, and the rest serve."""
+    """A non-UTF-8 config.pbtxt, or a directory named config.pbtxt, used to stop the whole server at start
+    (and every later poll); now each fails its own model with the reason, and the rest serve."""
     _unreadable_configs(tmp_path)
     extra = {"load_model": ("good", "latin1", "dir_config")} if mode == "explicit" else {}
     server = running_server(tmp_path, model_control_mode=mode, repository_poll_secs=0.2, **extra)
