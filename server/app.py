@@ -71,6 +71,7 @@ class App:
             config.model_control_mode,
             config.repository_poll_secs,
             config.load_model,
+            max_upload_bytes=config.max_message_bytes,
         )
         self.metrics = Metrics()
         self.metrics.watch(

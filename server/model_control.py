@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import repository
 from hotwire.server.config import CONTROL_MODES
-from hotwire.server.errors import FailedPrecondition, HotwireError, InvalidInput, NotFound
+from hotwire.server.errors import FailedPrecondition, HotwireError, InvalidInput, NotFound, ResourceExhausted
 from hotwire.server.model_version import VersionState
 from hotwire.server.registry import Registry
 from hotwire.server.traffic import parse_update
@@ -37,6 +37,9 @@ from hotwire.server.traffic import parse_update
 log = logging.getLogger(__name__)
 
 ROLLBACK_PARAMETER = "hotwire.rollback"
+MAX_MODEL_NAME_BYTES = 255  # a file name's limit on Linux file systems
+MAX_UPLOAD_FILES = 256  # a model directory with its config, versions and external data, with room to spare
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # App passes --max-message-bytes
 TRAFFIC_PARAMETER = "hotwire.traffic"
 
 
@@ -65,6 +68,7 @@ class ModelControl:
         mode: str = "none",
         poll_secs: float = 15.0,
         load_models: tuple[str, ...] = (),
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
         if mode not in CONTROL_MODES:
             raise ValueError(f"model control mode '{mode}': expected one of {CONTROL_MODES}")
@@ -74,7 +78,11 @@ class ModelControl:
         self.poll_secs = poll_secs
         self.load_models = load_models
         self._poller: asyncio.Task[None] | None = None
+        self.max_upload_bytes = max_upload_bytes
         self._uploads: dict[str, Path] = {}  # model -> temporary repository holding uploaded files
+        # Every upload is written below this one private directory (mode 0700, made at the first upload), in a
+        # directory of its own whose name comes from mkdtemp, never from the client.
+        self.upload_root: Path | None = None
 
     async def start(self) -> None:
         if self.mode == "explicit":
@@ -90,8 +98,9 @@ class ModelControl:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
-        for path in self._uploads.values():
-            shutil.rmtree(path, ignore_errors=True)
+        self._uploads.clear()
+        _remove(self.upload_root)
+        self.upload_root = None
 
     # ----- poll mode
     # -----------------------------------------------------------------------------------------
@@ -162,6 +171,7 @@ class ModelControl:
 
     async def load(self, name: str, parameters: dict[str, Any]) -> AdminResult:
         started = time.perf_counter()
+        check_model_name(name)
         if ROLLBACK_PARAMETER in parameters:
             target = str(parameters[ROLLBACK_PARAMETER]).strip()
             if target and not target.isdigit():
@@ -201,6 +211,7 @@ class ModelControl:
             raise FailedPrecondition(
                 f"unloading models is only allowed with --model-control-mode explicit (now: {self.mode})"
             )
+        check_model_name(name)
         self.registry.entry(name)
         await self.registry.unload(name)
 
@@ -240,7 +251,10 @@ class ModelControl:
             raise InvalidInput(f"parameter 'config': not a valid ModelConfig JSON: {exc}") from None
         upload: Path | None = None
         if files:
-            upload = Path(tempfile.mkdtemp(prefix=f"hotwire-upload-{name}-"))
+            self._check_upload_size(files)
+            if self.upload_root is None:
+                self.upload_root = Path(tempfile.mkdtemp(prefix="hotwire-uploads-"))
+            upload = Path(tempfile.mkdtemp(dir=self.upload_root))
             directory = upload / name
         else:
             directory = self._uploads.get(name, self.root) / name
@@ -257,12 +271,27 @@ class ModelControl:
             _remove(upload)
             raise
 
+    def _check_upload_size(self, files: dict[str, Any]) -> None:
+        if len(files) > MAX_UPLOAD_FILES:
+            raise InvalidInput(
+                f"{len(files)} 'file:' parameters: an upload holds at most {MAX_UPLOAD_FILES} files"
+            )
+        total = sum(
+            len(content) if isinstance(content, bytes) else len(str(content)) for content in files.values()
+        )
+        if total > self.max_upload_bytes:
+            raise ResourceExhausted(
+                f"the uploaded files hold {total} bytes, over the {self.max_upload_bytes} allowed"
+            )
+
     @staticmethod
     def _write_upload(directory: Path, files: dict[str, Any]) -> None:
         for relative, content in files.items():
             shown = relative if len(relative) <= 80 else relative[:80] + "..."
+            if not relative or "\0" in relative or Path(relative).is_absolute():
+                raise InvalidInput(f"parameter 'file:{shown}': expected a relative path such as 1/model.onnx")
             target = (directory / relative).resolve()
-            if not target.is_relative_to(directory.resolve()):
+            if target == directory.resolve() or not target.is_relative_to(directory.resolve()):
                 raise InvalidInput(f"parameter 'file:{shown}': path leaves the model directory")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +301,22 @@ class ModelControl:
                     "failed to poll from model repository: cannot write parameter "
                     f"'file:{shown}': {exc.strerror or exc}"
                 ) from None
+
+
+def check_model_name(name: str) -> None:
+    """Model names are plain names, as Triton's: a directory of the repository, never a path. Every name a
+    client sends to the repository API passes here before it is joined to a path."""
+    if (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in "/\\\0")
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES
+    ):
+        shown = name if len(name) <= 100 else name[:100] + "..."
+        raise InvalidInput(
+            f"model name {shown!r} is not a plain name: no '/', '\\' or NUL, not '.' or '..', at most "
+            f"{MAX_MODEL_NAME_BYTES} bytes"
+        )
 
 
 def _remove(upload: Path | None) -> None:

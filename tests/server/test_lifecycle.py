@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.proto import grpc_service_pb2 as pb
+from hotwire.proto import grpc_service_pb2_grpc as pb_grpc
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import registry as registry_module
 from hotwire.server import wire
@@ -596,3 +597,87 @@ def test_a_reload_naming_a_standby_version_stable_serves_it(tmp_path, running_se
     assert ("1", "READY", "stable") in rows and ("2", "READY", "") in rows, rows
     assert server.app.registry.entry("m").versions[1].state.value == "READY"
     assert infer(stub, np.zeros((1, WIDTH), np.float32), version="2")[0] == "2"  # pinned: the new one serves
+
+
+HOSTILE_NAMES = ["..", "q/../../..", "/etc", "a/b", "a\\b", "nul\0byte", ".", "", "x" * 300]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_model_name_that_is_a_path_is_refused_and_writes_nothing(tmp_path, running_server, name):
+    """Issue 11 item 1: `..` and `q/../../..` as names wrote uploaded files outside the temporary directory,
+    and an absolute or `../` name loaded any directory on disk. Names are plain names now: refused before any
+    path is built, for an upload, a load from disk, a rollback, a traffic change and an unload alike."""
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    outside = tmp_path / "outside"
+    write_model(outside, "planted", offset_model(1.0), config())
+    server = running_server(repository, model_control_mode="explicit")
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    upload = pb.RepositoryModelLoadRequest(model_name=name)
+    upload.parameters["config"].string_param = config()
+    upload.parameters["file:1/model.onnx"].bytes_param = offset_model(2.0).SerializeToString()
+    requests = [
+        (stub.RepositoryModelLoad, upload),
+        (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=name)),
+        (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=name)),
+    ]
+    for key, value in (("hotwire.rollback", ""), ("hotwire.traffic", '{"canary_weight": 0.5}')):
+        admin_call = pb.RepositoryModelLoadRequest(model_name=name)
+        admin_call.parameters[key].string_param = value
+        requests.append((stub.RepositoryModelLoad, admin_call))
+    for call, request in requests:
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert "not a plain name" in caught.value.details()
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written in or outside the repository
+    assert server.app.control.upload_root is None  # no upload directory was even made
+    relative = pb.RepositoryModelLoadRequest(model_name=f"../{outside.name}/planted")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RepositoryModelLoad(relative, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="planted")).ready
+
+
+def test_failed_uploads_leave_no_files_and_uploads_are_capped(tmp_path, running_server):
+    """Issue 11 item 1: 20 failed uploads left 40 MiB of temporary files until stop; uploads are capped in
+    files and bytes (--max-message-bytes) and a `file:` key must name a file."""
+    (tmp_path / "placeholder").mkdir()
+    server = running_server(tmp_path, model_control_mode="explicit", max_message_bytes=4 * 1024 * 1024)
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+
+    def upload(files: dict[str, bytes]) -> grpc.RpcError:
+        request = pb.RepositoryModelLoadRequest(model_name="up")
+        request.parameters["config"].string_param = '{"max_batch_size": 4}'
+        for key, content in files.items():
+            request.parameters[key].bytes_param = content
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RepositoryModelLoad(request, timeout=60)
+        return caught.value
+
+    for attempt in range(20):
+        error = upload({"file:1/model.onnx": bytes([attempt]) * (2 * 1024 * 1024)})  # 2 MiB, not ONNX
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "failed to load 'up'" in error.details()
+        root = server.app.control.upload_root
+        assert root is not None and list(root.iterdir()) == [], f"attempt {attempt} left files behind"
+    too_many = upload({f"file:1/part{i}": b"x" for i in range(300)})
+    assert too_many.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 256 files" in too_many.details()
+    for key in ("file:", "file:1/../../escape", "file:/etc/passwd"):
+        bad = upload({key: b"x"})
+        assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT, (key, bad.details())
+    assert list(server.app.control.upload_root.iterdir()) == []
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_the_upload_byte_cap_holds_below_the_transport_limit(tmp_path):
+    """The transports already bound a request by --max-message-bytes; ModelControl bounds the files themselves
+    too (what it is given as max_upload_bytes), whatever the frontend."""
+    from hotwire.server.errors import ResourceExhausted
+    from hotwire.server.model_control import ModelControl
+
+    control = ModelControl(registry_module.Registry(32), tmp_path, "explicit", max_upload_bytes=1000)
+    files = {"config": '{"max_batch_size": 4}', "file:1/a": b"x" * 600, "file:1/b": b"x" * 600}
+    with pytest.raises(ResourceExhausted, match="1200 bytes, over the 1000 allowed"):
+        asyncio.run(control.load("up", files))
+    assert control.upload_root is None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
@@ -728,11 +727,13 @@ def test_load_model_with_files(running_server: StartServer, tmp_path: Path) -> N
         assert len(client.get_inference_statistics(model_name="uploaded").model_stats) == 1
 
         # a rejected upload leaves the previous one serving, and in place for reloads; its own files are gone
-        uploads = set(Path(tempfile.gettempdir()).glob("hotwire-upload-uploaded-*"))
+        upload_root = server.app.control.upload_root
+        uploads = set(upload_root.iterdir())
+        assert len(uploads) == 1  # the upload that serves
         with pytest.raises(InferenceServerException) as caught:
             client.load_model("uploaded", config=config, files={"file:1/model.onnx": b"not an onnx model"})
         assert "failed to load" in caught.value.message()
-        assert set(Path(tempfile.gettempdir()).glob("hotwire-upload-uploaded-*")) == uploads
+        assert set(upload_root.iterdir()) == uploads
         check_simple(client.infer(model_name="uploaded", inputs=inputs, outputs=outputs), input0, input1)
         client.load_model("uploaded", config=config)  # config only: reads the files of the upload that loaded
         check_simple(client.infer(model_name="uploaded", inputs=inputs, outputs=outputs), input0, input1)
