@@ -214,6 +214,7 @@ def _input(index: int, entry: Any, body: memoryview, offset: int) -> tuple[Input
     ):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
     shape_t = tuple(shape)
+    wire.check_shape(name, shape_t)
     parameters = _parameters(f"input '{name}'", entry.get("parameters"))
     binary_size = parameters.get(BINARY_SIZE)
     if binary_size is not None:

@@ -173,12 +173,11 @@ class ModelControl:
         started = time.perf_counter()
         check_model_name(name)
         if ROLLBACK_PARAMETER in parameters:
-            target = str(parameters[ROLLBACK_PARAMETER]).strip()
-            if target and not target.isdigit():
+            target = str(parameters[ROLLBACK_PARAMETER])
+            number = repository.parse_version(target) if target else None
+            if target and number is None:
                 raise InvalidInput(f"parameter '{ROLLBACK_PARAMETER}': expected a version number or empty")
-            version, how = await self.registry.rollback(
-                name, int(target) if target else None, self._reload_source(name)
-            )
+            version, how = await self.registry.rollback(name, number, self._reload_source(name))
             return AdminResult(f"rollback:{how}", version, (time.perf_counter() - started) * 1e3)
         if TRAFFIC_PARAMETER in parameters:
             self.registry.set_traffic(name, parse_update(str(parameters[TRAFFIC_PARAMETER])))

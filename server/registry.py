@@ -425,11 +425,15 @@ class Registry:
             ):
                 return canary
             return serving
-        if not version.isdigit():
-            raise InvalidInput(f"model_version '{version}' is not an integer version")
-        loaded = entry.versions.get(int(version))
+        number = repository.parse_version(version)
+        if number is None:
+            raise InvalidInput(
+                f"model_version '{repository.shown(version)}' is not a version: expected a decimal integer, "
+                "e.g. 1"
+            )
+        loaded = entry.versions.get(number)
         if loaded is None:
-            failure = entry.failures.get(int(version))
+            failure = entry.failures.get(number)
             if failure:
                 raise Unavailable(f"model '{name}' version {version} failed to load: {failure}")
             raise NotFound(f"model '{name}' has no version {version}; loaded: {sorted(entry.versions)}")

@@ -8,6 +8,7 @@ one broken model never hides the others.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,21 @@ from hotwire.server.model_config import override_config, read_config
 log = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "config.pbtxt"
+_CANONICAL_VERSION = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def parse_version(text: str) -> int | None:
+    """A version as a client names it: a canonical ASCII decimal within int64 ("1"; not "01", "+1", the
+    Arabic-Indic "١" or the superscript "²", which str.isdigit accepts); None when it is not one."""
+    if _CANONICAL_VERSION.fullmatch(text) is None:
+        return None
+    value = int(text)
+    return value if value < 2**63 else None
+
+
+def shown(text: str, limit: int = 50) -> str:
+    """A client's string as an error message echoes it: at most `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
@@ -102,7 +118,7 @@ def _version_dirs(path: Path) -> dict[int, Path]:
     for entry in path.iterdir():
         if not entry.is_dir() or entry.name.startswith("."):
             continue
-        if not entry.name.isdigit():
+        if not (entry.name.isascii() and entry.name.isdigit()):
             log.warning(
                 "model %s: skipping '%s', version directories must be integers", path.name, entry.name
             )

@@ -248,8 +248,31 @@ def _datatype(tensor: pb.ModelInferRequest.InferInputTensor) -> datatypes.Dataty
 def _shape(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[int, ...]:
     shape = tuple(tensor.shape)
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} has a negative dimension")
+        raise InvalidInput(f"input '{tensor.name}': shape {shown_shape(shape)} has a negative dimension")
+    check_shape(tensor.name, shape)
     return shape
+
+
+MAX_DIMS = 64  # Triton's and NumPy's limit
+# NumPy refuses an array whose non-zero dimensions multiply past what its size type holds, even when another
+# dimension is 0 ([2**63 - 1, 0] holds nothing, yet np.reshape raises); 16 bytes covers every element size.
+_MAX_NONZERO_BYTES = 2**63 - 1
+
+
+def check_shape(name: str, shape: tuple[int, ...]) -> None:
+    """The limits of a tensor shape, whatever the model (non-negative dims are the caller's check)."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input '{name}': {len(shape)} dimensions, at most {MAX_DIMS}")
+    extent = 16
+    for dim in shape:
+        extent *= dim or 1
+    if extent > _MAX_NONZERO_BYTES:
+        raise InvalidInput(f"input '{name}': shape {shown_shape(shape)} is too large for any tensor")
+
+
+def shown_shape(shape: tuple[int, ...]) -> str:
+    """A shape for an error message: a client's list of dims is echoed only in part."""
+    return str(list(shape)) if len(shape) <= 8 else f"{list(shape[:8])[:-1]}, ... ({len(shape)} dims)]"
 
 
 def decode_typed(header: pb.ModelInferRequest) -> InferRequest:

@@ -175,6 +175,49 @@ def test_non_integer_version_is_invalid(stub):
     expect_error(stub, simple_request(model_version="latest"), grpc.StatusCode.INVALID_ARGUMENT, "'latest'")
 
 
+@pytest.mark.parametrize("version", ["\u00b2", "\u0661", "01", "+1", " 1", "9" * 5000, str(2**63)])
+def test_versions_are_canonical_ascii_integers(stub, version):
+    """Issue 11 item 6: "²" and 5000 digits were INTERNAL (int() raised), "01" and the Arabic-Indic "١" were
+    served as version 1. Every call that names a version answers INVALID_ARGUMENT, the echo truncated."""
+    details = expect_error(
+        stub, simple_request(model_version=version), grpc.StatusCode.INVALID_ARGUMENT, "not a version"
+    )
+    assert len(details) < 200
+    for call, request in (
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="simple", version=version)),
+        (stub.ModelConfig, pb.ModelConfigRequest(name="simple", version=version)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="simple", version=version)).ready
+    rollback = pb.RepositoryModelLoadRequest(model_name="simple")
+    rollback.parameters["hotwire.rollback"].string_param = version
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RepositoryModelLoad(rollback, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+
+
+@pytest.mark.parametrize(
+    ("shape", "fragment"),
+    [
+        ([1] * 65, "65 dimensions, at most 64"),
+        ([2**63 - 1, 0], "too large"),
+        ([2**40, 2**30, 0], "too large"),
+    ],
+)
+def test_shapes_no_tensor_can_have_are_invalid_argument(stub, shape, fragment):
+    """Issue 11 item 6: these were INTERNAL with a logged traceback (NumPy refused them deep in decoding)."""
+    request = pb.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="FP32", shape=shape)
+        request.raw_input_contents.append(b"")
+    expect_error(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "INPUT0", fragment)
+    typed = pb.ModelInferRequest(model_name="simple")
+    typed.inputs.add(name="INPUT0", datatype="BYTES", shape=[2**62, 0]).contents.SetInParent()
+    expect_error(stub, typed, grpc.StatusCode.INVALID_ARGUMENT, "INPUT0")
+
+
 def test_model_that_failed_to_load_answers_unavailable_with_the_reason(stub):
     request = simple_request(model_name="broken")
     expect_error(stub, request, grpc.StatusCode.UNAVAILABLE, "'broken'", "could not load")
