@@ -105,6 +105,7 @@ class App:
             self.is_ready,
             RequestLogger(config.request_log_rate, config.slow_request_ms),
             exact_statistics=not config.reuse_port,
+            max_response_bytes=config.max_message_bytes,
         )
 
     def _set_model_health(self, model: str, serving: bool) -> None:

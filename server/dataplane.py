@@ -47,11 +47,13 @@ class DataPlane:
         is_ready: Callable[[], bool],
         request_logger: RequestLogger | None = None,
         exact_statistics: bool = True,
+        max_response_bytes: int = 0,
     ) -> None:
         self._registry = registry
         self._control = control
         self._is_ready = is_ready
         self._request_logger = request_logger or RequestLogger()
+        self._max_response_bytes = max_response_bytes  # --max-message-bytes, the same for every frontend
         self.extensions = [e for e in EXTENSIONS if exact_statistics or e != "statistics"]
 
     # ----- inference ----------------------------------------------------------------------------------------
@@ -62,7 +64,7 @@ class DataPlane:
         version = self._registry.route(request.model_name, request.model_version, request)
         routed = time.perf_counter()
         try:
-            response = await version.infer(request)
+            response = await version.infer(request, self._max_response_bytes)
         except Exception as exc:  # a cancelled call (BaseException) is not held against the version either
             if not is_client_fault(exc):  # a bad request says nothing about the version's health
                 self._registry.after_response(version, request, None, time.perf_counter() - received, False)

@@ -69,6 +69,14 @@ class ResourceExhausted(HotwireError):
     reason = FailureReason.REJECTED
 
 
+class ResponseTooLarge(ResourceExhausted):
+    """A response whose outputs would exceed --max-message-bytes: the request asks for too much (fewer rows or
+    outputs), so over HTTP it is the client's 400, not the 429 that tells a client to retry later."""
+
+    http_status = 400
+    client_fault = True
+
+
 class DeadlineExceeded(HotwireError):
     status = grpc.StatusCode.DEADLINE_EXCEEDED
     http_status = 504

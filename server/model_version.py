@@ -18,10 +18,12 @@ import asyncio
 import enum
 import time
 
+import numpy as np
+
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.batcher import Batcher
 from hotwire.server.drift import DriftMonitor, DriftReport
-from hotwire.server.errors import failure_reason
+from hotwire.server.errors import ResponseTooLarge, failure_reason
 from hotwire.server.model_config import Signature
 from hotwire.server.preprocess import Preprocessor
 from hotwire.server.runner import Instance
@@ -138,11 +140,19 @@ class ModelVersion:
         if self.drift is not None:
             self._drift_report = await asyncio.to_thread(self.drift.compute)
 
+    def _too_large(self, size: int, limit: int) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"model '{self.name}': the response would hold {size} bytes of outputs, over the {limit}-byte "
+            "message limit (--max-message-bytes); request fewer rows or outputs"
+        )
+
     # ----- serving -----------------------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, run (inline or through the batcher), and count the request in this version's
-        statistics."""
+    async def infer(self, request: InferRequest, max_response_bytes: int = 0) -> InferResponse:
+        """Validate, run (inline or through the batcher), and count the request in this version's statistics.
+
+        `max_response_bytes` (0: no limit): a response whose outputs would exceed it is RESOURCE_EXHAUSTED,
+        before compute when the config and the input shapes fix the output sizes, after it otherwise."""
         started = time.monotonic()
         self._inflight += 1
         self._idle.clear()
@@ -150,6 +160,9 @@ class ModelVersion:
         times = ComputeTimes()
         try:
             valid = self._plans.validate(request)
+            bound = valid.response_bytes
+            if max_response_bytes and bound is not None and bound > max_response_bytes:
+                raise self._too_large(bound, max_response_bytes)
             done = self.batcher.run_now(valid.feeds, valid.rows, valid.output_names)
             if done is not None:
                 outputs, times = done
@@ -168,6 +181,10 @@ class ModelVersion:
                     if item.batched_at is not None:
                         queue_s = item.batched_at - item.pending.enqueued_at
                     times = item.times
+            if max_response_bytes and bound is None:
+                produced = sum(_payload_bytes(output) for output in outputs)
+                if produced > max_response_bytes:
+                    raise self._too_large(produced, max_response_bytes)
         except BaseException as exc:
             self.stats.record_request(False, time.monotonic() - started, queue_s, times, failure_reason(exc))
             raise
@@ -186,3 +203,10 @@ class ModelVersion:
             compute_input_s=times.input_s,
             compute_infer_s=times.infer_s,
         )
+
+
+def _payload_bytes(output: np.ndarray) -> int:
+    """An output's bytes on the wire (BYTES: each element's UTF-8 and its 4-byte length)."""
+    if output.dtype.kind != "O":
+        return int(output.nbytes)
+    return sum(4 + len(e.encode() if isinstance(e, str) else e) for e in output.reshape(-1))

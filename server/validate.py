@@ -30,6 +30,8 @@ class RequestPlan:
     output_names: tuple[str, ...]
     priority: int
     timeout_us: int
+    # the response's output bytes when the config and the input shapes fix them (None: known after compute)
+    response_bytes: int | None = None
 
     def bind(self, request: InferRequest) -> ValidRequest:
         feeds = {
@@ -37,7 +39,13 @@ class RequestPlan:
             for tensor, shape in zip(request.inputs, self.model_shapes)
         }
         return ValidRequest(
-            feeds, self.rows, self.shape_key, self.output_names, self.priority, self.timeout_us
+            feeds,
+            self.rows,
+            self.shape_key,
+            self.output_names,
+            self.priority,
+            self.timeout_us,
+            self.response_bytes,
         )
 
 
@@ -76,6 +84,7 @@ class ValidRequest:
     output_names: tuple[str, ...]
     priority: int = 0
     timeout_us: int = 0
+    response_bytes: int | None = None
 
 
 def make_plan(request: InferRequest, signature: Signature, model: str) -> RequestPlan:
@@ -140,6 +149,10 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
     if request.requested_outputs is None:
         output_names = tuple(s.name for s in signature.outputs)
     else:
+        if len(set(request.requested_outputs)) != len(request.requested_outputs):
+            repeated = next(n for n in request.requested_outputs if request.requested_outputs.count(n) > 1)
+            # each copy would be computed and sent again: 25,000 copies made a 266 KB request a 64 MB answer
+            raise InvalidInput(f"output '{repeated}' is requested more than once")
         for name in request.requested_outputs:
             if signature.output(name) is None:
                 raise InvalidInput(
@@ -154,7 +167,20 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         output_names,
         _int_parameter(request, "priority"),
         _int_parameter(request, "timeout"),
+        _response_bytes(signature, output_names, rows or 1),
     )
+
+
+def _response_bytes(signature: Signature, output_names: tuple[str, ...], rows: int) -> int | None:
+    """The outputs' bytes when the config fixes every output dimension (None: a dynamic one, or BYTES)."""
+    total = 0
+    for name in output_names:
+        spec = signature.output(name)
+        assert spec is not None  # checked by make_plan
+        if spec.datatype.itemsize == 0 or any(d < 0 for d in spec.dims):
+            return None
+        total += (rows if signature.batched else 1) * element_count(spec.dims) * spec.datatype.itemsize
+    return total
 
 
 def _int_parameter(request: InferRequest, key: str) -> int:

@@ -29,7 +29,8 @@ ONNX_TYPES: dict[str, int] = {
 }
 
 
-def _model(nodes: list, inputs: list, outputs: list, initializers: list | None = None) -> onnx.ModelProto:
+def tiny_model(nodes: list, inputs: list, outputs: list, initializers: list | None = None) -> onnx.ModelProto:
+    """A checked model of the given nodes (opset OPSET, IR version 8: what every onnxruntime here loads)."""
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers or [])
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hotwire-tests"
@@ -47,7 +48,7 @@ def identity_all_types(dims: tuple[int, ...] = (3,), batched: bool = True) -> on
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
         inputs.append(helper.make_tensor_value_info(f"in_{name}", elem, shape))
         outputs.append(helper.make_tensor_value_info(f"out_{name}", elem, shape))
-    return _model(nodes, inputs, outputs)
+    return tiny_model(nodes, inputs, outputs)
 
 
 # Triton's 'simple' example model (add_sub) as its config.pbtxt declares it
@@ -78,7 +79,7 @@ def add_sub(width: int = 16, batched: bool = True, offset: float = 0.0) -> onnx.
         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
     ]
     io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)  # noqa: E731
-    return _model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")], [bias])
+    return tiny_model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")], [bias])
 
 
 def write_model(
@@ -104,7 +105,7 @@ def add_sub_int32(width: int = 16) -> onnx.ModelProto:
         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
     ]
     io = lambda n: helper.make_tensor_value_info(n, TensorProto.INT32, shape)  # noqa: E731
-    return _model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")])
+    return tiny_model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")])
 
 
 def add_sub_string(width: int = 16) -> onnx.ModelProto:
@@ -122,13 +123,13 @@ def add_sub_string(width: int = 16) -> onnx.ModelProto:
         helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
     ]
     io = lambda n: helper.make_tensor_value_info(n, TensorProto.STRING, shape)  # noqa: E731
-    return _model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")])
+    return tiny_model(nodes, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")])
 
 
 def bytes_identity(width: int = 16) -> onnx.ModelProto:
     """Triton's 'simple_identity': BYTES [batch, width] INPUT0 -> Identity -> OUTPUT0."""
     shape: list[str | int] = ["batch", width]
-    return _model(
+    return tiny_model(
         [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
         [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, shape)],
         [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, shape)],
