@@ -54,6 +54,21 @@ class TrafficPolicy:
             raise InvalidInput(f"traffic policy: shadow_fraction {self.shadow_fraction} is outside 0..1")
         if self.standby < 0:
             raise InvalidInput(f"traffic policy: standby {self.standby} must be >= 0")
+        for name in ("stable", "canary", "shadow"):
+            version = getattr(self, name)
+            if version is not None and version < 0:
+                raise InvalidInput(f"traffic policy: {name} {version} must be a version >= 0")
+        guard = self.guard
+        if not 0.0 <= guard.max_error_rate <= 1.0:
+            raise InvalidInput(
+                f"traffic policy: canary_max_error_rate {guard.max_error_rate} is outside 0..1"
+            )
+        if not guard.max_p99_ms >= 0.0:
+            raise InvalidInput(f"traffic policy: canary_max_p99_ms {guard.max_p99_ms} must be >= 0")
+        if not guard.window_s > 0.0:
+            raise InvalidInput(f"traffic policy: canary_guard_window_s {guard.window_s} must be > 0")
+        if guard.min_requests < 0:
+            raise InvalidInput(f"traffic policy: canary_guard_min_requests {guard.min_requests} must be >= 0")
         return self
 
 
@@ -75,23 +90,44 @@ def apply_update(policy: TrafficPolicy, values: Mapping[str, Any]) -> TrafficPol
     try:
         for key, value in values.items():
             if key in _INT_KEYS:
-                changes[key] = None if value in (None, "", "none") else int(value)
+                changes[key] = None if value in (None, "", "none") else _integer(key, value)
             elif key in _FLOAT_KEYS:
-                changes[key] = float(value)
+                changes[key] = _number(key, value)
             elif key == "sticky_parameter":
-                changes[key] = str(value)
+                if not isinstance(value, str):
+                    raise InvalidInput(
+                        f"traffic policy: sticky_parameter must be a parameter name, got {value!r:.50}"
+                    )
+                changes[key] = value
             elif key in _GUARD_KEYS:
                 guard_changes[_GUARD_KEYS[key]] = (
-                    int(value) if key == "canary_guard_min_requests" else float(value)
+                    _integer(key, value) if key == "canary_guard_min_requests" else _number(key, value)
                 )
             else:
-                raise InvalidInput(f"traffic policy: unknown key '{key}'")
-    except (TypeError, ValueError) as exc:
+                raise InvalidInput(f"traffic policy: unknown key '{key[:50]}'")
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInput(f"traffic policy: {exc}") from None
     if changes.get("standby") is None and "standby" in changes:
         changes["standby"] = 0
     guard = replace(policy.guard, **guard_changes)
     return replace(policy, guard=guard, **changes).check()
+
+
+def _integer(key: str, value: Any) -> int:
+    """An integer setting: an int or its decimal string (not a bool, not 1.5, not 1e999)."""
+    if isinstance(value, bool) or isinstance(value, float) or not isinstance(value, (int, str)):
+        raise InvalidInput(f"traffic policy: {key} must be an integer, got {value!r:.50}")
+    return int(value)
+
+
+def _number(key: str, value: Any) -> float:
+    """A finite number setting (1e999 reads as inf in JSON, NaN passes every comparison)."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"traffic policy: {key} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInput(f"traffic policy: {key} must be a finite number, got {value!r:.50}")
+    return number
 
 
 def parse_update(text: str) -> dict[str, Any]:

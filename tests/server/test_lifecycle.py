@@ -681,3 +681,34 @@ def test_the_upload_byte_cap_holds_below_the_transport_limit(tmp_path):
     with pytest.raises(ResourceExhausted, match="1200 bytes, over the 1000 allowed"):
         asyncio.run(control.load("up", files))
     assert control.upload_root is None
+
+
+@pytest.mark.parametrize(
+    ("update", "fragment"),
+    [
+        ('{"canary_weight": 1e999}', "finite"),  # was INTERNAL: inf slipped through float()
+        ('{"canary": 1e999}', "integer"),  # was INTERNAL: OverflowError
+        ('{"canary": true}', "integer"),
+        ('{"canary_guard_window_s": -5}', "> 0"),  # negative windows were accepted
+        ('{"canary_guard_min_requests": -1}', ">= 0"),
+        ('{"canary_max_error_rate": 2}', "0..1"),
+        ('{"sticky_parameter": {"a": 1}}', "parameter name"),  # a dict was stored as its repr
+        ('{"shadow_fraction": NaN}', "finite"),
+    ],
+)
+def test_a_malformed_traffic_update_is_invalid_argument_and_changes_nothing(
+    tmp_path, running_server, stub_for, update, fragment
+):
+    """Issue 11 items 6 and 8: these traffic values were INTERNAL or silently accepted."""
+    write_model(tmp_path, "m", offset_model(1.0), config(), version=1)
+    server = running_server(tmp_path)
+    stub = stub_for(server)
+    before = server.app.registry.entry("m").policy
+    request = pb.RepositoryModelLoadRequest(model_name="m")
+    request.parameters["hotwire.traffic"].string_param = update
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RepositoryModelLoad(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert fragment in caught.value.details()
+    assert server.app.registry.entry("m").policy == before
+    assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "1"
