@@ -161,6 +161,7 @@ class Registry:
     async def _load_locked(self, source: ModelSource) -> ModelEntry:
         entry = self._entry_for(source.name)
         entry.unloaded = False
+        entry.failures = {}  # this attempt's reasons only: an earlier attempt's would repeat in its errors
         if entry.stable is None:
             self._on_health_change(entry.name, False)  # loading: NOT_SERVING until a version is ready
         entry.fingerprint = repository.fingerprint(source.path) if source.path.exists() else ()

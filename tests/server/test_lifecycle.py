@@ -712,3 +712,21 @@ def test_a_malformed_traffic_update_is_invalid_argument_and_changes_nothing(
     assert fragment in caught.value.details()
     assert server.app.registry.entry("m").policy == before
     assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "1"
+
+
+def test_a_failed_load_reports_its_own_reasons_not_an_earlier_attempts(tmp_path, running_server, stub_for):
+    """Issue 11 item 8: every reason of every earlier failed load was repeated in later errors."""
+    write_model(tmp_path, "m", b"not an onnx model", "max_batch_size: [broken")
+    server = running_server(tmp_path, model_control_mode="explicit")
+    stub = stub_for(server)
+    with pytest.raises(grpc.RpcError) as first:
+        load(stub)
+    assert "config.pbtxt" in first.value.details()
+    (tmp_path / "m" / "config.pbtxt").write_text(config())  # the config is fixed; the model file is still bad
+    with pytest.raises(grpc.RpcError) as second:
+        load(stub)
+    assert "version 1" in second.value.details() and "config.pbtxt" not in second.value.details()
+    write_model(tmp_path, "m", offset_model(3.0), config())
+    load(stub)
+    assert infer(stub, np.zeros((1, WIDTH), np.float32))[0] == "1"
+    assert [row for row in index(stub) if row[0] == "m"] == [("m", "1", "READY", "stable")]
