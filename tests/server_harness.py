@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,11 @@ class ServerThread:
         return f"127.0.0.1:{self.app.http_port}"
 
 
+# The server's (or the supervisor's) own listening line: worker lines carry a `[worker i]` prefix, or a
+# "worker" field in JSON.
+_OWN_LISTENING_LINE = re.compile(r'^(?!\[worker)(?!.*"worker": \d).*hotwire listening on ')
+
+
 class LoggedProcess:
     """A server child process with its output collected on a thread; `listening` matches the line that says it
     is up, its first group being the port."""
@@ -108,11 +113,14 @@ class LoggedProcess:
 
     def wait_for(self, text: str, timeout: float = 60) -> None:
         """Wait until a logged line contains `text`."""
-        for _ in range(int(timeout / 0.05)):
-            if any(text in line for line in self.lines):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"never logged {text!r}:\n{self.log}")
+        self._wait_until(lambda: any(text in line for line in self.lines), timeout, repr(text))
+
+    def _wait_until(self, logged: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not logged():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never logged {what}:\n{self.log}")
+            time.sleep(0.01)
 
     @property
     def log(self) -> str:
@@ -163,6 +171,13 @@ class ServeProcess(LoggedProcess):
             self.listening = readiness.wait(self._ready_read, timeout)
         assert self.listening is not None, "server did not start:\n" + self.log
         self.port = self.listening.grpc_port
+        # The ready line can arrive before the collector thread has read the log written ahead of it; tests
+        # read that log (what was loaded, which warnings), so wait until it holds the server's own line too.
+        self._wait_until(
+            lambda: any(_OWN_LISTENING_LINE.search(line) for line in self.lines),
+            timeout,
+            "the 'hotwire listening' log line",
+        )
         return self.port
 
     def close(self) -> None:
