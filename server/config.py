@@ -206,7 +206,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=_positive("--workers", 1),
-        help="server processes sharing the gRPC port; a crashed one is restarted (default 1)",
+        help="server processes sharing the gRPC and HTTP ports; a crashed one is restarted (default 1)",
     )
     parser.add_argument(
         "--exit-on-error",

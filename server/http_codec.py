@@ -370,7 +370,7 @@ def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[
     if response.parameters:
         header["parameters"] = response.parameters
     header["outputs"] = outputs
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = json_dumps(header)
     if not binary_parts:
         return encoded, None
     return b"".join([encoded, *binary_parts]), len(encoded)

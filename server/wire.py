@@ -323,7 +323,7 @@ def array_from_raw(
 ) -> np.ndarray:
     count = element_count(shape)
     if dtype.name == "BYTES":
-        return _bytesarray_from_raw(name, shape, count, data)
+        return _bytes_array_from_raw(name, shape, count, data)
     expected = count * dtype.itemsize
     if data.nbytes != expected:
         raise InvalidInput(
@@ -333,7 +333,7 @@ def array_from_raw(
     return np.frombuffer(data, dtype=dtype.numpy).reshape(shape)
 
 
-def _bytesarray_from_raw(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+def _bytes_array_from_raw(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
     elements = bytes_elements(name, data)
     if len(elements) != count:
         raise InvalidInput(
