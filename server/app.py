@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 
 import grpc
@@ -21,6 +22,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from hotwire.proto import grpc_service_pb2, model_config_pb2
 from hotwire.server import readiness
+from hotwire.server.auth import AccessPolicy, exposure_warning
 from hotwire.server.config import ServerConfig
 from hotwire.server.dataplane import DataPlane
 from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
@@ -32,6 +34,7 @@ from hotwire.server.metrics import Metrics, MetricsServer, VersionView, start_me
 from hotwire.server.model_control import ModelControl
 from hotwire.server.registry import Registry
 from hotwire.server.tasks import BackgroundTasks
+from hotwire.server.tls import TlsFiles
 from hotwire.server.workers import port_in_use
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,9 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 class App:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # both read their files now: a wrong one stops the start with a ConfigError naming the flag
+        self.tls = TlsFiles.from_flags(config.tls_cert, config.tls_key, config.tls_client_ca)
+        self.access = AccessPolicy.from_file(config.api_keys)
         self.health = HealthServicer()
         self.registry = Registry(config.default_max_batch_size, on_health_change=self._set_model_health)
         self.control = ModelControl(
@@ -121,7 +127,10 @@ class App:
     async def start(self) -> None:
         if self.config.metrics_port >= 0:
             self._metrics_server = start_metrics_server(
-                self.config.host, self.config.metrics_port, self.metrics.exposition()
+                self.config.host,
+                self.config.metrics_port,
+                self.metrics.exposition(),
+                self.tls.server_context() if self.tls else None,
             )
             self.metrics_port = self._metrics_server.server_port
         root = self.config.model_repository
@@ -157,7 +166,7 @@ class App:
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        self._service = InferenceService(self.plane)
+        self._service = InferenceService(self.plane, self.access)
         self._service.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -165,7 +174,10 @@ class App:
         )
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:
-            self.grpc_port = server.add_insecure_port(address)
+            if self.tls is not None:
+                self.grpc_port = server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                self.grpc_port = server.add_insecure_port(address)
         except RuntimeError:  # grpcio raises when the bind fails, with a message that only points at its logs
             self.grpc_port = 0
         if self.grpc_port == 0:
@@ -183,6 +195,10 @@ class App:
                 await server.stop(0)
                 raise
         await self.health.set("", SERVING)
+        if not self.config.reuse_port:  # a worker's supervisor warns, once
+            warning = exposure_warning(self.config.host, self.tls is not None, self.access.uses_keys)
+            if warning:
+                log.warning("%s", warning)
         log.info(
             "hotwire listening on %s:%d (gRPC)%s%s",
             self.config.host,
@@ -211,7 +227,11 @@ class App:
                 " (is another server using the port, or the host wrong?)"
             ) from None
         self._http = HttpServer(
-            HttpService(self.plane), sock, self.config.max_message_bytes, self.config.shutdown_grace_s
+            HttpService(self.plane, self.access),
+            sock,
+            self.config.max_message_bytes,
+            self.config.shutdown_grace_s,
+            self.tls.server_context() if self.tls else None,
         )
         await self._http.start()
         self.http_port = self._http.port
@@ -228,12 +248,9 @@ class App:
         )
         await self.health.enter_graceful_shutdown()
         await self.health.end_watches()  # idle streams must not hold the shutdown for the whole grace
-        if self._service is not None:
-            self._service.end_streams()  # they finish what they have read, then end
         # Both frontends stop accepting and finish their in-flight requests, concurrently, within one grace.
         await asyncio.gather(
-            self.server.stop(self.config.shutdown_grace_s) if self.server is not None else asyncio.sleep(0),
-            self._http.stop() if self._http is not None else asyncio.sleep(0),
+            self._stop_grpc(), self._http.stop() if self._http is not None else asyncio.sleep(0)
         )
         await self.control.stop()
         if self._publisher is not None:
@@ -247,6 +264,19 @@ class App:
         self._close_metrics()
         log.info("shutdown complete")
         self._stopped.set()
+
+    async def _stop_grpc(self) -> None:
+        """New inference calls are answered UNAVAILABLE while those in flight finish; only then does gRPC's
+        own shutdown start, which cancels what races it (ARCHITECTURE.md §Shutdown)."""
+        if self.server is None or self._service is None:
+            return
+        started = time.monotonic()
+        self._service.drain()
+        try:
+            await asyncio.wait_for(self._service.drained(), self.config.shutdown_grace_s)
+        except TimeoutError:
+            pass  # gRPC's stop cancels what is still running
+        await self.server.stop(max(0.0, self.config.shutdown_grace_s - (time.monotonic() - started)))
 
     def _close_metrics(self) -> None:
         if self._metrics_server is not None:

@@ -95,19 +95,33 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin(model: str, url: str, parameters: dict[str, str]) -> tuple[str, str, str]:
-    """RepositoryModelLoad carrying an admin parameter; returns the server's (action, version, elapsed ms)."""
+def _channel(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The admin commands' channel: TLS when --tls-ca is given (with a client certificate for mTLS)."""
     import grpc
 
+    if args.tls_ca is None:
+        return grpc.insecure_channel(args.url)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=args.tls_ca.read_bytes(),
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+    )
+    return grpc.secure_channel(args.url, credentials)
+
+
+def _admin(args: argparse.Namespace, parameters: dict[str, str]) -> tuple[str, str, str]:
+    """RepositoryModelLoad carrying an admin parameter; returns the server's (action, version, elapsed ms)."""
     from hotwire.proto import grpc_service_pb2 as pb
     from hotwire.proto import grpc_service_pb2_grpc
 
-    request = pb.RepositoryModelLoadRequest(model_name=model)
+    request = pb.RepositoryModelLoadRequest(model_name=args.model)
     for key, value in parameters.items():
         request.parameters[key].string_param = value
-    with grpc.insecure_channel(url) as channel:
+    api_key = args.api_key or os.environ.get("HOTWIRE_API_KEY")
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+    with _channel(args) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        _, call = stub.RepositoryModelLoad.with_call(request, timeout=300)
+        _, call = stub.RepositoryModelLoad.with_call(request, timeout=300, metadata=metadata)
     trailers = dict(call.trailing_metadata() or ())
     return (
         trailers.get("hotwire-action", ""),
@@ -117,9 +131,7 @@ def _admin(model: str, url: str, parameters: dict[str, str]) -> tuple[str, str, 
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    action, version, elapsed = _admin(
-        args.model, args.url, {"hotwire.rollback": "" if args.to is None else str(args.to)}
-    )
+    action, version, elapsed = _admin(args, {"hotwire.rollback": "" if args.to is None else str(args.to)})
     how = "from standby" if action == "rollback:standby" else "reloaded from the repository (no standby copy)"
     print(f"{args.model}: traffic now on version {version}, {how}, in {float(elapsed or 0):.1f} ms")
     return 0
@@ -146,9 +158,28 @@ def _traffic(args: argparse.Namespace) -> int:
             "nothing to change: give --stable, --canary (with --weight), --sticky, --shadow "
             "(with --fraction) or --standby"
         )
-    _admin(args.model, args.url, {"hotwire.traffic": json.dumps(update)})
+    _admin(args, {"hotwire.traffic": json.dumps(update)})
     print(f"{args.model}: traffic policy updated: {update}")
     return 0
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from hotwire.server.auth import new_key
+
+    key, line = new_key(args.role)
+    print(key)
+    print(line)
+    return 0
+
+
+def _add_admin_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
+    parser.add_argument(
+        "--api-key", help="an admin key for a server run with --api-keys (default: $HOTWIRE_API_KEY)"
+    )
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server (turns TLS on)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate, for a server that wants one")
+    parser.add_argument("--tls-key", type=Path, help="the client certificate's private key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="send a model's traffic back to an earlier version")
     rollback.add_argument("model")
     rollback.add_argument("--to", type=int, help="the version (default: the previous one)")
-    rollback.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
+    _add_admin_client_arguments(rollback)
     rollback.set_defaults(run=_rollback, usage_error=rollback.error)
     traffic = commands.add_parser("traffic", help="set a model's traffic policy (canary, shadow, standby)")
     traffic.add_argument("model")
@@ -191,8 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--shadow", type=int)
     traffic.add_argument("--fraction", type=float, help="share of requests mirrored to the shadow, 0..1")
     traffic.add_argument("--standby", type=int, help="superseded versions kept loaded for instant rollback")
-    traffic.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
+    _add_admin_client_arguments(traffic)
     traffic.set_defaults(run=_traffic, usage_error=traffic.error)
+    keys = commands.add_parser("keys", help="API keys for --api-keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = key_commands.add_parser(
+        "new",
+        help="print a fresh random key (give it to the client) and, on the second line, the line for the "
+        "--api-keys file (which holds only the key's SHA-256)",
+    )
+    new.add_argument("--role", choices=("infer", "admin"), default="infer", help="default infer")
+    new.set_defaults(run=_keys_new, usage_error=new.error)
     return parser
 
 

@@ -61,6 +61,11 @@ class ServerConfig:
     log_verbose: int = 0  # Triton's --log-verbose: > 0 means DEBUG logging
     reuse_port: bool = False  # set for the processes of --workers N, never by users
     ready_fd: int = -1  # a pipe the server writes its ports to once listening (supervisors, tests); -1: none
+    # TLS on every port a client reaches (tls.py); a client CA makes client certificates required
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    api_keys: Path | None = None  # the key file (auth.py); None: inference open, admin from loopback only
 
 
 _INTERNAL = ("reuse_port", "ready_fd")  # fields with no HOTWIRE_* variable (a child would inherit it)
@@ -73,6 +78,7 @@ TRITON_LOG_FORMATS = {"default": "plain", "ISO8601": "plain"}
 # HOTWIRE_* variables read outside `serve`'s settings, so never taken for misspellings.
 OTHER_VARIABLES = {
     ENV_PREFIX + "PERF_ANALYZER_HOME": "where the benchmarks install and look for Triton's perf_analyzer",
+    ENV_PREFIX + "API_KEY": "the key `hotwire rollback` and `hotwire traffic` send",
 }
 
 
@@ -224,6 +230,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BOOL",
         help="ServerReady only when every model is ready (default true); false: ready once the server is up",
     )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="PEM certificate (chain): TLS on the gRPC, HTTP and metrics ports"
+    )
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA certificate(s): clients must present a certificate they signed (mTLS)",
+    )
+    parser.add_argument(
+        "--api-keys",
+        type=Path,
+        metavar="FILE",
+        help="API keys, one 'ROLE SHA256_HEX' per line (`hotwire keys new`); clients send "
+        "'authorization: Bearer <key>'. Without it inference is open and admin calls are taken "
+        "only from loopback",
+    )
     parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -372,6 +395,11 @@ TRITON_FLAGS: dict[str, str] = {
     "--allow-metrics": "use --metrics-port -1 to turn metrics off",
     "--metrics-address": "use --host (metrics listen on the gRPC address)",
     "--reuse-grpc-port": "use --workers N: hotwire's workers share the gRPC port",
+    "--grpc-use-ssl": "use --tls-cert and --tls-key (TLS on every port)",
+    "--grpc-use-ssl-mutual": "use --tls-client-ca (client certificates required)",
+    "--grpc-server-cert": "use --tls-cert",
+    "--grpc-server-key": "use --tls-key",
+    "--grpc-root-cert": "use --tls-client-ca",
     "--log-info": "use --log-level INFO",
     "--log-warning": "use --log-level WARNING",
     "--log-error": "use --log-level ERROR",
@@ -413,11 +441,6 @@ TRITON_FLAGS: dict[str, str] = {
             "--trace-log-frequency",
             "--grpc-infer-allocation-pool-size",
             "--grpc-max-response-pool-size",
-            "--grpc-use-ssl",
-            "--grpc-use-ssl-mutual",
-            "--grpc-server-cert",
-            "--grpc-server-key",
-            "--grpc-root-cert",
             "--grpc-infer-response-compression-level",
             "--grpc-keepalive-time",
             "--grpc-keepalive-timeout",

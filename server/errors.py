@@ -104,10 +104,19 @@ class RequestsFailed(HotwireError):
 
 
 class PermissionDenied(HotwireError):
-    """The caller may not make this call (e.g. a browser's cross-origin request to the repository API)."""
+    """The caller may not make this call: its key's role is too low, an admin call from the network without
+    --api-keys, or a browser's cross-origin request to the repository API."""
 
     status = grpc.StatusCode.PERMISSION_DENIED
     http_status = 403
+    client_fault = True
+
+
+class Unauthenticated(HotwireError):
+    """No credentials, or a key the server does not know (auth.py)."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
     client_fault = True
 
 

@@ -19,8 +19,9 @@ import grpc
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import wire
+from hotwire.server.auth import Access, AccessPolicy, grpc_peer_host
 from hotwire.server.dataplane import DataPlane
-from hotwire.server.errors import HotwireError, InvalidInput, Unimplemented, status_of
+from hotwire.server.errors import HotwireError, InvalidInput, Unavailable, Unimplemented, status_of
 from hotwire.server.model_version import ModelVersion
 from hotwire.server.tasks import BackgroundTasks
 
@@ -28,16 +29,38 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 STREAM_WINDOW = 64  # requests of one stream in flight at once; the reader waits beyond that
+# A clean end needs this long without a new inference call once draining; clients backing off after an
+# UNAVAILABLE (a retry policy's initial backoff is typically 0.1 s or more) leave such a gap.
+DRAIN_QUIET_S = 0.05
+SHUTTING_DOWN = "the server is shutting down: send the request to another replica"
+SHUTTING_DOWN_STREAM = (
+    "the server is shutting down: every message read was answered; send those unanswered to another replica"
+)
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _unary(handler: Handler) -> Handler:
-    """Answer any exception with its gRPC status and a message; log the unexpected ones with their
-    traceback."""
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    return None
+
+
+def _admit(policy: AccessPolicy, access: Access, context: grpc.aio.ServicerContext) -> None:
+    """The access policy's decision for this call (raises Unauthenticated / PermissionDenied)."""
+    policy.check(access, _authorization(context), grpc_peer_host(context.peer()))
+
+
+def _unary(handler: Handler, policy: AccessPolicy | None = None, access: Access = Access.OPEN) -> Handler:
+    """Admit the call (the access policy), then answer any exception with its gRPC status and a message; log
+    the unexpected ones with their traceback."""
+    checked = policy is not None and policy.needs_check(access)  # decided once: no cost when open
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if checked:
+                _admit(policy, access, context)  # type: ignore[arg-type]
             return await handler(request, context)
         except Exception as exc:
             code, message = status_of(exc)
@@ -58,18 +81,50 @@ def _encode_stream(version: ModelVersion, response: wire.InferResponse) -> bytes
 
 
 class InferenceService:
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, access: AccessPolicy | None = None) -> None:
         self._plane = plane
+        self._access = access or AccessPolicy(None)
         # each stream awaits its own reader, so a reader's error surfaces there, once
         self._stream_readers = BackgroundTasks("ModelStreamInfer readers", log_failures=False)
-        self._streams_ending = False
+        self._draining = False
+        self._last_arrival = 0.0  # monotonic; kept only while draining
+        self._inflight = 0  # ModelInfer calls and open streams
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    def end_streams(self) -> None:
-        """Shutdown: every open ModelStreamInfer stops reading, answers what it has read, and ends with OK
-        (an idle stream would otherwise hold the shutdown for the whole grace period); streams opened from now
-        on end at once."""
-        self._streams_ending = True
+    def drain(self) -> None:
+        """Shutdown's first step, before gRPC's own: new ModelInfer calls and streams are answered UNAVAILABLE
+        (gRPC's shutdown would cancel the calls that race it: CANCELLED, which retry policies do not retry),
+        and every open stream stops reading, answers what it has read, and ends with UNAVAILABLE (an idle
+        stream would otherwise hold the shutdown for the whole grace period)."""
+        self._draining = True
+        self._last_arrival = time.monotonic()
         self._stream_readers.cancel_all()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drained(self) -> None:
+        """Once no ModelInfer call or stream is in flight, and none arrived for DRAIN_QUIET_S: gRPC's shutdown
+        cancels calls not yet handed to a handler (CANCELLED, which no retry policy retries), so it starts
+        only once clients have taken their UNAVAILABLE answers and backed off."""
+        await self._idle.wait()
+        while (quiet := time.monotonic() - self._last_arrival) < DRAIN_QUIET_S:
+            await asyncio.sleep(DRAIN_QUIET_S - quiet)
+            await self._idle.wait()
+
+    def _enter(self) -> None:
+        if self._draining:
+            self._last_arrival = time.monotonic()
+            raise Unavailable(SHUTTING_DOWN)
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
 
     # ----- health and metadata ------------------------------------------------------------------------------
 
@@ -112,24 +167,35 @@ class InferenceService:
 
     async def model_infer(self, data: bytes, context: Any) -> bytes:
         received = time.perf_counter()
-        return await self._plane.infer(self._decode(data, received), received, _encode_unary)
+        self._enter()
+        try:
+            return await self._plane.infer(self._decode(data, received), received, _encode_unary)
+        finally:
+            self._leave()
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently; responses go back in request order, errors in-band."""
+        try:
+            if self._access.needs_check(Access.INFER):
+                _admit(self._access, Access.INFER, context)
+            self._enter()
+        except HotwireError as exc:
+            await context.abort(exc.status, str(exc))
         pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
+        read_all = False
 
         async def read() -> None:
+            nonlocal read_all
             try:
-                if self._streams_ending:
-                    return
                 async for data in requests:
                     try:
                         await window.acquire()
                     finally:  # a message already read is answered, even when the shutdown stops the reading
                         pending.put_nowait(asyncio.create_task(self._stream_one(data)))
+                read_all = True
             except asyncio.CancelledError:
-                if not self._streams_ending:
+                if not self._draining:
                     raise
             finally:
                 pending.put_nowait(None)  # unbounded queue: never blocks, even when cancelled
@@ -142,11 +208,17 @@ class InferenceService:
                 yield result
             await reader  # a reader error (other than the client ending the stream) surfaces here
         finally:
+            self._leave()
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
                     leftover.cancel()
+        if not read_all:
+            # The shutdown stopped the reading. Every message read was answered, but the client cannot know
+            # whether more would have been read, so the stream does not end OK: UNAVAILABLE says to send what
+            # is unanswered elsewhere.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_STREAM)
 
     async def _stream_one(self, data: bytes) -> bytes:
         """One stream message: its response, or its error in-band (the stream goes on)."""
@@ -200,17 +272,22 @@ class InferenceService:
         server.add_registered_method_handlers(SERVICE_NAME, self.method_handlers())
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        def unary(handler: Handler, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+        def unary(
+            handler: Handler, request_type: Any, response_type: Any, access: Access = Access.INFER
+        ) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler),
+                _unary(handler, self._access, access),
                 request_deserializer=request_type.FromString,
                 response_serializer=response_type.SerializeToString,
             )
 
         handlers: dict[str, grpc.RpcMethodHandler] = {
-            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            # liveness and readiness stay open: orchestrators probe them without credentials
+            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse, Access.OPEN),
+            "ServerReady": unary(
+                self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse, Access.OPEN
+            ),
+            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse, Access.OPEN),
             "ServerMetadata": unary(
                 self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
             ),
@@ -223,15 +300,21 @@ class InferenceService:
                 self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
             ),
             "RepositoryModelLoad": unary(
-                self.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+                self.repository_model_load,
+                pb.RepositoryModelLoadRequest,
+                pb.RepositoryModelLoadResponse,
+                Access.ADMIN,
             ),
             "RepositoryModelUnload": unary(
                 self.repository_model_unload,
                 pb.RepositoryModelUnloadRequest,
                 pb.RepositoryModelUnloadResponse,
+                Access.ADMIN,
             ),
             # raw bytes both ways: no deserializer, no serializer (wire.py does both without copying tensors)
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(_unary(self.model_infer)),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                _unary(self.model_infer, self._access, Access.INFER)
+            ),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }
         for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:

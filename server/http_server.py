@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
 import time
 import zlib
 from typing import Any
@@ -73,8 +74,9 @@ class AsgiApp:
                 return
         # raw_path: still percent-encoded, so a model name holding an encoded '/' cannot split the path
         path = scope.get("raw_path") or scope["path"].encode()
+        client = scope.get("client")
         response = await self._service.handle(
-            scope["method"], path.decode("latin-1"), headers, body, received
+            scope["method"], path.decode("latin-1"), headers, body, received, client[0] if client else None
         )
         await _send(send, response.status, response.body, response.content_type, response.headers)
 
@@ -166,7 +168,12 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 class HttpServer:
     def __init__(
-        self, service: HttpService, sock: socket.socket, max_body_bytes: int, grace_s: float
+        self,
+        service: HttpService,
+        sock: socket.socket,
+        max_body_bytes: int,
+        grace_s: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.port = int(sock.getsockname()[1])
         self._sock = sock
@@ -181,6 +188,8 @@ class HttpServer:
             server_header=False,
             date_header=False,
             timeout_graceful_shutdown=math.ceil(grace_s),
+            # hotwire's one context (tls.py), the same rules as the gRPC and metrics ports
+            ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
         )
         config.load()
         self._server = uvicorn.Server(config)

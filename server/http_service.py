@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from hotwire.server import http_codec
+from hotwire.server.auth import Access, AccessPolicy
 from hotwire.server.dataplane import DataPlane
 from hotwire.server.errors import (
     HotwireError,
@@ -33,6 +34,7 @@ from hotwire.server.errors import (
     MethodNotAllowed,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     http_status_of,
 )
 from hotwire.server.model_version import ModelVersion
@@ -57,24 +59,44 @@ def _ok_json(value: Any) -> HttpResponse:
 
 
 class HttpService:
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, access: AccessPolicy | None = None) -> None:
         self._plane = plane
+        self._access = access or AccessPolicy(None)
 
     async def handle(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes, received: float | None = None
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        received: float | None = None,
+        peer: str | None = None,
     ) -> HttpResponse:
-        """Answer one request; never raises. `headers`: names in lower case."""
+        """Answer one request; never raises. `headers`: names in lower case; `peer`: the client's address."""
         received = time.perf_counter() if received is None else received
         try:
-            return await self._dispatch(method, path, headers, body, received)
+            return await self._dispatch(method, path, headers, body, received, peer)
         except Exception as exc:
             status, message = http_status_of(exc)
             if not isinstance(exc, HotwireError):
                 log.exception("unexpected error in %s %s", method, path)
-            return HttpResponse(status, http_codec.error_body(message))
+            # RFC 9110: a 401 names the scheme the client should use
+            extra = [("WWW-Authenticate", "Bearer")] if isinstance(exc, Unauthenticated) else []
+            return HttpResponse(status, http_codec.error_body(message), headers=extra)
+
+    def _admit(self, access: Access, headers: Mapping[str, str], peer: str | None) -> None:
+        """The access policy's decision (raises Unauthenticated / PermissionDenied); no cost when open."""
+        if self._access.needs_check(access):
+            self._access.check(access, headers.get("authorization"), peer)
 
     async def _dispatch(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes, received: float
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        received: float,
+        peer: str | None,
     ) -> HttpResponse:
         parts = [unquote(p) for p in path.split("/")[1:]]
         if not parts or parts[0] != "v2":
@@ -84,15 +106,16 @@ class HttpService:
             rest = rest[:-1]
         if not rest:
             self._expect(method, "GET", path)
+            self._admit(Access.INFER, headers, peer)
             return _ok_json(http_codec.message_json(self._plane.server_metadata()))
         if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
             self._expect(method, "GET", path)
             ready = True if rest[1] == "live" else self._plane.server_ready()
             return HttpResponse(200 if ready else 400)
         if rest[0] == "models":
-            return await self._model(method, path, rest[1:], headers, body, received)
+            return await self._model(method, path, rest[1:], headers, body, received, peer)
         if rest[0] == "repository":
-            return await self._repository(method, path, rest[1:], headers, body)
+            return await self._repository(method, path, rest[1:], headers, body, peer)
         raise NotFound(f"no such endpoint: {path}")
 
     @staticmethod
@@ -108,9 +131,11 @@ class HttpService:
         headers: Mapping[str, str],
         body: bytes,
         received: float,
+        peer: str | None,
     ) -> HttpResponse:
         if rest == ["stats"]:
             self._expect(method, "GET", path)
+            self._admit(Access.INFER, headers, peer)
             return _ok_json(http_codec.message_json(self._plane.statistics()))
         if not rest or not rest[0]:
             raise NotFound(f"no such endpoint: {path}")
@@ -123,8 +148,11 @@ class HttpService:
             raise NotFound(f"no such endpoint: {path}")
         if action == "infer":
             self._expect(method, "POST", path)
+            self._admit(Access.INFER, headers, peer)
             return await self._infer(name, version, headers, body, received)
         self._expect(method, "GET", path)
+        # model readiness stays open, like the health endpoints
+        self._admit(Access.OPEN if action == "ready" else Access.INFER, headers, peer)
         if action == "":
             return _ok_json(http_codec.message_json(self._plane.model_metadata(name, version)))
         if action == "ready":
@@ -153,12 +181,19 @@ class HttpService:
         return await self._plane.infer(request, received, encode)
 
     async def _repository(
-        self, method: str, path: str, rest: list[str], headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        rest: list[str],
+        headers: Mapping[str, str],
+        body: bytes,
+        peer: str | None,
     ) -> HttpResponse:
         control = len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload")
         if rest != ["index"] and not control:
             raise NotFound(f"no such endpoint: {path}")
         self._expect(method, "POST", path)
+        self._admit(Access.ADMIN if control else Access.INFER, headers, peer)
         if "origin" in headers:
             # A browser adds Origin to a cross-origin POST, which needs no preflight when it is "simple" (e.g.
             # text/plain): without this, any web page its user opens could load, unload or roll back models.

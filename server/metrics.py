@@ -25,13 +25,16 @@ together as histogram families.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 from prometheus_client.metrics_core import Metric
@@ -40,6 +43,8 @@ from prometheus_client.samples import Sample
 
 from hotwire.server.errors import FailureReason
 from hotwire.server.stats import Histogram, VersionStats
+
+log = logging.getLogger(__name__)
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client reads it at import: set before importing
 
@@ -531,11 +536,27 @@ def render(registry: CollectorRegistry) -> bytes:
 class MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a failed TLS handshake or a client gone mid-request: the client's problem, not a traceback on stderr
+        log.debug("metrics request from %s failed", client_address, exc_info=True)
 
-def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> MetricsServer:
-    """Serve GET /metrics on a daemon thread; port 0 picks a free one (read it from `.server_port`)."""
+
+def start_metrics_server(
+    host: str, port: int, registry: CollectorRegistry, tls: ssl.SSLContext | None = None
+) -> MetricsServer:
+    """Serve GET /metrics on a daemon thread; port 0 picks a free one (read it from `.server_port`).
+    With `tls`, only over TLS."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # a client that stalls (mid-handshake or mid-request) gives its thread back
+
+        def setup(self) -> None:
+            super().setup()
+            if tls is not None:
+                # the handshake runs here, on this request's thread, not in the accept loop a stalled
+                # client would block
+                self.request.do_handshake()
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404)
@@ -558,5 +579,7 @@ def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> M
             f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
             "(--metrics-port; -1 turns metrics off)",
         ) from None
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server

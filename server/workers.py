@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from hotwire.server import readiness
+from hotwire.server.auth import AccessPolicy, exposure_warning
 from hotwire.server.config import ServerConfig
+from hotwire.server.tls import TlsFiles
 
 log = logging.getLogger("hotwire.workers")
 
@@ -116,6 +118,17 @@ def worker_command(config: ServerConfig, grpc_port: int, http_port: int, ready_f
         f"--strict-readiness={str(config.strict_readiness).lower()}",
         *[arg for name in config.load_model for arg in ("--load-model", name)],
         *(["--kernel-cache-dir", str(config.kernel_cache_dir)] if config.kernel_cache_dir else []),
+        *[
+            arg
+            for flag, path in (
+                ("--tls-cert", config.tls_cert),
+                ("--tls-key", config.tls_key),
+                ("--tls-client-ca", config.tls_client_ca),
+                ("--api-keys", config.api_keys),
+            )
+            if path is not None
+            for arg in (flag, str(path))
+        ],
     ]
 
 
@@ -202,6 +215,12 @@ class Supervisor:
             if problem is not None:
                 log.error("hotwire: %s: %s (is another server using it?)", frontend, problem)
                 return 1
+        # the workers read these files too; checked here first so a wrong one stops the start once (exit 2)
+        tls = TlsFiles.from_flags(self.config.tls_cert, self.config.tls_key, self.config.tls_client_ca)
+        keys = AccessPolicy.from_file(self.config.api_keys)
+        warning = exposure_warning(self.config.host, tls is not None, keys.uses_keys)
+        if warning:
+            log.warning("%s", warning)
         try:
             if self.config.metrics_port >= 0:
                 metrics_server = self._serve_metrics()
@@ -225,8 +244,12 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir  # before prometheus-client is imported
         from hotwire.server.metrics import Metrics, start_metrics_server
 
+        tls = TlsFiles.from_flags(self.config.tls_cert, self.config.tls_key, self.config.tls_client_ca)
         return start_metrics_server(
-            self.config.host, self.config.metrics_port, Metrics.multiprocess_exposition()
+            self.config.host,
+            self.config.metrics_port,
+            Metrics.multiprocess_exposition(),
+            tls.server_context() if tls else None,
         )
 
     def _announce_when_listening(self, metrics_port: int | None) -> None:
