@@ -94,6 +94,7 @@ class App:
                 for f in v.drift_report.features
             ],
         )
+        self.metrics.watch_guards(self.registry.guard_views)  # fallbacks and circuit breakers
         self._publisher: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self._service: InferenceService | None = None

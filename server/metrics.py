@@ -67,6 +67,19 @@ class VersionView:
     load_seconds: float
 
 
+@dataclass(frozen=True)
+class GuardView:
+    """What publish needs of one model with a fallback or a circuit breaker (fallback.ModelGuard.view)."""
+
+    model: str
+    fallback_kind: str | None  # "model" | "constant" | None (a breaker only)
+    breaker_state: str | None  # one of BREAKER_STATES; None: no breaker
+    fallbacks: dict[str, int]  # kind -> answers the fallback gave
+    transitions: dict[str, int]  # state entered -> times
+    rejected: int  # requests an open breaker failed fast
+
+
+BREAKER_STATES = ("closed", "open", "half_open")
 # (model, version, feature, ks or None, ks p-value or None, psi)
 DriftRow = tuple[str, str, str, "float | None", "float | None", float]
 FAILURE_REASONS = tuple(FailureReason)
@@ -137,11 +150,16 @@ HISTOGRAMS: tuple[tuple[str, str, Callable[[VersionStats], Histogram]], ...] = (
     ("hotwire_batch_size", "Rows per executed batch", lambda s: s.batch_rows),
 )
 LIFECYCLE = "hotwire_lifecycle_events_total"
+FALLBACKS = "hotwire_fallback_responses_total"
+BREAKER_STATE = "hotwire_breaker_state"
+BREAKER_TRANSITIONS = "hotwire_breaker_transitions_total"
+BREAKER_REJECTED = "hotwire_breaker_rejected_total"
 LIFECYCLE_EVENTS = ("swap", "rollback", "guard_rollback", "load_failure")
 COUNTER_NAMES = frozenset(
     {f.name for f in COUNTERS}
     # process_cpu_seconds_total: the --workers one
     | {FAILURES, LIFECYCLE, "hotwire_shadow_comparisons_total", "process_cpu_seconds_total"}
+    | {FALLBACKS, BREAKER_TRANSITIONS, BREAKER_REJECTED}
 )
 # Multiprocess only, never exposed: 1 for each (model, version) a worker has loaded, per worker pid.
 LOADED_MARKER = "hotwire_version_loaded"
@@ -162,6 +180,7 @@ class Metrics:
         self._events: Callable[[], dict[tuple[str, str, str], int]] = dict
         self._shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: ()
         self._drift: Callable[[], Iterable[DriftRow]] = lambda: ()
+        self._guards: Callable[[], Iterable[GuardView]] = lambda: ()
         self._multiprocess = multiprocess_dir() is not None
         self._published: dict[Gauge, set[tuple[str, ...]]] = {}  # labelled series set by the last publish
         # Called on the HTTP thread before a single-process scrape. The App points it at the event loop, since
@@ -248,6 +267,28 @@ class Metrics:
             ["feature"],
             mode="liveall",
         )
+        # Per model, not per version: a fallback and a breaker are the model's. Counters sum over --workers
+        # (each worker has its own breaker); the state gauge counts the live workers in each state.
+        per_model = lambda name, doc, extra, mode="sum": Gauge(  # noqa: E731
+            name, doc, ["model", *extra], registry=self.registry, multiprocess_mode=mode
+        )
+        self._fallbacks = per_model(FALLBACKS, "Responses a model's fallback gave, by kind", ["kind"])
+        self._breaker_state = per_model(
+            BREAKER_STATE, "1 for the circuit breaker's current state, 0 for the others", ["state"], "livesum"
+        )
+        self._breaker_transitions = per_model(
+            BREAKER_TRANSITIONS, "Circuit breaker transitions, by the state entered", ["state"]
+        )
+        self._breaker_rejected = per_model(
+            BREAKER_REJECTED, "Requests an open circuit breaker failed fast (no fallback answered)", []
+        )
+        # labelled by model only: never taken for a (model, version) a worker has loaded
+        self._per_model = {
+            self._fallbacks,
+            self._breaker_state,
+            self._breaker_transitions,
+            self._breaker_rejected,
+        }
         self._loaded: Gauge | None = None
         if self._multiprocess:
             self._loaded = gauge(LOADED_MARKER, "1 while this worker has the version loaded", mode="liveall")
@@ -263,6 +304,11 @@ class Metrics:
         comparisons as (model, version, count, max abs diff, argmax agreement); drift as (model, version,
         feature, ks, p-value, psi)."""
         self._versions, self._events, self._shadow, self._drift = versions, events, shadow, drift
+
+    def watch_guards(self, guards: Callable[[], Iterable[GuardView]]) -> None:
+        """What to publish of fallbacks and circuit breakers: one view per model that has either
+        (Registry.guard_views)."""
+        self._guards = guards
 
     def publish(self) -> None:
         with self._lock:
@@ -305,13 +351,23 @@ class Metrics:
                     put(self._drift_ks, (model, version, feature), ks)
                     put(self._drift_p, (model, version, feature), pvalue)
                 put(self._drift_psi, (model, version, feature), psi)
+            for guard in self._guards():
+                # the configured kind starts at 0, so Prometheus sees its first answer as an increase
+                kinds = {*guard.fallbacks, *([guard.fallback_kind] if guard.fallback_kind else [])}
+                for kind in sorted(kinds):
+                    put(self._fallbacks, (guard.model, kind), guard.fallbacks.get(kind, 0))
+                if guard.breaker_state is not None:
+                    for state in BREAKER_STATES:
+                        put(self._breaker_state, (guard.model, state), float(state == guard.breaker_state))
+                        put(self._breaker_transitions, (guard.model, state), guard.transitions.get(state, 0))
+                    put(self._breaker_rejected, (guard.model,), guard.rejected)
             if self._multiprocess:
                 assert self._loaded is not None
                 # Lifecycle counts outlive their version: they must not mark it loaded.
                 loaded = {
                     key[:2]
                     for gauge, series in published.items()
-                    if gauge is not self._lifecycle
+                    if gauge is not self._lifecycle and gauge not in self._per_model
                     for key in series
                 }
                 for marked in loaded:

@@ -6,7 +6,9 @@ returns. Everything the server acts on is derived from it here, once per load, i
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -495,3 +497,113 @@ def traffic_policy(config: mc.ModelConfig) -> TrafficPolicy:
             min_requests=params.integer("canary_guard_min_requests", guard.min_requests),
         ),
     ).check()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# fallbacks and circuit breakers (fallback.py acts on them; ARCHITECTURE.md §Fallbacks and circuit breakers)
+
+
+@dataclass(frozen=True)
+class BreakerParameters:
+    """`breaker_consecutive_failures` (0: off) opens the breaker after that many failures in a row;
+    `breaker_error_rate` (0: off) once that fraction of the last `breaker_window` requests failed; it stays
+    open `breaker_open_seconds`, then lets one probe request through."""
+
+    consecutive_failures: int = 0
+    error_rate: float = 0.0
+    window: int = 20
+    open_seconds: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.consecutive_failures > 0 or self.error_rate > 0
+
+
+@dataclass(frozen=True)
+class FallbackParameters:
+    """A model's fallback (`fallback_model` [+ `fallback_model_version`], or `fallback_response`) and its
+    circuit breaker. `response` is the parsed JSON object, output name -> value (one row for a batched model),
+    checked against the outputs of each version at its load (fallback.constant_outputs)."""
+
+    model: str | None = None
+    model_version: str = ""  # "": the fallback model's own routing (stable, or its canary's share)
+    response: tuple[tuple[str, Any], ...] | None = None
+    breaker: BreakerParameters = BreakerParameters()
+
+    @property
+    def configured(self) -> bool:
+        """Whether the data plane guards this model at all (the fast path skips every model for which not)."""
+        return self.model is not None or self.response is not None or self.breaker.enabled
+
+
+def fallback_parameters(config: mc.ModelConfig) -> FallbackParameters:
+    """The model's fallback and breaker from its config parameters: a ConfigError naming the model and the
+    parameter when one is malformed, which fails that model's load only (before any of its versions loads)."""
+    try:
+        return _fallback_parameters(config, _Parameters(config, ConfigError))
+    except ConfigError as exc:
+        raise ConfigError(f"model '{config.name}': {exc}") from None
+
+
+def _fallback_parameters(config: mc.ModelConfig, params: _Parameters) -> FallbackParameters:
+    defaults = BreakerParameters()
+    model = params.text("fallback_model")
+    if model is not None:
+        if not model or any(c in model for c in "/\\\0") or model in (".", ".."):
+            raise ConfigError(f"parameters 'fallback_model': expected a model name, got '{model}'")
+        if model == config.name:
+            # A model falling back to itself would only repeat the failure (ARCHITECTURE.md: no loops).
+            raise ConfigError("parameters 'fallback_model': a model cannot be its own fallback")
+    number = params.optional_integer("fallback_model_version")
+    if number is not None and model is None:
+        raise ConfigError("parameters 'fallback_model_version': set without 'fallback_model'")
+    response = _fallback_response(params.text("fallback_response"))
+    if model is not None and response is not None:
+        raise ConfigError("parameters 'fallback_response': set together with 'fallback_model'; choose one")
+    error_rate = _finite(params, "breaker_error_rate", defaults.error_rate)
+    if not 0 <= error_rate <= 1:
+        raise ConfigError(
+            f"parameters 'breaker_error_rate': expected a fraction from 0 to 1, got {error_rate}"
+        )
+    open_seconds = _finite(params, "breaker_open_seconds", defaults.open_seconds)
+    if open_seconds <= 0:
+        raise ConfigError(f"parameters 'breaker_open_seconds': expected > 0, got {open_seconds}")
+    breaker = BreakerParameters(
+        consecutive_failures=params.integer("breaker_consecutive_failures", defaults.consecutive_failures),
+        error_rate=error_rate,
+        window=params.integer("breaker_window", defaults.window, minimum=1),
+        open_seconds=open_seconds,
+    )
+    if not breaker.enabled:
+        # a window or open time with nothing to open the breaker is a typo'd or forgotten trigger
+        for key in ("breaker_window", "breaker_open_seconds"):
+            if params.text(key) is not None:
+                raise ConfigError(
+                    f"parameters '{key}': set, but no breaker trigger is "
+                    "('breaker_consecutive_failures' or 'breaker_error_rate' above 0)"
+                )
+    elif params.text("breaker_window") is not None and breaker.error_rate == 0:
+        raise ConfigError("parameters 'breaker_window': set, but 'breaker_error_rate' is not")
+    return FallbackParameters(model, "" if number is None else str(number), response, breaker)
+
+
+def _finite(params: _Parameters, key: str, default: float) -> float:
+    value = params.number(key, default)
+    if not math.isfinite(value):
+        raise ConfigError(f"parameters '{key}': expected a finite number, got {value}")
+    return value
+
+
+def _fallback_response(text: str | None) -> tuple[tuple[str, Any], ...] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"parameters 'fallback_response': not JSON: {exc}") from None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(
+            "parameters 'fallback_response': expected a JSON object of output name -> value "
+            '(e.g. {"OUTPUT0": [0.0, 1.0]})'
+        )
+    return tuple(value.items())

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from hotwire.server import repository
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
+from hotwire.server.fallback import GuardCounts, ModelGuard, constant_outputs
 from hotwire.server.loader import load_version
-from hotwire.server.model_config import traffic_policy
+from hotwire.server.metrics import GuardView
+from hotwire.server.model_config import FallbackParameters, fallback_parameters, traffic_policy
 from hotwire.server.model_version import ModelVersion, VersionState
 from hotwire.server.repository import ModelSource
 from hotwire.server.tasks import BackgroundTasks
@@ -126,6 +128,10 @@ class Registry:
         self.events = LifecycleEvents()
         self.shadow_results: dict[str, list[ShadowComparison]] = {}  # model -> recent comparisons (bounded)
         self.shadow_counts: dict[str, int] = {}  # model -> comparisons ever made
+        # model -> its fallback/breaker guard, only for models that configure one. The data plane holds this
+        # very dict: it is mutated in place, never rebound.
+        self.guards: dict[str, ModelGuard] = {}
+        self._guard_counts: dict[str, GuardCounts] = {}  # outlive a guard, so metrics never go down
 
     # ----- loading
     # -------------------------------------------------------------------------------------------
@@ -171,6 +177,10 @@ class Registry:
             policy = traffic_policy(source.config)
         except InvalidInput as exc:
             return self._load_failed(entry, -1, f"config parameters: {exc}")
+        try:
+            fallback = fallback_parameters(source.config)
+        except ConfigError as exc:
+            return self._load_failed(entry, -1, str(exc))
         fresh: dict[int, ModelVersion] = {}
         for version, model_file in sorted(source.versions.items()):
             started = time.monotonic()
@@ -183,6 +193,12 @@ class Registry:
                 loaded = await load_version(
                     source, version, model_file, self._default_max_batch_size, fingerprint
                 )
+                if fallback.response is not None:
+                    try:  # the constant response against this version's outputs, before it can serve
+                        constant_outputs(fallback, loaded.signature, source.name)
+                    except ConfigError:
+                        await loaded.unload()
+                        raise
             except Exception as exc:  # any failure fails this model only, never the load of the others
                 for version_loaded in fresh.values():
                     if version_loaded not in entry.versions.values():
@@ -204,7 +220,20 @@ class Registry:
                 extra={"event": "model_loaded", "model": source.name, "version": version},
             )
         self._flip(entry, fresh, policy)
+        self._guard(entry.name, fallback)
         return entry
+
+    def _guard(self, name: str, parameters: FallbackParameters | None) -> None:
+        """A loaded model's guard, new at each load (its breaker starts closed), or none."""
+        if parameters is None or not parameters.configured:
+            self.guards.pop(name, None)
+            return
+        counts = self._guard_counts.setdefault(name, GuardCounts())
+        self.guards[name] = ModelGuard(name, parameters, counts, self._clock)
+
+    def guard_views(self) -> list[GuardView]:
+        """Every guarded model's fallback and breaker numbers, for the metrics."""
+        return [guard.view() for guard in self.guards.values()]
 
     def _load_failed(self, entry: ModelEntry, version: int, reason: str) -> ModelEntry:
         entry.failures[version] = reason
@@ -298,6 +327,7 @@ class Registry:
             entry.failures = {-1: "unloaded"}
             entry.unloaded = True
             entry.fingerprint = ()  # poll mode: the same files coming back are a new load
+            self._guard(name, None)
             self._on_health_change(name, False)
             await asyncio.gather(*(v.unload() for v in versions))
             log.info("model %s unloaded", name, extra={"event": "unloaded", "model": name})
@@ -560,6 +590,7 @@ class Registry:
     async def close(self) -> None:
         """Drain every batcher (queued requests finish), then release the sessions."""
         versions = self.versions()
+        self.guards.clear()
         for entry in self._models.values():
             entry.versions = {}
             entry.stable = entry.canary = entry.shadow = None
