@@ -29,6 +29,7 @@ from hotwire.server.grpc_service import SERVICE_NAME, InferenceService
 from hotwire.server.health import HealthServicer
 from hotwire.server.http_server import HttpServer, bind
 from hotwire.server.http_service import HttpService
+from hotwire.server.limits import AdmissionControl, LoadLimits, RequestLimits
 from hotwire.server.logs import RequestLogger
 from hotwire.server.metrics import Metrics, MetricsServer, VersionView, start_metrics_server
 from hotwire.server.model_control import ModelControl
@@ -70,7 +71,13 @@ class App:
         self.tls = TlsFiles.from_flags(config.tls_cert, config.tls_key, config.tls_client_ca)
         self.access = AccessPolicy.from_file(config.api_keys)
         self.health = HealthServicer()
-        self.registry = Registry(config.default_max_batch_size, on_health_change=self._set_model_health)
+        self.registry = Registry(
+            config.default_max_batch_size,
+            on_health_change=self._set_model_health,
+            load_limits=LoadLimits(
+                config.max_model_batch_size, config.max_model_instances, config.max_buffer_bytes
+            ),
+        )
         self.control = ModelControl(
             self.registry,
             config.model_repository,
@@ -113,7 +120,20 @@ class App:
             RequestLogger(config.request_log_rate, config.slow_request_ms),
             exact_statistics=not config.reuse_port,
             max_response_bytes=config.max_message_bytes,
+            admission=AdmissionControl(
+                RequestLimits(
+                    config.max_inflight,
+                    config.max_request_tensors,
+                    config.max_request_rows,
+                    config.rate_limit,
+                    config.rate_burst,
+                    config.caller_rate_limit,
+                    config.caller_burst,
+                )
+            ),
         )
+
+        self.metrics.watch_refusals(lambda: self.plane.admission.refused)
 
     def _set_model_health(self, model: str, serving: bool) -> None:
         # Health callbacks come from the registry on the event loop; HealthServicer.set is a coroutine.

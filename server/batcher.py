@@ -215,6 +215,8 @@ class Batcher:
         self._inline = bool(instances) and all(getattr(i, "inline", False) for i in instances)
         self._immediate = self._inline and (policy.window == 1 or policy.max_queue_delay_s <= 0)
         self._wakeup = asyncio.Event()
+        self._queued_rows = 0
+        self._row_s = -1.0  # moving average of a batch's compute time per row; -1: no batch yet
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -227,6 +229,11 @@ class Batcher:
     @property
     def queued(self) -> int:
         return sum(self._queued_per_level)
+
+    def expected_wait_s(self) -> float:
+        """About how long a request queued now waits: the rows ahead of it times the recent compute time per
+        row, shared by the instances (what deadline shedding weighs against a deadline)."""
+        return self._queued_rows * max(0.0, self._row_s) / max(1, len(self._instances))
 
     # ----- submitting ---------------------------------------------------------------------------------------
 
@@ -286,6 +293,7 @@ class Batcher:
         self._seq += 1
         self._queues[level].append(item)
         self._queued_per_level[level] += 1
+        self._queued_rows += rows
         if timeout_s:
             heapq.heappush(self._deadlines, (item.deadline, item.seq, item))
             self._live_deadlines += 1
@@ -303,6 +311,7 @@ class Batcher:
     def _dequeue(self, item: WorkItem) -> None:
         item.queued = False
         self._queued_per_level[item.level] -= 1
+        self._queued_rows -= item.pending.rows
         if item.deadline < math.inf and not item.delayed:
             self._forget_deadline()
 
@@ -464,8 +473,11 @@ class Batcher:
                 )
                 start = stop
         times = ComputeTimes(input_s, infer_s, time.perf_counter() - started)
+        rows = sum(item.pending.rows for item in batch)
+        per_row = (input_s + infer_s) / max(1, rows)
+        self._row_s = per_row if self._row_s < 0 else self._row_s + 0.2 * (per_row - self._row_s)
         if self._on_batch is not None:
-            self._on_batch(BatchResult(sum(i.pending.rows for i in batch), len(batch), times))
+            self._on_batch(BatchResult(rows, len(batch), times))
         for item, result in zip(batch, results):
             item.times = times
             self._settle(item, functools.partial(_resolve, item.future, result))

@@ -66,6 +66,17 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     api_keys: Path | None = None  # the key file (auth.py); None: inference open, admin from loopback only
+    # limits.py: per server process (each worker of --workers N has its own)
+    max_inflight: int = 4096  # inference requests in flight, every frontend together
+    max_request_tensors: int = 256  # inputs plus requested outputs of one request
+    max_request_rows: int = 1 << 20  # first dimension of any input
+    rate_limit: float = 0.0  # requests per second; 0: none
+    rate_burst: float = 0.0  # 0: max(1, rate_limit)
+    caller_rate_limit: float = 0.0  # requests per second per API key (per peer address without keys); 0: none
+    caller_burst: float = 0.0
+    max_model_batch_size: int = 4096  # a config asking for more is refused at load
+    max_model_instances: int = 8  # instances per model
+    max_buffer_bytes: int = 1 << 30  # batch buffers of all loaded versions together
 
 
 _INTERNAL = ("reuse_port", "ready_fd")  # fields with no HOTWIRE_* variable (a child would inherit it)
@@ -247,6 +258,48 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "'authorization: Bearer <key>'. Without it inference is open and admin calls are taken "
         "only from loopback",
     )
+    limits = parser.add_argument_group("limits (per server process; SECURITY.md lists the defaults)")
+    limits.add_argument(
+        "--max-inflight",
+        type=_positive("--max-inflight", 1),
+        help="inference requests in flight at once; more are RESOURCE_EXHAUSTED (default 4096)",
+    )
+    limits.add_argument(
+        "--max-request-tensors",
+        type=_positive("--max-request-tensors", 1),
+        help="inputs plus requested outputs in one request (default 256)",
+    )
+    limits.add_argument(
+        "--max-request-rows",
+        type=_positive("--max-request-rows", 1),
+        help="first dimension of any input of one request (default 1048576)",
+    )
+    limits.add_argument(
+        "--rate-limit", type=float, metavar="RPS", help="requests per second (default 0: off)"
+    )
+    limits.add_argument("--rate-burst", type=float, help="requests allowed at once above the rate")
+    limits.add_argument(
+        "--caller-rate-limit",
+        type=float,
+        metavar="RPS",
+        help="requests per second per API key, or per client address without --api-keys (default 0: off)",
+    )
+    limits.add_argument("--caller-burst", type=float, help="per caller, as --rate-burst")
+    limits.add_argument(
+        "--max-model-batch-size",
+        type=_positive("--max-model-batch-size", 1),
+        help="largest max_batch_size a model config may set; larger is refused at load (default 4096)",
+    )
+    limits.add_argument(
+        "--max-model-instances",
+        type=_positive("--max-model-instances", 1),
+        help="instances one model may ask for (default 8)",
+    )
+    limits.add_argument(
+        "--max-buffer-bytes",
+        type=_positive("--max-buffer-bytes", 1),
+        help="batch-buffer bytes of all loaded models together; a load past it is refused (default 1 GiB)",
+    )
     parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     parser.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -336,6 +389,16 @@ def _check(config: ServerConfig) -> None:
         "default_max_batch_size": (1, float("inf")),
         "workers": (1, 1024),
         "log_verbose": (0, float("inf")),
+        "max_inflight": (1, float("inf")),
+        "max_request_tensors": (1, float("inf")),
+        "max_request_rows": (1, float("inf")),
+        "rate_limit": (0, float("inf")),
+        "rate_burst": (0, float("inf")),
+        "caller_rate_limit": (0, float("inf")),
+        "caller_burst": (0, float("inf")),
+        "max_model_batch_size": (1, float("inf")),
+        "max_model_instances": (1, float("inf")),
+        "max_buffer_bytes": (1, float("inf")),
     }
     for name, (low, high) in ranges.items():
         value = getattr(config, name)
@@ -430,7 +493,6 @@ TRITON_FLAGS: dict[str, str] = {
             "--min-supported-compute-capability",
             "--buffer-manager-thread-count",
             "--host-policy",
-            "--rate-limit",
             "--rate-limit-resource",
             "--model-load-gpu-limit",
             "--trace-config",

@@ -15,7 +15,7 @@ other model's request costs one truthiness check of the guards dict more than it
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from hotwire.server.errors import (
     is_client_fault,
 )
 from hotwire.server.fallback import Admission, ModelGuard
+from hotwire.server.limits import AdmissionControl, RequestLimits
 from hotwire.server.logs import RequestLogger
 from hotwire.server.model_control import AdminResult, ModelControl
 from hotwire.server.model_version import ModelVersion
@@ -61,8 +62,10 @@ class DataPlane:
         request_logger: RequestLogger | None = None,
         exact_statistics: bool = True,
         max_response_bytes: int = 0,
+        admission: AdmissionControl | None = None,
     ) -> None:
         self._registry = registry
+        self.admission = admission or AdmissionControl(RequestLimits())  # limits.py: caps, rates, shedding
         self._control = control
         self._is_ready = is_ready
         self._request_logger = request_logger or RequestLogger()
@@ -74,14 +77,42 @@ class DataPlane:
 
     # ----- inference ----------------------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest, received: float, encode: Encoder[Encoded]) -> Encoded:
+    async def infer(
+        self,
+        request: InferRequest,
+        received: float,
+        encode: Encoder[Encoded],
+        caller: Hashable | None = None,
+        deadline_s: float | None = None,
+    ) -> Encoded:
         """Serve one decoded request (`received`: perf_counter when its bytes arrived) and return what
-        `encode` makes of the response. Errors propagate as they are, for the frontend to map."""
-        if self._guards:
-            guard = self._guards.get(request.model_name)
-            if guard is not None:
-                return await self._infer_guarded(guard, request, received, encode)
+        `encode` makes of the response. Errors propagate as they are, for the frontend to map.
+
+        Admission first (limits.py): `caller` (an API key's index, or the peer's address) for per-caller
+        rates, when `admission.per_caller`; `deadline_s`: the seconds the client gave it at `received`, if
+        any, against which the queue ahead is weighed before it joins it."""
+        gate = self.admission
+        rows = max([t.shape[0] for t in request.inputs if t.shape], default=0)
+        gate.enter(len(request.inputs), len(request.requested_outputs or ()), rows, caller)
+        try:
+            if self._guards:
+                guard = self._guards.get(request.model_name)
+                if guard is not None:
+                    return await self._infer_guarded(guard, request, received, encode, deadline_s)
+            return await self._serve(request, received, encode, deadline_s)
+        finally:
+            gate.leave()
+
+    def _shed(self, version: ModelVersion, received: float, deadline_s: float | None) -> None:
+        if deadline_s is not None and version.batcher.queued:
+            left = deadline_s - (time.perf_counter() - received)
+            self.admission.check_deadline(version.name, version.batcher.expected_wait_s(), left)
+
+    async def _serve(
+        self, request: InferRequest, received: float, encode: Encoder[Encoded], deadline_s: float | None
+    ) -> Encoded:
         version = self._registry.route(request.model_name, request.model_version, request)
+        self._shed(version, received, deadline_s)
         routed = time.perf_counter()
         try:
             response = await version.infer(request, self._max_response_bytes)
@@ -109,12 +140,18 @@ class DataPlane:
         return encoded
 
     async def _infer_guarded(
-        self, guard: ModelGuard, request: InferRequest, received: float, encode: Encoder[Encoded]
+        self,
+        guard: ModelGuard,
+        request: InferRequest,
+        received: float,
+        encode: Encoder[Encoded],
+        deadline_s: float | None,
     ) -> Encoded:
         """`infer` for a model with a fallback or a circuit breaker: the breaker admits the request or keeps
         it from the model; a server-side failure (never a client's fault) or an open breaker gets the
         fallback's answer, marked in the response parameters."""
         version = self._registry.route(request.model_name, request.model_version, request)
+        self._shed(version, received, deadline_s)
         breaker = guard.breaker
         admission = breaker.admit() if breaker is not None else Admission.PASS
         if admission is Admission.REJECT:

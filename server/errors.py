@@ -77,10 +77,32 @@ class ResponseTooLarge(ResourceExhausted):
     client_fault = True
 
 
+class Overloaded(ResourceExhausted):
+    """Refused before it queued (limits.py): over a rate limit or the in-flight cap. `retry_after_s` is sent
+    as the `retry-after` hint (gRPC metadata, HTTP header) and gRPC's `grpc-retry-pushback-ms`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLarge(ResourceExhausted):
+    """More tensors or rows in one request than the server takes (limits.py): retrying will not help, so no
+    retry hint, and over HTTP it is the client's 400."""
+
+    http_status = 400
+    client_fault = True
+
+
 class DeadlineExceeded(HotwireError):
     status = grpc.StatusCode.DEADLINE_EXCEEDED
     http_status = 504
     reason = FailureReason.REJECTED
+
+
+class Shed(DeadlineExceeded):
+    """Refused before it queued because the queue ahead outlasts its deadline (limits.py): the answer it
+    would get anyway, without spending a queue slot and the work ahead on it first."""
 
 
 class BackendError(HotwireError):

@@ -12,16 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import grpc
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import wire
-from hotwire.server.auth import Access, AccessPolicy, grpc_peer_host
+from hotwire.server.auth import Access, AccessPolicy, Caller, grpc_peer_host
 from hotwire.server.dataplane import DataPlane
-from hotwire.server.errors import HotwireError, InvalidInput, Unavailable, Unimplemented, status_of
+from hotwire.server.errors import (
+    HotwireError,
+    InvalidInput,
+    Overloaded,
+    Unavailable,
+    Unimplemented,
+    status_of,
+)
+from hotwire.server.limits import retry_after_header
 from hotwire.server.model_version import ModelVersion
 from hotwire.server.tasks import BackgroundTasks
 
@@ -47,9 +55,21 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def _admit(policy: AccessPolicy, access: Access, context: grpc.aio.ServicerContext) -> None:
+def _admit(policy: AccessPolicy, access: Access, context: grpc.aio.ServicerContext) -> Caller:
     """The access policy's decision for this call (raises Unauthenticated / PermissionDenied)."""
-    policy.check(access, _authorization(context), grpc_peer_host(context.peer()))
+    return policy.check(access, _authorization(context), grpc_peer_host(context.peer()))
+
+
+def _retry_hint(exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    """An Overloaded refusal says when to come back: `retry-after` (seconds) and gRPC's own
+    `grpc-retry-pushback-ms`, which a client's retry policy obeys."""
+    if isinstance(exc, Overloaded):
+        context.set_trailing_metadata(
+            (
+                ("retry-after", retry_after_header(exc.retry_after_s)),
+                ("grpc-retry-pushback-ms", str(max(1, round(exc.retry_after_s * 1e3)))),
+            )
+        )
 
 
 def _unary(handler: Handler, policy: AccessPolicy | None = None, access: Access = Access.OPEN) -> Handler:
@@ -66,6 +86,7 @@ def _unary(handler: Handler, policy: AccessPolicy | None = None, access: Access 
             code, message = status_of(exc)
             if not isinstance(exc, HotwireError):
                 log.exception("unexpected error in %s", handler.__name__)
+            _retry_hint(exc, context)
             await context.abort(code, message)
 
     wrapped.__name__ = handler.__name__
@@ -84,6 +105,9 @@ class InferenceService:
     def __init__(self, plane: DataPlane, access: AccessPolicy | None = None) -> None:
         self._plane = plane
         self._access = access or AccessPolicy(None)
+        self._check_infer = self._access.needs_check(Access.INFER)
+        # whether an inference call needs its caller known: for the access policy or per-caller rates
+        self._identify = self._check_infer or plane.admission.per_caller
         # each stream awaits its own reader, so a reader's error surfaces there, once
         self._stream_readers = BackgroundTasks("ModelStreamInfer readers", log_failures=False)
         self._draining = False
@@ -165,19 +189,28 @@ class InferenceService:
             self._plane.undecodable(model_name, model_version, received)
             raise
 
+    def _caller(self, context: grpc.aio.ServicerContext) -> Hashable | None:
+        """Admit an inference call (the access policy) and name its caller for per-caller rate limits: the
+        API key's index, or the peer's address without keys (None when no per-caller limit is set)."""
+        key = _admit(self._access, Access.INFER, context).key if self._check_infer else None
+        if key is None and self._plane.admission.per_caller:
+            return grpc_peer_host(context.peer())
+        return key
+
     async def model_infer(self, data: bytes, context: Any) -> bytes:
         received = time.perf_counter()
+        caller = self._caller(context) if self._identify else None
         self._enter()
         try:
-            return await self._plane.infer(self._decode(data, received), received, _encode_unary)
+            request = self._decode(data, received)
+            return await self._plane.infer(request, received, _encode_unary, caller, context.time_remaining())
         finally:
             self._leave()
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently; responses go back in request order, errors in-band."""
         try:
-            if self._access.needs_check(Access.INFER):
-                _admit(self._access, Access.INFER, context)
+            caller = self._caller(context) if self._identify else None
             self._enter()
         except HotwireError as exc:
             await context.abort(exc.status, str(exc))
@@ -192,7 +225,7 @@ class InferenceService:
                     try:
                         await window.acquire()
                     finally:  # a message already read is answered, even when the shutdown stops the reading
-                        pending.put_nowait(asyncio.create_task(self._stream_one(data)))
+                        pending.put_nowait(asyncio.create_task(self._stream_one(data, caller, context)))
                 read_all = True
             except asyncio.CancelledError:
                 if not self._draining:
@@ -220,13 +253,14 @@ class InferenceService:
             # is unanswered elsewhere.
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_STREAM)
 
-    async def _stream_one(self, data: bytes) -> bytes:
+    async def _stream_one(self, data: bytes, caller: Hashable | None, context: Any) -> bytes:
         """One stream message: its response, or its error in-band (the stream goes on)."""
         received = time.perf_counter()
         request: wire.InferRequest | None = None
         try:
             request = self._decode(data, received)
-            return await self._plane.infer(request, received, _encode_stream)
+            deadline = context.time_remaining()
+            return await self._plane.infer(request, received, _encode_stream, caller, deadline)
         except Exception as exc:
             _, message = status_of(exc)
             if not isinstance(exc, HotwireError):
@@ -312,9 +346,8 @@ class InferenceService:
                 Access.ADMIN,
             ),
             # raw bytes both ways: no deserializer, no serializer (wire.py does both without copying tensors)
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(
-                _unary(self.model_infer, self._access, Access.INFER)
-            ),
+            # admitted in model_infer itself, which also names the caller for per-caller rate limits
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(_unary(self.model_infer)),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }
         for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:

@@ -20,7 +20,7 @@ import base64
 import binascii
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -33,10 +33,12 @@ from hotwire.server.errors import (
     InvalidInput,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PermissionDenied,
     Unauthenticated,
     http_status_of,
 )
+from hotwire.server.limits import retry_after_header
 from hotwire.server.model_version import ModelVersion
 from hotwire.server.wire import InferResponse
 
@@ -80,14 +82,22 @@ class HttpService:
             status, message = http_status_of(exc)
             if not isinstance(exc, HotwireError):
                 log.exception("unexpected error in %s %s", method, path)
-            # RFC 9110: a 401 names the scheme the client should use
-            extra = [("WWW-Authenticate", "Bearer")] if isinstance(exc, Unauthenticated) else []
+            extra = []
+            if isinstance(exc, Unauthenticated):  # RFC 9110: a 401 names the scheme the client should use
+                extra.append(("WWW-Authenticate", "Bearer"))
+            elif isinstance(exc, Overloaded):
+                extra.append(("Retry-After", retry_after_header(exc.retry_after_s)))
             return HttpResponse(status, http_codec.error_body(message), headers=extra)
 
-    def _admit(self, access: Access, headers: Mapping[str, str], peer: str | None) -> None:
-        """The access policy's decision (raises Unauthenticated / PermissionDenied); no cost when open."""
+    def _admit(self, access: Access, headers: Mapping[str, str], peer: str | None) -> Hashable | None:
+        """The access policy's decision (raises Unauthenticated / PermissionDenied; no cost when open), and
+        for inference the caller per-caller rate limits count: the API key's index, or the peer address."""
+        key = None
         if self._access.needs_check(access):
-            self._access.check(access, headers.get("authorization"), peer)
+            key = self._access.check(access, headers.get("authorization"), peer).key
+        if key is None and access is Access.INFER and self._plane.admission.per_caller:
+            return peer
+        return key
 
     async def _dispatch(
         self,
@@ -148,8 +158,8 @@ class HttpService:
             raise NotFound(f"no such endpoint: {path}")
         if action == "infer":
             self._expect(method, "POST", path)
-            self._admit(Access.INFER, headers, peer)
-            return await self._infer(name, version, headers, body, received)
+            caller = self._admit(Access.INFER, headers, peer)
+            return await self._infer(name, version, headers, body, received, caller)
         self._expect(method, "GET", path)
         # model readiness stays open, like the health endpoints
         self._admit(Access.OPEN if action == "ready" else Access.INFER, headers, peer)
@@ -162,7 +172,13 @@ class HttpService:
         return _ok_json(http_codec.message_json(self._plane.statistics(name, version)))
 
     async def _infer(
-        self, name: str, version: str, headers: Mapping[str, str], body: bytes, received: float
+        self,
+        name: str,
+        version: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        received: float,
+        caller: Hashable | None,
     ) -> HttpResponse:
         try:
             request, encoding = http_codec.decode_request(
@@ -178,7 +194,7 @@ class HttpService:
                 return HttpResponse(200, content)
             return HttpResponse(200, content, BINARY, [("Inference-Header-Content-Length", str(json_length))])
 
-        return await self._plane.infer(request, received, encode)
+        return await self._plane.infer(request, received, encode, caller)
 
     async def _repository(
         self,

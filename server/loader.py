@@ -20,6 +20,7 @@ from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.drift import DriftMonitor, ReferenceProfile
 from hotwire.server.errors import InvalidInput, ModelLoadError
+from hotwire.server.limits import BufferBudget, LoadLimits, Reservation
 from hotwire.server.model_config import DriftParameters, Signature, complete, graph_tensors, model_parameters
 from hotwire.server.model_version import ModelVersion
 from hotwire.server.preprocess import Preprocessor
@@ -31,11 +32,20 @@ log = logging.getLogger(__name__)
 
 
 async def load_version(
-    source: ModelSource, version: int, model_file: Path, default_max_batch_size: int, fingerprint: tuple = ()
+    source: ModelSource,
+    version: int,
+    model_file: Path,
+    default_max_batch_size: int,
+    fingerprint: tuple = (),
+    limits: LoadLimits | None = None,
+    budget: BufferBudget | None = None,
 ) -> ModelVersion:
     """A complete version in state LOADING (the registry decides when it serves); `fingerprint` is what it is
-    loaded from, so an unchanged reload can keep it."""
+    loaded from, so an unchanged reload can keep it. `limits` and `budget` refuse a config that asks for too
+    much before the memory is taken: the instance count before any session, the batch buffers after the
+    first."""
     assert source.config is not None
+    limits = limits or LoadLimits()
     started = time.monotonic()
     declared = source.config
     if not declared.instance_group:
@@ -44,10 +54,17 @@ async def load_version(
         declared.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     parameters = model_parameters(declared)
     where = [p for group in declared.instance_group for p in placements(group)]
+    if len(where) > limits.max_instances:
+        raise ModelLoadError(
+            f"instance_group asks for {len(where)} instances, over the server's {limits.max_instances} per "
+            "model (--max-model-instances)"
+        )
+    reservation = Reservation()
 
     def build() -> tuple[mc.ModelConfig, Signature, list[Instance], Preprocessor | None]:
         # Runs on a worker thread: session creation holds the GIL for long stretches.
-        sessions = [create_session(model_file, parameters.ort, p) for p in where]
+        nonlocal reservation
+        sessions = [create_session(model_file, parameters.ort, where[0])]
         config, signature = complete(
             declared,
             source.max_batch_size_given,
@@ -55,6 +72,17 @@ async def load_version(
             graph_tensors(sessions[0].get_outputs()),
             default_max_batch_size,
         )
+        if config.max_batch_size > limits.max_batch_size:
+            sessions[0] = None  # type: ignore[call-overload]  # released before the error is raised
+            raise ModelLoadError(
+                f"max_batch_size {config.max_batch_size} is over the server's {limits.max_batch_size} "
+                "(--max-model-batch-size)"
+            )
+        if budget is not None:
+            reservation = budget.reserve(
+                len(where) * buffer_bytes(signature), f"model '{source.name}' version {version}"
+            )
+        sessions += [create_session(model_file, parameters.ort, p) for p in where[1:]]
         preprocessor, client_signature = None, signature
         pipelines = preprocess.declaration(parameters.preprocess, source.path)
         if pipelines is not None:
@@ -78,10 +106,15 @@ async def load_version(
             batching_kernels.warm()  # compile or load from cache now, never on a request
         return config, client_signature, instances, preprocessor
 
-    config, signature, instances, preprocessor = await asyncio.to_thread(build)
+    try:
+        config, signature, instances, preprocessor = await asyncio.to_thread(build)
+    except BaseException:
+        reservation.release()
+        raise
     try:
         policy = batching_policy(config)
     except ModelLoadError:
+        reservation.release()
         for instance in instances:
             instance.close()
         raise
@@ -104,6 +137,7 @@ async def load_version(
     try:
         drift = drift_monitor(parameters.drift, signature, source.path)
     except ModelLoadError:
+        reservation.release()
         for instance in instances:
             instance.close()
         raise
@@ -120,7 +154,22 @@ async def load_version(
         drift=drift,
         fingerprint=fingerprint,
         load_seconds=time.monotonic() - started,
+        buffers=reservation,
     )
+
+
+def buffer_bytes(signature: Signature) -> int:
+    """One instance's batch buffers at max_batch_size: the rows of every input and output (a dynamic dim
+    counted as 1, a BYTES element as a pointer). An estimate of what batching preallocates and ONNX Runtime
+    allocates for a full batch, known before either happens."""
+    rows = max(1, signature.max_batch_size)
+    total = 0
+    for spec in (*signature.inputs, *signature.outputs):
+        elements = 1
+        for dim in spec.dims:
+            elements *= max(1, dim)
+        total += elements * (spec.datatype.itemsize or 8)
+    return rows * total
 
 
 def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:

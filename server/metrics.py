@@ -154,12 +154,13 @@ FALLBACKS = "hotwire_fallback_responses_total"
 BREAKER_STATE = "hotwire_breaker_state"
 BREAKER_TRANSITIONS = "hotwire_breaker_transitions_total"
 BREAKER_REJECTED = "hotwire_breaker_rejected_total"
+REFUSED = "hotwire_requests_refused_total"
 LIFECYCLE_EVENTS = ("swap", "rollback", "guard_rollback", "load_failure")
 COUNTER_NAMES = frozenset(
     {f.name for f in COUNTERS}
     # process_cpu_seconds_total: the --workers one
     | {FAILURES, LIFECYCLE, "hotwire_shadow_comparisons_total", "process_cpu_seconds_total"}
-    | {FALLBACKS, BREAKER_TRANSITIONS, BREAKER_REJECTED}
+    | {FALLBACKS, BREAKER_TRANSITIONS, BREAKER_REJECTED, REFUSED}
 )
 # Multiprocess only, never exposed: 1 for each (model, version) a worker has loaded, per worker pid.
 LOADED_MARKER = "hotwire_version_loaded"
@@ -181,6 +182,7 @@ class Metrics:
         self._shadow: Callable[[], Iterable[tuple[str, int, int, float, float]]] = lambda: ()
         self._drift: Callable[[], Iterable[DriftRow]] = lambda: ()
         self._guards: Callable[[], Iterable[GuardView]] = lambda: ()
+        self._refused: Callable[[], dict[str, int]] = dict
         self._multiprocess = multiprocess_dir() is not None
         self._published: dict[Gauge, set[tuple[str, ...]]] = {}  # labelled series set by the last publish
         # Called on the HTTP thread before a single-process scrape. The App points it at the event loop, since
@@ -289,6 +291,15 @@ class Metrics:
             self._breaker_transitions,
             self._breaker_rejected,
         }
+        # server-wide, no model: requests the limits refused before they reached one (limits.py)
+        self._refusals = Gauge(
+            REFUSED,
+            "Inference requests refused before they queued, by reason (limits and load shedding)",
+            ["reason"],
+            registry=self.registry,
+            multiprocess_mode="sum",
+        )
+        self._per_model.add(self._refusals)  # never taken for a loaded (model, version) either
         self._loaded: Gauge | None = None
         if self._multiprocess:
             self._loaded = gauge(LOADED_MARKER, "1 while this worker has the version loaded", mode="liveall")
@@ -309,6 +320,10 @@ class Metrics:
         """What to publish of fallbacks and circuit breakers: one view per model that has either
         (Registry.guard_views)."""
         self._guards = guards
+
+    def watch_refusals(self, refused: Callable[[], dict[str, int]]) -> None:
+        """What to publish of the limits: refusals by reason (AdmissionControl.refused)."""
+        self._refused = refused
 
     def publish(self) -> None:
         with self._lock:
@@ -361,6 +376,8 @@ class Metrics:
                         put(self._breaker_state, (guard.model, state), float(state == guard.breaker_state))
                         put(self._breaker_transitions, (guard.model, state), guard.transitions.get(state, 0))
                     put(self._breaker_rejected, (guard.model,), guard.rejected)
+            for refusal, refusals in self._refused().items():
+                put(self._refusals, (refusal,), refusals)
             if self._multiprocess:
                 assert self._loaded is not None
                 # Lifecycle counts outlive their version: they must not mark it loaded.

@@ -24,6 +24,7 @@ from hotwire.proto import model_config_pb2 as mc
 from hotwire.server.batcher import Batcher
 from hotwire.server.drift import DriftMonitor, DriftReport
 from hotwire.server.errors import ResponseTooLarge, failure_reason
+from hotwire.server.limits import Reservation
 from hotwire.server.model_config import Signature
 from hotwire.server.preprocess import Preprocessor
 from hotwire.server.runner import Instance
@@ -67,6 +68,7 @@ class ModelVersion:
         drift: DriftMonitor | None = None,
         fingerprint: tuple = (),
         load_seconds: float = 0.0,
+        buffers: Reservation | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -79,6 +81,7 @@ class ModelVersion:
         self.drift = drift  # input/prediction drift monitoring, when the model asks for it
         self.fingerprint = fingerprint  # what it was loaded from: an unchanged reload keeps it
         self.load_seconds = load_seconds
+        self._buffers = buffers or Reservation()  # its share of --max-buffer-bytes, released at unload
         self.encoder = ResponseEncoder(name, self.version_str)
         self._state = VersionState.LOADING
         self._drift_report: DriftReport | None = None
@@ -134,6 +137,7 @@ class ModelVersion:
         await self._idle.wait()  # requests between routing and their result (e.g. awaiting a future)
         for instance in self.instances:
             await asyncio.to_thread(instance.close)
+        self._buffers.release()
         self._move(VersionState.UNLOADED)
 
     async def refresh_drift(self) -> None:

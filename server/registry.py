@@ -22,6 +22,7 @@ from pathlib import Path
 from hotwire.server import repository
 from hotwire.server.errors import ConfigError, InvalidInput, ModelLoadError, NotFound, Unavailable
 from hotwire.server.fallback import GuardCounts, ModelGuard, constant_outputs
+from hotwire.server.limits import BufferBudget, LoadLimits
 from hotwire.server.loader import load_version
 from hotwire.server.metrics import GuardView
 from hotwire.server.model_config import FallbackParameters, fallback_parameters, traffic_policy
@@ -115,9 +116,12 @@ class Registry:
         default_max_batch_size: int,
         on_health_change: HealthCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        load_limits: LoadLimits | None = None,
     ) -> None:
         self._models: dict[str, ModelEntry] = {}
         self._default_max_batch_size = default_max_batch_size
+        self._load_limits = load_limits or LoadLimits()
+        self.buffer_budget = BufferBudget(self._load_limits.max_buffer_bytes)
         self._on_health_change = on_health_change or (lambda name, serving: None)
         self._clock = clock
         self._rng = random.Random()
@@ -191,7 +195,13 @@ class Registry:
                 continue
             try:
                 loaded = await load_version(
-                    source, version, model_file, self._default_max_batch_size, fingerprint
+                    source,
+                    version,
+                    model_file,
+                    self._default_max_batch_size,
+                    fingerprint,
+                    self._load_limits,
+                    self.buffer_budget,
                 )
                 if fallback.response is not None:
                     try:  # the constant response against this version's outputs, before it can serve
@@ -388,6 +398,8 @@ class Registry:
                         source.versions[to],
                         self._default_max_batch_size,
                         repository.version_fingerprint(source, to),
+                        self._load_limits,
+                        self.buffer_budget,
                     )
                 except (ModelLoadError, ConfigError) as exc:
                     raise Unavailable(f"model '{name}': version {to} could not be reloaded: {exc}") from None

@@ -75,6 +75,21 @@ def port_in_use(host: str, port: int) -> str | None:
     return None
 
 
+# limits.py's settings, passed on as they are: each worker applies them to itself
+LIMIT_SETTINGS = (
+    "max_inflight",
+    "max_request_tensors",
+    "max_request_rows",
+    "rate_limit",
+    "rate_burst",
+    "caller_rate_limit",
+    "caller_burst",
+    "max_model_batch_size",
+    "max_model_instances",
+    "max_buffer_bytes",
+)
+
+
 def worker_command(config: ServerConfig, grpc_port: int, http_port: int, ready_fd: int) -> list[str]:
     return [
         sys.executable,
@@ -118,6 +133,11 @@ def worker_command(config: ServerConfig, grpc_port: int, http_port: int, ready_f
         f"--strict-readiness={str(config.strict_readiness).lower()}",
         *[arg for name in config.load_model for arg in ("--load-model", name)],
         *(["--kernel-cache-dir", str(config.kernel_cache_dir)] if config.kernel_cache_dir else []),
+        *[
+            arg
+            for name in LIMIT_SETTINGS
+            for arg in (f"--{name.replace('_', '-')}", str(getattr(config, name)))
+        ],
         *[
             arg
             for flag, path in (

@@ -40,6 +40,29 @@ def tiny_model(nodes: list, inputs: list, outputs: list, initializers: list | No
     return model
 
 
+def matmul_chain(layers: int = 30, width: int = 256) -> onnx.ModelProto:
+    """Slow enough (tens of ms at batch 64 on one core) that requests queue behind each other."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"
+        )
+        for i in range(layers)
+    ]
+    nodes = [
+        helper.make_node(
+            "MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < layers - 1 else "y"]
+        )
+        for i in range(layers)
+    ]
+    return tiny_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        weights,
+    )
+
+
 def identity_all_types(dims: tuple[int, ...] = (3,), batched: bool = True) -> onnx.ModelProto:
     """For every datatype D: input `in_D` -> Identity -> output `out_D`, shape [batch?] + dims."""
     shape = (["batch"] if batched else []) + list(dims)

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.proto import grpc_service_pb2 as pb
-from onnx_models import write_model
+from onnx_models import matmul_chain, write_model
 
 
 def scale_model(width: int | None = 8) -> onnx.ModelProto:
@@ -30,33 +30,6 @@ def scale_model(width: int | None = 8) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])],
         [bias, three],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def matmul_chain(layers: int = 30, width: int = 256) -> onnx.ModelProto:
-    """Slow enough (tens of ms at batch 64 on one core) that requests queue behind each other."""
-    rng = np.random.default_rng(0)
-    weights = [
-        numpy_helper.from_array(
-            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"
-        )
-        for i in range(layers)
-    ]
-    nodes = [
-        helper.make_node(
-            "MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < layers - 1 else "y"]
-        )
-        for i in range(layers)
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-        weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
