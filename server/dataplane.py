@@ -37,6 +37,7 @@ from hotwire.server.logs import RequestLogger
 from hotwire.server.model_control import AdminResult, ModelControl
 from hotwire.server.model_version import ModelVersion
 from hotwire.server.registry import Registry
+from hotwire.server.repository import shown
 from hotwire.server.stats import ComputeTimes, Duration
 from hotwire.server.wire import InferRequest, InferResponse
 
@@ -336,7 +337,7 @@ class DataPlane:
             if not version or version == str(number)
         ]
         if name and version and not found:
-            raise NotFound(f"model '{name}' has no version {version} loaded")
+            raise NotFound(f"model '{name}' has no version {shown(version)} loaded")
         return pb.ModelStatisticsResponse(model_stats=found)
 
     # ----- model repository -------------------------------------------------------------------------------

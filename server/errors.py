@@ -179,18 +179,29 @@ class ConfigError(Exception):
     """A server or model configuration is invalid; the message names the file and field."""
 
 
+# Longest message a client gets back: messages echo client strings (names, values), and gRPC fails a call
+# whose status message exceeds the metadata size limit (a 10k-character model name did).
+MAX_MESSAGE_CHARS = 1000
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 20] + " ... (truncated)"
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client sees for an exception raised while serving a request."""
     if isinstance(exc, HotwireError):
-        return exc.status, str(exc)
-    return grpc.StatusCode.INTERNAL, _internal(exc)
+        return exc.status, _bounded(str(exc))
+    return grpc.StatusCode.INTERNAL, _bounded(_internal(exc))
 
 
 def http_status_of(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and message a client sees for an exception raised while serving a request."""
     if isinstance(exc, HotwireError):
-        return exc.http_status, str(exc)
-    return 500, _internal(exc)
+        return exc.http_status, _bounded(str(exc))
+    return 500, _bounded(_internal(exc))
 
 
 def failure_reason(exc: BaseException) -> FailureReason:

@@ -311,10 +311,9 @@ def check_model_name(name: str) -> None:
         or any(c in name for c in "/\\\0")
         or len(name.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES
     ):
-        shown = name if len(name) <= 100 else name[:100] + "..."
         raise InvalidInput(
-            f"model name {shown!r} is not a plain name: no '/', '\\' or NUL, not '.' or '..', at most "
-            f"{MAX_MODEL_NAME_BYTES} bytes"
+            f"model name {repository.shown(name, 100)!r} is not a plain name: no '/', '\\' or NUL, not '.' "
+            f"or '..', at most {MAX_MODEL_NAME_BYTES} bytes"
         )
 
 

@@ -448,7 +448,7 @@ class Registry:
         entry = self._models.get(name)
         if entry is None:
             # Triton's words, which clients match
-            raise NotFound(f"Request for unknown model: '{name}' is not found")
+            raise NotFound(f"Request for unknown model: '{repository.shown(name, 100)}' is not found")
         return entry
 
     def route(self, name: str, version: str = "", request: InferRequest | None = None) -> ModelVersion:

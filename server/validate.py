@@ -16,6 +16,7 @@ import numpy as np
 from hotwire.server.datatypes import element_count
 from hotwire.server.errors import InvalidInput
 from hotwire.server.model_config import Signature
+from hotwire.server.repository import shown
 from hotwire.server.wire import InferRequest
 
 PLAN_CACHE_SIZE = 256
@@ -98,7 +99,7 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         spec = signature.input(tensor.name)
         if spec is None:
             raise InvalidInput(
-                f"model '{model}' has no input '{tensor.name}'; expected inputs: "
+                f"model '{model}' has no input '{shown(tensor.name)}'; expected inputs: "
                 f"{[s.name for s in signature.inputs]}"
             )
         if tensor.name in seen:
@@ -156,7 +157,7 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         for name in request.requested_outputs:
             if signature.output(name) is None:
                 raise InvalidInput(
-                    f"model '{model}' has no output '{name}'; expected outputs: "
+                    f"model '{model}' has no output '{shown(name)}'; expected outputs: "
                     f"{[s.name for s in signature.outputs]}"
                 )
         output_names = tuple(request.requested_outputs)

@@ -260,3 +260,33 @@ def test_server_still_serves_correctly_after_every_bad_request(stub):
     response = stub.ModelInfer(simple_request(rows=2), timeout=10)
     out = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(2, 16)
     np.testing.assert_array_equal(out, np.full((2, 16), 2.0, np.float32))
+
+
+def test_client_strings_are_echoed_truncated(stub):
+    """Issue 11 item 8: a 10k-character name came back whole in the error and tripped the metadata limit."""
+    long = "n" * 10_000
+    calls = [
+        (stub.ModelInfer, simple_request(model_name=long), grpc.StatusCode.NOT_FOUND),
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name=long), grpc.StatusCode.NOT_FOUND),
+        (stub.ModelConfig, pb.ModelConfigRequest(name=long), grpc.StatusCode.NOT_FOUND),
+        (stub.ModelStatistics, pb.ModelStatisticsRequest(name=long), grpc.StatusCode.NOT_FOUND),
+        (
+            stub.ModelStatistics,
+            pb.ModelStatisticsRequest(name="simple", version=long),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=long), None),
+    ]
+    renamed_input = simple_request()
+    renamed_input.inputs[0].name = long
+    calls.append((stub.ModelInfer, renamed_input, grpc.StatusCode.INVALID_ARGUMENT))
+    unknown_output = simple_request()
+    unknown_output.outputs.add(name=long)
+    calls.append((stub.ModelInfer, unknown_output, grpc.StatusCode.INVALID_ARGUMENT))
+    for call, request, code in calls:
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=10)
+        if code is not None:
+            assert caught.value.code() == code, caught.value.details()
+        assert caught.value.code() != grpc.StatusCode.INTERNAL
+        assert len(caught.value.details()) <= 1000, caught.value.details()[:300]
