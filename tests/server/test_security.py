@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -469,3 +470,59 @@ def test_admin_commands_send_the_key_over_tls(running_server, tmp_path, pki, key
     done = command("traffic", "simple", "--stable", "2", env_key=ADMIN_KEY)
     assert done.returncode == 0, done.stderr
     assert server.app.registry.route("simple", "").version == 2
+
+
+def test_an_uploaded_model_cannot_read_files_through_external_data(running_server, tmp_path):
+    """Issue 11 item 1: a planted model read a secret back through an ONNX external-data initializer."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOPSECRET")
+    (tmp_path / "repo").mkdir()
+    server = running_server(tmp_path / "repo", model_control_mode="explicit")
+    for location in (str(secret), "../../../../../../../.." + str(secret)):
+        weights = onnx.TensorProto(name="w", data_type=onnx.TensorProto.UINT8, dims=[9])
+        weights.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", "9")):
+            weights.external_data.add(key=key, value=value)
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["w"], ["y"])],
+            "planted",
+            [],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.UINT8, [9])],
+            [weights],
+        )
+        # not tiny_model: onnx's checker refuses such a path itself, and a hostile client runs no checker
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        with grpcclient.InferenceServerClient(server.address) as client:
+            with pytest.raises(InferenceServerException) as error:
+                client.load_model(
+                    "planted",
+                    config='{"name": "planted", "backend": "onnxruntime", "max_batch_size": 0}',
+                    files={"file:1/model.onnx": model.SerializeToString()},
+                )
+            assert "External data path" in error.value.message()
+            assert "TOPSECRET" not in error.value.message()
+            assert not client.is_model_ready("planted")
+
+
+def test_security_md_states_the_defaults_the_server_uses():
+    text = (Path(__file__).parents[2] / "SECURITY.md").read_text()
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| ") and "`--" in line
+    }
+    defaults = ServerConfig(model_repository=Path("."))
+    expected = {
+        "`--max-inflight`": f"{defaults.max_inflight}",
+        "`--max-request-tensors`": f"{defaults.max_request_tensors}",
+        "`--max-request-rows`": f"{defaults.max_request_rows:,}",
+        "`--max-model-batch-size`": f"{defaults.max_model_batch_size}",
+        "`--max-model-instances`": f"{defaults.max_model_instances}",
+        "`--max-buffer-bytes`": f"{defaults.max_buffer_bytes // 2**30} GiB",
+        "`--rate-limit`, `--rate-burst`": "off" if defaults.rate_limit == 0 else "on",
+        "`--caller-rate-limit`, `--caller-burst`": "off" if defaults.caller_rate_limit == 0 else "on",
+    }
+    for flag, value in expected.items():
+        assert flag in rows, flag
+        assert rows[flag].split("|")[3].strip() == value, rows[flag]
