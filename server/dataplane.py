@@ -84,61 +84,58 @@ class DataPlane:
         received: float,
         encode: Encoder[Encoded],
         caller: Hashable | None = None,
-        deadline_s: float | None = None,
+        time_left: Callable[[], float | None] | None = None,
     ) -> Encoded:
         """Serve one decoded request (`received`: perf_counter when its bytes arrived) and return what
         `encode` makes of the response. Errors propagate as they are, for the frontend to map.
 
         Admission first (limits.py): `caller` (an API key's index, or the peer's address) for per-caller
-        rates, when `admission.per_caller`; `deadline_s`: the seconds the client gave it at `received`, if
-        any, against which the queue ahead is weighed before it joins it."""
+        rates, when `admission.per_caller`; `time_left`: the seconds left to the client's deadline (None:
+        none), asked only when the version has a queue to weigh it against."""
         gate = self.admission
-        rows = max([t.shape[0] for t in request.inputs if t.shape], default=0)
-        gate.enter(len(request.inputs), len(request.requested_outputs or ()), rows, caller)
+        gate.enter(request.inputs, len(request.requested_outputs or ()), caller)
         try:
             if self._guards:
                 guard = self._guards.get(request.model_name)
                 if guard is not None:
-                    return await self._infer_guarded(guard, request, received, encode, deadline_s)
-            return await self._serve(request, received, encode, deadline_s)
+                    return await self._infer_guarded(guard, request, received, encode, time_left)
+            # the fast path, in this one coroutine (no nested one per request)
+            version = self._registry.route(request.model_name, request.model_version, request)
+            if time_left is not None and version.batcher.queued:
+                self._shed(version, time_left)
+            routed = time.perf_counter()
+            try:
+                response = await version.infer(request, self._max_response_bytes)
+            except Exception as exc:  # a cancelled call (BaseException) is not held against the version
+                if not is_client_fault(exc):  # a bad request says nothing about the version's health
+                    failed_after = time.perf_counter() - received
+                    self._registry.after_response(version, request, None, failed_after, False)
+                raise
+            computed = time.perf_counter()
+            encoded = encode(version, response)
+            done = time.perf_counter()
+            elapsed = done - received
+            version.stats.handler.add(elapsed)
+            self._registry.after_response(version, request, response, elapsed, True)
+            if self._request_logger.enabled:
+                stages = {
+                    "decode": routed - received,
+                    "queue": response.queue_s,
+                    "preprocess": response.compute_input_s,
+                    "compute": response.compute_infer_s,
+                    "encode": done - computed,
+                }
+                # validation, the hand-offs to and from the instance thread, output slicing: the stages add up
+                stages["other"] = max(0.0, elapsed - sum(stages.values()))
+                self._request_logger.observe(version.name, version.version_str, request.id, elapsed, stages)
+            return encoded
         finally:
             gate.leave()
 
-    def _shed(self, version: ModelVersion, received: float, deadline_s: float | None) -> None:
-        if deadline_s is not None and version.batcher.queued:
-            left = deadline_s - (time.perf_counter() - received)
+    def _shed(self, version: ModelVersion, time_left: Callable[[], float | None]) -> None:
+        left = time_left()
+        if left is not None:
             self.admission.check_deadline(version.name, version.batcher.expected_wait_s(), left)
-
-    async def _serve(
-        self, request: InferRequest, received: float, encode: Encoder[Encoded], deadline_s: float | None
-    ) -> Encoded:
-        version = self._registry.route(request.model_name, request.model_version, request)
-        self._shed(version, received, deadline_s)
-        routed = time.perf_counter()
-        try:
-            response = await version.infer(request, self._max_response_bytes)
-        except Exception as exc:  # a cancelled call (BaseException) is not held against the version either
-            if not is_client_fault(exc):  # a bad request says nothing about the version's health
-                self._registry.after_response(version, request, None, time.perf_counter() - received, False)
-            raise
-        computed = time.perf_counter()
-        encoded = encode(version, response)
-        done = time.perf_counter()
-        elapsed = done - received
-        version.stats.handler.add(elapsed)
-        self._registry.after_response(version, request, response, elapsed, True)
-        if self._request_logger.enabled:
-            stages = {
-                "decode": routed - received,
-                "queue": response.queue_s,
-                "preprocess": response.compute_input_s,
-                "compute": response.compute_infer_s,
-                "encode": done - computed,
-            }
-            # validation, the hand-offs to and from the instance thread, output slicing: so the stages add up
-            stages["other"] = max(0.0, elapsed - sum(stages.values()))
-            self._request_logger.observe(version.name, version.version_str, request.id, elapsed, stages)
-        return encoded
 
     async def _infer_guarded(
         self,
@@ -146,13 +143,14 @@ class DataPlane:
         request: InferRequest,
         received: float,
         encode: Encoder[Encoded],
-        deadline_s: float | None,
+        time_left: Callable[[], float | None] | None,
     ) -> Encoded:
         """`infer` for a model with a fallback or a circuit breaker: the breaker admits the request or keeps
         it from the model; a server-side failure (never a client's fault) or an open breaker gets the
         fallback's answer, marked in the response parameters."""
         version = self._registry.route(request.model_name, request.model_version, request)
-        self._shed(version, received, deadline_s)
+        if time_left is not None and version.batcher.queued:
+            self._shed(version, time_left)
         breaker = guard.breaker
         admission = breaker.admit() if breaker is not None else Admission.PASS
         if admission is Admission.REJECT:

@@ -113,8 +113,7 @@ class InferenceService:
         self._draining = False
         self._last_arrival = 0.0  # monotonic; kept only while draining
         self._inflight = 0  # ModelInfer calls and open streams
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle = asyncio.Event()  # set by the last call to leave once draining
 
     def drain(self) -> None:
         """Shutdown's first step, before gRPC's own: new ModelInfer calls and streams are answered UNAVAILABLE
@@ -132,22 +131,25 @@ class InferenceService:
     async def drained(self) -> None:
         """Once no ModelInfer call or stream is in flight, and none arrived for DRAIN_QUIET_S: gRPC's shutdown
         cancels calls not yet handed to a handler (CANCELLED, which no retry policy retries), so it starts
-        only once clients have taken their UNAVAILABLE answers and backed off."""
-        await self._idle.wait()
-        while (quiet := time.monotonic() - self._last_arrival) < DRAIN_QUIET_S:
+        only once clients have taken their UNAVAILABLE answers and backed off. Call after `drain`."""
+        while True:
+            while self._inflight:
+                self._idle.clear()
+                await self._idle.wait()
+            quiet = time.monotonic() - self._last_arrival
+            if quiet >= DRAIN_QUIET_S:
+                return
             await asyncio.sleep(DRAIN_QUIET_S - quiet)
-            await self._idle.wait()
 
     def _enter(self) -> None:
         if self._draining:
             self._last_arrival = time.monotonic()
             raise Unavailable(SHUTTING_DOWN)
         self._inflight += 1
-        self._idle.clear()
 
     def _leave(self) -> None:
         self._inflight -= 1
-        if not self._inflight:
+        if not self._inflight and self._draining:  # only a draining shutdown waits for zero
             self._idle.set()
 
     # ----- health and metadata ------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ class InferenceService:
         self._enter()
         try:
             request = self._decode(data, received)
-            return await self._plane.infer(request, received, _encode_unary, caller, context.time_remaining())
+            return await self._plane.infer(request, received, _encode_unary, caller, context.time_remaining)
         finally:
             self._leave()
 
@@ -259,8 +261,7 @@ class InferenceService:
         request: wire.InferRequest | None = None
         try:
             request = self._decode(data, received)
-            deadline = context.time_remaining()
-            return await self._plane.infer(request, received, _encode_stream, caller, deadline)
+            return await self._plane.infer(request, received, _encode_stream, caller, context.time_remaining)
         except Exception as exc:
             _, message = status_of(exc)
             if not isinstance(exc, HotwireError):

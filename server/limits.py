@@ -13,8 +13,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from hotwire.server.errors import ModelLoadError, Overloaded, RequestTooLarge, Shed
 
@@ -88,6 +89,13 @@ class RequestLimits:
     caller_burst: float = 0.0
 
 
+class Shaped(Protocol):
+    """What admission reads of an input tensor (wire.InputTensor)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved."""
 
@@ -122,22 +130,23 @@ class AdmissionControl:
         self._callers: OrderedDict[Hashable, TokenBucket] = OrderedDict()
         self.per_caller = limits.caller_rate > 0  # frontends pass a caller only when this is set
 
-    def enter(self, inputs: int, outputs: int, rows: int, caller: Hashable | None = None) -> None:
-        """Admit one request (`rows`: the largest first dimension of its inputs) or raise; an admitted one
+    def enter(self, inputs: Sequence[Shaped], outputs: int, caller: Hashable | None = None) -> None:
+        """Admit one request (its input tensors, its number of requested outputs) or raise; an admitted one
         must `leave`."""
         limits = self.limits
-        if inputs + outputs > limits.max_request_tensors:
+        if len(inputs) + outputs > limits.max_request_tensors:
             self._refuse("tensors")
             raise RequestTooLarge(
-                f"the request has {inputs} inputs and {outputs} requested outputs, over the server's "
+                f"the request has {len(inputs)} inputs and {outputs} requested outputs, over the server's "
                 f"{limits.max_request_tensors} tensors per request (--max-request-tensors)"
             )
-        if rows > limits.max_request_rows:
-            self._refuse("rows")
-            raise RequestTooLarge(
-                f"an input has {rows} rows, over the server's {limits.max_request_rows} per request "
-                "(--max-request-rows): split the request"
-            )
+        for tensor in inputs:
+            if tensor.shape and tensor.shape[0] > limits.max_request_rows:
+                self._refuse("rows")
+                raise RequestTooLarge(
+                    f"an input has {tensor.shape[0]} rows, over the server's {limits.max_request_rows} per "
+                    "request (--max-request-rows): split the request"
+                )
         if self.inflight >= limits.max_inflight:
             self._refuse("concurrency")
             raise Overloaded(

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -29,6 +30,10 @@ HOLDING_CONFIG = """
 max_batch_size: 8
 dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 1000000 }
 """
+
+
+def _inputs(count: int, rows: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(shape=(rows, 16)) for _ in range(count)]
 
 
 class FakeClock:
@@ -78,22 +83,22 @@ def test_admission_caps_and_rates_with_their_retry_hints() -> None:
         RequestLimits(max_inflight=2, max_request_tensors=4, max_request_rows=8, rate=100, burst=3), clock
     )
     with pytest.raises(RequestTooLarge, match="3 inputs and 2 requested outputs, over the server's 4"):
-        gate.enter(3, 2, 1)
+        gate.enter(_inputs(3, 1), 2)
     with pytest.raises(RequestTooLarge, match="9 rows, over the server's 8"):
-        gate.enter(1, 0, 9)
-    gate.enter(1, 0, 1)
-    gate.enter(1, 0, 1)
+        gate.enter(_inputs(1, 9), 0)
+    gate.enter(_inputs(1, 1), 0)
+    gate.enter(_inputs(1, 1), 0)
     with pytest.raises(Overloaded, match="2 requests in flight") as full:
-        gate.enter(1, 0, 1)
+        gate.enter(_inputs(1, 1), 0)
     assert full.value.retry_after_s > 0
     gate.leave()
-    gate.enter(1, 0, 1)  # the third token
+    gate.enter(_inputs(1, 1), 0)  # the third token
     gate.leave()
     with pytest.raises(Overloaded, match="100 requests per second") as limited:
-        gate.enter(1, 0, 1)
+        gate.enter(_inputs(1, 1), 0)
     assert limited.value.retry_after_s == pytest.approx(0.01)
     clock.now += 0.01
-    gate.enter(1, 0, 1)
+    gate.enter(_inputs(1, 1), 0)
     assert gate.refused == {
         "concurrency": 1,
         "rate": 1,
@@ -111,12 +116,12 @@ def test_admission_caps_and_rates_with_their_retry_hints() -> None:
 def test_per_caller_buckets_are_separate_and_bounded() -> None:
     clock = FakeClock()
     gate = AdmissionControl(RequestLimits(caller_rate=1, caller_burst=1), clock)
-    gate.enter(1, 0, 1, caller="a")
+    gate.enter(_inputs(1, 1), 0, caller="a")
     with pytest.raises(Overloaded, match="per caller"):
-        gate.enter(1, 0, 1, caller="a")
-    gate.enter(1, 0, 1, caller="b")  # another caller has its own bucket
+        gate.enter(_inputs(1, 1), 0, caller="a")
+    gate.enter(_inputs(1, 1), 0, caller="b")  # another caller has its own bucket
     for index in range(5000):  # many callers: only the most recent few thousand are remembered
-        gate.enter(1, 0, 1, caller=index)
+        gate.enter(_inputs(1, 1), 0, caller=index)
         gate.leave()
     assert len(gate._callers) <= 4096
 
