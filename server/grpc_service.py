@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.server import wire
@@ -99,6 +100,22 @@ def _encode_unary(version: ModelVersion, response: wire.InferResponse) -> bytes:
 
 def _encode_stream(version: ModelVersion, response: wire.InferResponse) -> bytes:
     return version.encoder.encode_stream(response)
+
+
+def _parsed(handler: Handler, request_type: Any) -> Handler:
+    """`handler` taking the request's bytes: an undecodable message is the client's INVALID_ARGUMENT."""
+
+    async def parse_then_handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = request_type.FromString(data)
+        except DecodeError:
+            raise InvalidInput(
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name} message"
+            ) from None
+        return await handler(request, context)
+
+    parse_then_handle.__name__ = handler.__name__
+    return parse_then_handle
 
 
 class InferenceService:
@@ -311,8 +328,9 @@ class InferenceService:
             handler: Handler, request_type: Any, response_type: Any, access: Access = Access.INFER
         ) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler, self._access, access),
-                request_deserializer=request_type.FromString,
+                _unary(_parsed(handler, request_type), self._access, access),
+                # no request_deserializer: gRPC answers its DecodeError UNKNOWN; _parsed makes it
+                # INVALID_ARGUMENT
                 response_serializer=response_type.SerializeToString,
             )
 

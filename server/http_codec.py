@@ -247,6 +247,15 @@ def _array_from_json(name: str, dtype: datatypes.Datatype, shape: tuple[int, ...
     if dtype.name == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise InvalidInput(f"input '{name}': BYTES data must be strings")
+        # JSON's "\ud800" escapes decode to lone surrogates, which no UTF-8 string holds: ONNX Runtime failed
+        # on them (HTTP 500); gRPC's and the binary extension's BYTES are checked as UTF-8 likewise (wire.py)
+        try:
+            "".join(flat).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                f"input '{name}': a BYTES string holds a lone surrogate (a \\ud800-\\udfff escape), which is "
+                "not valid UTF-8, as ONNX string tensors require"
+            ) from None
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)

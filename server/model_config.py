@@ -601,6 +601,8 @@ def _fallback_response(text: str | None) -> tuple[tuple[str, Any], ...] | None:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"parameters 'fallback_response': not JSON: {exc}") from None
+    except RecursionError:  # json.loads of e.g. "[" * 100000
+        raise ConfigError("parameters 'fallback_response': its JSON is nested too deeply") from None
     if not isinstance(value, dict) or not value:
         raise ConfigError(
             "parameters 'fallback_response': expected a JSON object of output name -> value "

@@ -180,7 +180,13 @@ class ModelControl:
             version, how = await self.registry.rollback(name, number, self._reload_source(name))
             return AdminResult(f"rollback:{how}", version, (time.perf_counter() - started) * 1e3)
         if TRAFFIC_PARAMETER in parameters:
-            self.registry.set_traffic(name, parse_update(str(parameters[TRAFFIC_PARAMETER])))
+            try:
+                update = parse_update(str(parameters[TRAFFIC_PARAMETER]))
+            except RecursionError:  # json.loads of e.g. "[" * 1000: parse_update catches JSONDecodeError only
+                raise InvalidInput(
+                    f"parameter '{TRAFFIC_PARAMETER}': its JSON is nested too deeply"
+                ) from None
+            self.registry.set_traffic(name, update)
             return AdminResult("traffic", None, (time.perf_counter() - started) * 1e3)
         if self.mode != "explicit":
             raise FailedPrecondition(
@@ -243,6 +249,14 @@ class ModelControl:
             if not directory.is_dir():
                 raise NotFound(f"model '{name}' is not in the repository {self.root}")
             return repository.read_model(directory), None
+        if isinstance(config_json, bytes):
+            # a bytes_param: str() made its repr ("b'\\xff...'"), reported as bad JSON at "line 1 column 1"
+            try:
+                config_json = config_json.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"parameter 'config': not UTF-8 text (byte {exc.start}); expected a ModelConfig in JSON"
+                ) from None
         config = mc.ModelConfig()
         try:
             json_format.Parse(str(config_json), config)

@@ -136,12 +136,9 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         model_shape: tuple[int, ...] | None = None
         # config `reshape`: the model takes another shape of the same elements
         if spec.model_dims != spec.dims:
-            model_shape = ((shape[0],) if batched else ()) + tuple(spec.model_dims)
-            if -1 not in model_shape and element_count(model_shape) != element_count(shape):
-                raise InvalidInput(
-                    f"input '{tensor.name}': shape {list(shape)} cannot be reshaped to the model's "
-                    f"{list(model_shape)}"
-                )
+            model_shape = _reshaped(
+                tensor.name, shape, ((shape[0],) if batched else ()) + tuple(spec.model_dims)
+            )
         model_shapes.append(model_shape)
         shape_key.append((tensor.name, len(item_shape) if spec.ragged or spec.resized else item_shape))
     missing = [s.name for s in signature.inputs if s.name not in seen and not s.optional]
@@ -169,6 +166,26 @@ def make_plan(request: InferRequest, signature: Signature, model: str) -> Reques
         _int_parameter(request, "priority"),
         _int_parameter(request, "timeout"),
         _response_bytes(signature, output_names, rows or 1),
+    )
+
+
+def _reshaped(name: str, shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    """The request's shape as the config `reshape` target, its variable dimension resolved here.
+
+    Only a fully known target used to be checked: one with a -1 went to np.reshape in `bind`, so 3 elements
+    for [-1, 2], or any for [-1, 0] or [-1, -1], was a ValueError ("cannot reshape array of size 3 into
+    shape (1,newaxis,2)"), INTERNAL for the client's mistake."""
+    count = element_count(shape)
+    variable = [i for i, d in enumerate(target) if d == -1]
+    known = element_count(d for d in target if d != -1)
+    if not variable and known == count:
+        return target
+    if len(variable) == 1 and known and count % known == 0:
+        return target[: variable[0]] + (count // known,) + target[variable[0] + 1 :]
+    why = " (more than one variable dimension)" if len(variable) > 1 else ""
+    raise InvalidInput(
+        f"input '{name}': shape {list(shape)} ({count} elements) cannot be reshaped to the model's "
+        f"{list(target)}{why}"
     )
 
 
