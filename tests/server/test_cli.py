@@ -16,39 +16,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
-from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.server.config import ServerConfig, bundled_repository, parse_serve_args
 from hotwire.server.errors import ConfigError
-from onnx_models import write_model
+from onnx_models import matmul_chain, write_model
 
 
 def slow_model(layers: int = 40, width: int = 512) -> onnx.ModelProto:
     """A MatMul chain: ~0.1 s per call at batch 128 on one core, so requests are surely in flight at
     SIGTERM."""
-    rng = np.random.default_rng(0)
-    weights = [
-        numpy_helper.from_array(
-            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"
-        )
-        for i in range(layers)
-    ]
-    nodes = [
-        helper.make_node(
-            "MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < layers - 1 else "y"]
-        )
-        for i in range(layers)
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-        initializer=weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return matmul_chain(layers, width)
 
 
 def test_serve_without_flags_serves_the_bundled_models(serve):
