@@ -25,6 +25,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from hotwire.bench.worker_kill import connections  # the one /proc connection counter
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import grpc_service_pb2_grpc
 from hotwire.server.errors import FailureReason
@@ -244,29 +245,6 @@ def _worker_pids(log: str) -> list[tuple[int, int]]:
     return [(int(i), int(pid)) for i, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", log)]
 
 
-def _connections(pid: int, port: int) -> int:
-    """Established TCP connections on `port` (the server side) held by process `pid`, from /proc."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:  # closed meanwhile
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:[") : -1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            count += state == "01" and inode in inodes and int(local.rsplit(":", 1)[1], 16) == port
-    return count
-
-
 def _serve(serve, root: Path, *extra: str) -> ServeProcess:  # type: ignore[no-untyped-def]
     return serve(
         "--model-repository",
@@ -291,8 +269,8 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(tmp_path, serve):
     victim, survivor = first[0], first[1]
     with Load(port) as load:
         _poll(lambda: min(load.ok_by_client) >= 20, "every client answered")
-        on_victim = _connections(victim, port)  # the calls that may be cut: one in flight per connection
-        assert on_victim + _connections(survivor, port) == CLIENTS
+        on_victim = connections(victim, port)  # the calls that may be cut: one in flight per connection
+        assert on_victim + connections(survivor, port) == CLIENTS
         os.kill(victim, signal.SIGKILL)
         killed_at_ok = load.codes["OK"]
         process.wait_for(f"worker 0 (pid {victim}) exited with signal 9; restarting it", timeout=BOUND_S)
@@ -318,7 +296,7 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(tmp_path, serve):
         channels = []
         try:
             for _ in range(64):  # 2**-64 that none lands on the replacement
-                before = _connections(replacement, port)
+                before = connections(replacement, port)
                 channel = grpc.insecure_channel(f"127.0.0.1:{port}", OWN_CONNECTION)
                 channels.append(channel)
                 response = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
@@ -327,7 +305,7 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(tmp_path, serve):
                 np.testing.assert_array_equal(
                     np.frombuffer(response.raw_output_contents[0], np.float32).reshape(1, 16), expected
                 )
-                if _connections(replacement, port) > before:
+                if connections(replacement, port) > before:
                     break
             else:
                 raise AssertionError("no new connection reached the restarted worker")
