@@ -37,6 +37,7 @@ from hotwire.server.tasks import BackgroundTasks
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+STREAM_ERROR_STATUS_PARAMETER = "hotwire_error_status"  # an in-band error's gRPC status name
 STREAM_WINDOW = 64  # requests of one stream in flight at once; the reader waits beyond that
 # A clean end needs this long without a new inference call once draining; clients backing off after an
 # UNAVAILABLE (a retry policy's initial backoff is typically 0.1 s or more) leave such a gap.
@@ -280,15 +281,18 @@ class InferenceService:
             request = self._decode(data, received)
             return await self._plane.infer(request, received, _encode_stream, caller, context.time_remaining)
         except Exception as exc:
-            _, message = status_of(exc)
+            status, message = status_of(exc)
             if not isinstance(exc, HotwireError):
                 log.exception("unexpected error in a ModelStreamInfer request")
             request_id, model_name = (
                 (request.id, request.model_name) if request is not None else wire.request_identity(data)[:2]
             )
+            response = pb.ModelInferResponse(id=request_id, model_name=model_name)
+            # The stream's error carries no status of its own; hotwire's client reads it from here (other
+            # clients ignore an unknown parameter).
+            response.parameters[STREAM_ERROR_STATUS_PARAMETER].string_param = status.name
             return pb.ModelStreamInferResponse(
-                error_message=message,
-                infer_response=pb.ModelInferResponse(id=request_id, model_name=model_name),
+                error_message=message, infer_response=response
             ).SerializeToString()
 
     # ----- model repository -------------------------------------------------------------------------------
