@@ -95,74 +95,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _channel(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The admin commands' channel: TLS when --tls-ca is given (with a client certificate for mTLS)."""
-    import grpc
-
-    if args.tls_ca is None:
-        return grpc.insecure_channel(args.url)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=args.tls_ca.read_bytes(),
-        private_key=args.tls_key.read_bytes() if args.tls_key else None,
-        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
-    )
-    return grpc.secure_channel(args.url, credentials)
-
-
-def _admin(args: argparse.Namespace, parameters: dict[str, str]) -> tuple[str, str, str]:
-    """RepositoryModelLoad carrying an admin parameter; returns the server's (action, version, elapsed ms)."""
-    from hotwire.proto import grpc_service_pb2 as pb
-    from hotwire.proto import grpc_service_pb2_grpc
-
-    request = pb.RepositoryModelLoadRequest(model_name=args.model)
-    for key, value in parameters.items():
-        request.parameters[key].string_param = value
-    api_key = args.api_key or os.environ.get("HOTWIRE_API_KEY")
-    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-    with _channel(args) as channel:
-        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        _, call = stub.RepositoryModelLoad.with_call(request, timeout=300, metadata=metadata)
-    trailers = dict(call.trailing_metadata() or ())
-    return (
-        trailers.get("hotwire-action", ""),
-        trailers.get("hotwire-version", ""),
-        trailers.get("hotwire-elapsed-ms", ""),
-    )
-
-
-def _rollback(args: argparse.Namespace) -> int:
-    action, version, elapsed = _admin(args, {"hotwire.rollback": "" if args.to is None else str(args.to)})
-    how = "from standby" if action == "rollback:standby" else "reloaded from the repository (no standby copy)"
-    print(f"{args.model}: traffic now on version {version}, {how}, in {float(elapsed or 0):.1f} ms")
-    return 0
-
-
-def _traffic(args: argparse.Namespace) -> int:
-    import json
-
-    update = {
-        key: value
-        for key, value in (
-            ("stable", args.stable),
-            ("canary", args.canary),
-            ("canary_weight", args.weight),
-            ("sticky_parameter", args.sticky),
-            ("shadow", args.shadow),
-            ("shadow_fraction", args.fraction),
-            ("standby", args.standby),
-        )
-        if value is not None
-    }
-    if not update:
-        args.usage_error(
-            "nothing to change: give --stable, --canary (with --weight), --sticky, --shadow "
-            "(with --fraction) or --standby"
-        )
-    _admin(args, {"hotwire.traffic": json.dumps(update)})
-    print(f"{args.model}: traffic policy updated: {update}")
-    return 0
-
-
 def _keys_new(args: argparse.Namespace) -> int:
     from hotwire.server.auth import new_key
 
@@ -172,19 +104,14 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_admin_client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
-    parser.add_argument(
-        "--api-key", help="an admin key for a server run with --api-keys (default: $HOTWIRE_API_KEY)"
-    )
-    parser.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server (turns TLS on)")
-    parser.add_argument("--tls-cert", type=Path, help="client certificate, for a server that wants one")
-    parser.add_argument("--tls-key", type=Path, help="the client certificate's private key")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, after hotwire.server.config above has set gRPC's log verbosity (read at grpc's first
+    # import, which the client's modules would otherwise be).
+    from hotwire.clients.cli import add_client_commands
+
     parser = argparse.ArgumentParser(
-        prog="hotwire", description="High-performance ONNX model server (KServe V2 gRPC)"
+        prog="hotwire",
+        description="High-performance ONNX model server (KServe V2 gRPC and HTTP) and its client",
     )
     parser.add_argument("--version", action="version", version=f"hotwire {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -208,22 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail (exit 1) unless every kernel loaded from the cache, compiling none",
     )
     warm.set_defaults(run=_warm_kernels, usage_error=warm.error)
-    rollback = commands.add_parser("rollback", help="send a model's traffic back to an earlier version")
-    rollback.add_argument("model")
-    rollback.add_argument("--to", type=int, help="the version (default: the previous one)")
-    _add_admin_client_arguments(rollback)
-    rollback.set_defaults(run=_rollback, usage_error=rollback.error)
-    traffic = commands.add_parser("traffic", help="set a model's traffic policy (canary, shadow, standby)")
-    traffic.add_argument("model")
-    traffic.add_argument("--stable", type=int)
-    traffic.add_argument("--canary", type=int)
-    traffic.add_argument("--weight", type=float, help="canary share of unpinned requests, 0..1")
-    traffic.add_argument("--sticky", help="request parameter that pins a client to one side")
-    traffic.add_argument("--shadow", type=int)
-    traffic.add_argument("--fraction", type=float, help="share of requests mirrored to the shadow, 0..1")
-    traffic.add_argument("--standby", type=int, help="superseded versions kept loaded for instant rollback")
-    _add_admin_client_arguments(traffic)
-    traffic.set_defaults(run=_traffic, usage_error=traffic.error)
+    add_client_commands(commands)
     keys = commands.add_parser("keys", help="API keys for --api-keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = key_commands.add_parser(
@@ -239,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Unknown arguments that are tritonserver's flags get a hint, not a bare "unrecognized arguments".
     args, extra = build_parser().parse_known_args(argv)
+    from hotwire.clients.errors import InferenceServerError
     if extra:
         args.usage_error(
             unrecognized(extra) if args.command == "serve" else "unrecognized arguments: " + " ".join(extra)
@@ -251,12 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"hotwire: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # grpc.RpcError from the admin commands: show the server's message
-        details = getattr(exc, "details", None)
-        if callable(details):
-            print(f"hotwire: {exc.code().name}: {details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return 1
-        raise
+    except InferenceServerError as exc:  # the client commands: the server's status and message
+        print(f"hotwire: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
