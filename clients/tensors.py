@@ -155,6 +155,15 @@ def timeout_parameter(timeout_us: int) -> bytes:
     return _PARAMETERS_TAG + _varint(len(entry)) + entry
 
 
+def _evict_oldest(cache: OrderedDict[Any, Any]) -> None:
+    """Drop a cache's oldest entry (first in, first out). Client threads share the caches: two evicting at
+    once may find it emptied by the other, which is fine."""
+    try:
+        cache.popitem(last=False)
+    except KeyError:
+        pass
+
+
 class RequestEncoder:
     """Serializes ModelInferRequests; owns the cache of serialized headers (one encoder per client)."""
 
@@ -173,7 +182,6 @@ class RequestEncoder:
                tuple(sorted(parameters.items())) if parameters else ())  # fmt: skip
         header = self._headers.get(key)
         if header is not None:
-            self._headers.move_to_end(key)
             return header
         message = pb.ModelInferRequest(model_name=model, model_version=version)
         for name, datatype, shape in layout:
@@ -186,7 +194,7 @@ class RequestEncoder:
         if len(header) <= _CACHE_MAX_KEY_BYTES:
             self._headers[key] = header
             if len(self._headers) > _CACHE_SIZE:
-                self._headers.popitem(last=False)
+                _evict_oldest(self._headers)
         return header
 
     def encode(
@@ -365,7 +373,7 @@ class ResponseDecoder:
             if len(key) <= _CACHE_MAX_KEY_BYTES:
                 self._layouts[key] = layout
                 if len(self._layouts) > _CACHE_SIZE:
-                    self._layouts.popitem(last=False)
+                    _evict_oldest(self._layouts)
         if len(raw) != len(layout.outputs):
             raise ServerResponseError(
                 f"the response has {len(layout.outputs)} outputs but {len(raw)} raw_output_contents entries"
