@@ -1,4 +1,4 @@
-"""The client's commands of `hotwire`: infer, models, health, rollback, traffic, client generate.
+"""The client's commands of `hotwire`: infer, models, health, rollback, traffic.
 
 They talk to any Open Inference Protocol server through `hotwire.clients.Client` (rollback and traffic are
 hotwire's own). Exit codes: 0 OK, 1 the server (or the connection) failed, its message printed; 2 usage.
@@ -73,7 +73,8 @@ def _infer(args: argparse.Namespace) -> int:
     for spec in args.input:
         match = _NAME_VALUE.match(spec)
         if match is None:
-            args.usage_error(f"--input {spec!r}: expected NAME=FILE.npy")
+            args.usage_error(f"--input {spec!r}: expected NAME=FILE.npy")  # exits
+            raise AssertionError("unreachable")
         name, file = match.group(1), Path(match.group(2))
         try:
             given[name] = np.load(file, allow_pickle=False)
@@ -168,24 +169,6 @@ def _traffic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from hotwire.clients.generate import write
-
-    token = args.api_key or os.environ.get("HOTWIRE_API_KEY") or None
-    models = write(
-        args.url,
-        args.model or None,
-        args.out,
-        timeout=args.timeout,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        token=token,
-    )
-    print(f"wrote {args.out}: clients for {', '.join(models)}")
-    return 0
-
-
 def add_client_commands(commands: Any) -> None:
     """Add the client commands to `hotwire`'s subparsers."""
     infer = commands.add_parser("infer", help="run a model once and print (or save) its outputs")
@@ -230,14 +213,3 @@ def add_client_commands(commands: Any) -> None:
     traffic.add_argument("--standby", type=int, help="superseded versions kept loaded for instant rollback")
     _add_connection_arguments(traffic, admin=True)
     traffic.set_defaults(run=_traffic, usage_error=traffic.error)
-
-    client = commands.add_parser("client", help="client tools")
-    client_commands = client.add_subparsers(dest="client_command", required=True)
-    generate = client_commands.add_parser(
-        "generate",
-        help="write a typed Python module with a client class per model, from the metadata and config",
-    )
-    generate.add_argument("--model", action="append", default=[], help="a model (default: every ready model)")
-    generate.add_argument("--out", type=Path, required=True, help="the module to write, e.g. mymodels.py")
-    _add_connection_arguments(generate)
-    generate.set_defaults(run=_generate, usage_error=generate.error)

@@ -152,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Unknown arguments that are tritonserver's flags get a hint, not a bare "unrecognized arguments".
     args, extra = build_parser().parse_known_args(argv)
     from hotwire.clients.errors import InferenceServerError
+
     if extra:
         args.usage_error(
             unrecognized(extra) if args.command == "serve" else "unrecognized arguments: " + " ".join(extra)

@@ -83,6 +83,12 @@ def test_the_tritonclient_examples_print_probabilities(address, marker, shape):
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
 
 
+def test_the_hotwire_client_example_prints_probabilities(address):
+    printed = _run_python(_example("python", "from hotwire.clients import Client"), address)
+    probabilities = np.array([float(n) for n in NUMBER.findall(printed)]).reshape(2, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_the_perf_analyzer_example_completes_up_to_concurrency_16(address):
     tool, why = perf_analyzer.locate()
     if tool is None:
