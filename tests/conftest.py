@@ -21,6 +21,7 @@ os.environ["HOTWIRE_HTTP_PORT"] = "0"
 import grpc  # noqa: E402
 import pytest  # noqa: E402
 
+from credentials import Pki, make_pki  # noqa: E402
 from hotwire.proto import grpc_service_pb2_grpc  # noqa: E402
 from server_harness import ServeProcess, ServerThread  # noqa: E402
 
@@ -72,3 +73,9 @@ def serve() -> Iterator[Callable[..., ServeProcess]]:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(KERNEL_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Throwaway certificates (tests/credentials.py) for the TLS tests."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -3,7 +3,6 @@ and `--workers`."""
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,10 +19,10 @@ import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from credentials import Pki, write_key_file
 from hotwire.proto import grpc_service_pb2 as pb
 from hotwire.proto import grpc_service_pb2_grpc
 from hotwire.server.app import App
@@ -38,42 +36,6 @@ INFER_KEY = "infer-key-for-tests"
 ADMIN_KEY = "admin-key-for-tests"
 
 
-@dataclass
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-    client_cert: Path
-    client_key: Path
-    stranger_cert: Path  # a client certificate from a CA the server does not trust
-    stranger_key: Path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    root = tmp_path_factory.mktemp("pki")
-    ca, other_ca = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    client = ca.issue_cert("client@example.com")
-    stranger = other_ca.issue_cert("stranger@example.com")
-    ca.cert_pem.write_to_path(str(root / "ca.pem"))
-    server.cert_chain_pems[0].write_to_path(str(root / "server.pem"))
-    server.private_key_pem.write_to_path(str(root / "server.key"))
-    client.cert_chain_pems[0].write_to_path(str(root / "client.pem"))
-    client.private_key_pem.write_to_path(str(root / "client.key"))
-    stranger.cert_chain_pems[0].write_to_path(str(root / "stranger.pem"))
-    stranger.private_key_pem.write_to_path(str(root / "stranger.key"))
-    return Pki(
-        root / "ca.pem",
-        root / "server.pem",
-        root / "server.key",
-        root / "client.pem",
-        root / "client.key",
-        root / "stranger.pem",
-        root / "stranger.key",
-    )
-
-
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     write_model(tmp_path / "models", "simple", MODEL, SIMPLE_CONFIG)
@@ -82,13 +44,7 @@ def repository(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "keys"
-    path.write_text(
-        "# role sha256(key)\n"
-        f"infer {hashlib.sha256(INFER_KEY.encode()).hexdigest()}\n"
-        f"admin {hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}\n"
-    )
-    return path
+    return write_key_file(tmp_path / "keys", {INFER_KEY: "infer", ADMIN_KEY: "admin"})
 
 
 def _grpc_infer(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None = None) -> None:
