@@ -1,4 +1,4 @@
-"""The client's commands of `hotwire`: infer, models, health, rollback, traffic.
+"""The client's commands of `hotwire`: infer, models, health, rollback, traffic, client generate.
 
 They talk to any Open Inference Protocol server through `hotwire.clients.Client` (rollback and traffic are
 hotwire's own). Exit codes: 0 OK, 1 the server (or the connection) failed, its message printed; 2 usage.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,28 @@ def _traffic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    # imported here: the generator's source templates are only needed by this command
+    from hotwire.clients.generate import write
+
+    try:
+        written = write(
+            args.url,
+            args.model or None,
+            args.out,
+            timeout=args.timeout,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            token=args.api_key or os.environ.get("HOTWIRE_API_KEY") or None,
+        )
+    except ValueError as exc:  # no ready model to write
+        print(f"hotwire: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: typed clients of {', '.join(written)}")
+    return 0
+
+
 def add_client_commands(commands: Any) -> None:
     """Add the client commands to `hotwire`'s subparsers."""
     infer = commands.add_parser("infer", help="run a model once and print (or save) its outputs")
@@ -213,3 +236,16 @@ def add_client_commands(commands: Any) -> None:
     traffic.add_argument("--standby", type=int, help="superseded versions kept loaded for instant rollback")
     _add_connection_arguments(traffic, admin=True)
     traffic.set_defaults(run=_traffic, usage_error=traffic.error)
+
+    client = commands.add_parser("client", help="client tools: generate typed clients per model")
+    client_commands = client.add_subparsers(dest="client_command", required=True, metavar="COMMAND")
+    generate = client_commands.add_parser(
+        "generate",
+        help="write a typed Python module with a client class per model, from the server's metadata",
+    )
+    generate.add_argument(
+        "--model", action="append", default=[], help="a model (repeatable; default: every ready model)"
+    )
+    generate.add_argument("--out", type=Path, required=True, metavar="FILE.py", help="the module to write")
+    _add_connection_arguments(generate)
+    generate.set_defaults(run=_generate, usage_error=generate.error)

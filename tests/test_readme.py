@@ -60,7 +60,7 @@ def http_address(server) -> str:
     return f"127.0.0.1:{server.http_port}"
 
 
-def _run_python(example: str, address: str) -> str:
+def _run_python(example: str, address: str, cwd: Path | None = None) -> str:
     assert README_ADDRESS in example
     result = subprocess.run(
         [sys.executable, "-c", example.replace(README_ADDRESS, address)],
@@ -68,6 +68,7 @@ def _run_python(example: str, address: str) -> str:
         text=True,
         timeout=120,
         check=False,
+        cwd=cwd,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -85,6 +86,23 @@ def test_the_tritonclient_examples_print_probabilities(address, marker, shape):
 
 def test_the_hotwire_client_example_prints_probabilities(address):
     printed = _run_python(_example("python", "from hotwire.clients import Client"), address)
+    probabilities = np.array([float(n) for n in NUMBER.findall(printed)]).reshape(2, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_generated_client_example_prints_probabilities(address, tmp_path):
+    command = shlex.split(_example("bash", "hotwire client generate").split("#")[0])
+    assert command[:3] == ["hotwire", "client", "generate"]
+    argv = [address if arg == README_ADDRESS else arg for arg in command[1:]]
+    generated = subprocess.run(
+        [sys.executable, "-m", "hotwire.server", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    printed = _run_python(_example("python", "from mymodels import ClassifierClient"), address, cwd=tmp_path)
     probabilities = np.array([float(n) for n in NUMBER.findall(printed)]).reshape(2, 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 

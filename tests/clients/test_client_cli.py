@@ -1,8 +1,10 @@
-"""`hotwire infer / models / health / rollback / traffic` as a user runs them: real processes against a real
-server, outputs compared with in-process onnxruntime, exit codes 0 (OK), 1 (the server's error), 2 (usage)."""
+"""`hotwire infer / models / health / rollback / traffic / client generate` as a user runs them: real
+processes against a real server, outputs compared with in-process onnxruntime, exit codes 0 (OK), 1 (the
+server's error), 2 (usage)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +118,8 @@ def test_server_errors_exit_1_with_the_servers_message(address, tmp_path):
         (("infer", "simple", "--input", "INPUT0=/nonexistent.npy"), "cannot read"),
         (("models", "--bogus"), "unrecognized arguments"),
         (("traffic", "simple"), "nothing to change"),
+        (("client", "generate"), "--out"),
+        (("client",), "COMMAND"),
     ],
 )
 def test_usage_errors_exit_2(address, args, message):
@@ -156,3 +160,30 @@ def test_rollback_and_traffic_through_the_client(running_server, tmp_path):
     moved = hotwire("traffic", "simple", "--stable", "2", "--url", server.address)
     assert moved.returncode == 0, moved.stderr
     assert server.app.registry.route("simple", "").version == 2
+
+
+def test_client_generate_writes_a_module_whose_client_answers_equal_to_onnxruntime(address, tmp_path):
+    out = tmp_path / "mymodels.py"
+    result = hotwire("client", "generate", "--url", address, "--model", "simple", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"{out}: typed clients of simple" in result.stdout
+    spec = importlib.util.spec_from_file_location("mymodels", out)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(4)
+    feeds = {name: rng.random((2, 16), dtype=np.float32) for name in ("INPUT0", "INPUT1")}
+    with module.SimpleClient(address) as client:
+        outputs = client.infer(INPUT0=feeds["INPUT0"], INPUT1=feeds["INPUT1"])
+    expected = ort_reference(SIMPLE, feeds)
+    np.testing.assert_array_equal(outputs.OUTPUT0, expected["OUTPUT0"])
+    np.testing.assert_array_equal(outputs.OUTPUT1, expected["OUTPUT1"])
+
+    every = hotwire("client", "generate", "--url", address, "--out", str(tmp_path / "all.py"))
+    assert every.returncode == 0, every.stderr
+    assert "typed clients of escape, simple, words" in every.stdout
+    unknown = hotwire(
+        "client", "generate", "--url", address, "--model", "absent", "--out", str(tmp_path / "x.py")
+    )
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "absent" in unknown.stderr
+    assert not (tmp_path / "x.py").exists()
