@@ -13,6 +13,7 @@ Models:
 * :func:`image_classifier_uint8` -- UINT8 NHWC image in, softmax out (example
   ``image_classifier``); exercises non-float inputs and preprocessing inside the graph.
 * :func:`wide_mlp` -- compute-heavy FP32 MLP for throughput benchmarks.
+* :func:`small_mlp` -- 64->256->256->10 FP32 MLP whose cost is the transport's (client benchmark).
 * :func:`convnet` -- small CNN on 3x224x224 images for latency benchmarks.
 
 ``onnx`` is a test/benchmark dependency, not a core one: nothing under
@@ -46,6 +47,7 @@ __all__ = [
     "small_classifier",
     "image_classifier_uint8",
     "wide_mlp",
+    "small_mlp",
     "convnet",
     "example_models",
     "serialize_model",
@@ -198,21 +200,36 @@ def image_classifier_nchw(height: int = 64, width: int = 64, seed: int = 1) -> o
     )
 
 
+def _mlp(name: str, widths: Sequence[int], seed: int, doc: str) -> onnx.ModelProto:
+    """``input`` FP32 [batch, widths[0]] -> Gemm -> Relu -> ... -> Gemm -> ``logits`` FP32
+    [batch, widths[-1]]."""
+    g = _Graph(seed)
+    h = "input"
+    layers = list(zip(widths[:-1], widths[1:]))
+    for number, (k, n) in enumerate(layers, start=1):
+        last = number == len(layers)
+        h = g.gemm(h, k, n, f"fc{number}", output="logits" if last else None)
+        if not last:
+            h = g.node("Relu", [h])
+    return g.model(
+        name,
+        [_tensor("input", TensorProto.FLOAT, [widths[0]])],
+        [_tensor("logits", TensorProto.FLOAT, [widths[-1]])],
+        doc,
+    )
+
+
 def wide_mlp(seed: int = 2) -> onnx.ModelProto:
     """``input`` FP32 [batch, 512] -> Gemm(512->2048) -> Relu -> Gemm(2048->2048) -> Relu -> Gemm(2048->10)
     -> ``logits`` FP32 [batch, 10]. About 5.2 M parameters (~21 MB); compute-heavy benchmark model."""
-    g = _Graph(seed)
-    h = g.gemm("input", 512, 2048, "fc1")
-    h = g.node("Relu", [h])
-    h = g.gemm(h, 2048, 2048, "fc2")
-    h = g.node("Relu", [h])
-    g.gemm(h, 2048, 10, "fc3", output="logits")
-    return g.model(
-        "wide_mlp",
-        [_tensor("input", TensorProto.FLOAT, [512])],
-        [_tensor("logits", TensorProto.FLOAT, [10])],
-        "Wide 512->2048->2048->10 MLP producing logits.",
-    )
+    return _mlp("wide_mlp", (512, 2048, 2048, 10), seed, "Wide 512->2048->2048->10 MLP producing logits.")
+
+
+def small_mlp(seed: int = 4) -> onnx.ModelProto:
+    """``input`` FP32 [batch, 64] -> Gemm(64->256) -> Relu -> Gemm(256->256) -> Relu -> Gemm(256->10) ->
+    ``logits`` FP32 [batch, 10]: little compute (~85 k parameters), so the transport and the client
+    dominate — the model of the client and small-model benchmarks."""
+    return _mlp("small_mlp", (64, 256, 256, 10), seed, "Small 64->256->256->10 MLP producing logits.")
 
 
 def convnet(seed: int = 3) -> onnx.ModelProto:

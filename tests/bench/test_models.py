@@ -39,6 +39,7 @@ CASES: dict[str, Case] = {
         True,
     ),
     "wide_mlp": (models.wide_mlp, "input", np.float32, (512,), "logits", (10,), False),
+    "small_mlp": (models.small_mlp, "input", np.float32, (64,), "logits", (10,), False),
     "convnet": (models.convnet, "input", np.float32, (3, 224, 224), "logits", (1000,), False),
 }
 
