@@ -15,6 +15,8 @@ Models:
 * :func:`wide_mlp` -- compute-heavy FP32 MLP for throughput benchmarks.
 * :func:`small_mlp` -- 64->256->256->10 FP32 MLP whose cost is the transport's (client benchmark).
 * :func:`convnet` -- small CNN on 3x224x224 images for latency benchmarks.
+* :func:`transformer_encoder` -- small transformer encoder on padded INT64 token ids plus their attention
+  mask (the benchmark zoo's ``transformer``, behind a ``pad_truncate`` pipeline).
 
 ``onnx`` is a test/benchmark dependency, not a core one: nothing under
 ``hotwire.server`` may import this module.
@@ -49,6 +51,7 @@ __all__ = [
     "wide_mlp",
     "small_mlp",
     "convnet",
+    "transformer_encoder",
     "example_models",
     "serialize_model",
     "write_model_repository",
@@ -257,6 +260,117 @@ def convnet(seed: int = 3) -> onnx.ModelProto:
         [_tensor("input", TensorProto.FLOAT, [3, 224, 224])],
         [_tensor("logits", TensorProto.FLOAT, [1000])],
         "Small CNN for 3x224x224 images producing 1000 logits.",
+    )
+
+
+def _layer_norm(g: _Graph, x: str, width: int, prefix: str) -> str:
+    scale = g.const(f"{prefix}.weight", np.ones(width, np.float32))
+    bias = g.const(f"{prefix}.bias", np.zeros(width, np.float32))
+    return g.node("LayerNormalization", [x, scale, bias], axis=-1, epsilon=1e-5)
+
+
+def _linear(g: _Graph, x: str, k: int, n: int, prefix: str) -> str:
+    """x [..., k] @ W [k, n] + b: MatMul (Gemm takes 2-D inputs only) on a [batch, length, k] tensor."""
+    w = g.const(f"{prefix}.weight", g.uniform((k, n), k))
+    b = g.const(f"{prefix}.bias", g.uniform((n,), k))
+    return g.node("Add", [g.node("MatMul", [x, w]), b])
+
+
+def _self_attention(g: _Graph, x: str, mask_bias: str, width: int, heads: int, prefix: str) -> str:
+    """Multi-head self-attention on x [batch, length, width]; mask_bias [batch, 1, 1, length] is added to
+    the scores (0 on tokens, a large negative number on padding)."""
+    head = width // heads
+    split = g.const(f"{prefix}.split_shape", np.array([0, 0, heads, head], np.int64))
+    merge = g.const(f"{prefix}.merge_shape", np.array([0, 0, width], np.int64))
+
+    def project(name: str, perm: list[int]) -> str:
+        h = g.node("Reshape", [_linear(g, x, width, width, f"{prefix}.{name}"), split])  # [b, l, heads, head]
+        return g.node("Transpose", [h], perm=perm)
+
+    q = project("query", [0, 2, 1, 3])  # [b, heads, l, head]
+    k = project("key", [0, 2, 3, 1])  # [b, heads, head, l]
+    v = project("value", [0, 2, 1, 3])  # [b, heads, l, head]
+    scale = g.const(f"{prefix}.scale", np.array(1.0 / math.sqrt(head), np.float32))
+    scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, k]), scale]), mask_bias])
+    weights = g.node("Softmax", [scores], axis=-1)  # [b, heads, l, l]
+    context = g.node("Transpose", [g.node("MatMul", [weights, v])], perm=[0, 2, 1, 3])  # [b, l, heads, head]
+    return _linear(g, g.node("Reshape", [context, merge]), width, width, f"{prefix}.output")
+
+
+def _gelu(g: _Graph, x: str, prefix: str) -> str:
+    """x * 0.5 * (1 + erf(x / sqrt(2))): opset 17 has no Gelu (ONNX Runtime fuses this pattern)."""
+    root2 = g.const(f"{prefix}.sqrt2", np.array(math.sqrt(2.0), np.float32))
+    one = g.const(f"{prefix}.one", np.array(1.0, np.float32))
+    half = g.const(f"{prefix}.half", np.array(0.5, np.float32))
+    erf = g.node("Erf", [g.node("Div", [x, root2])])
+    return g.node("Mul", [g.node("Mul", [x, g.node("Add", [erf, one])]), half])
+
+
+def transformer_encoder(
+    seed: int = 5,
+    vocab: int = 1000,
+    length: int = 128,
+    width: int = 64,
+    heads: int = 2,
+    layers: int = 2,
+    classes: int = 4,
+) -> onnx.ModelProto:
+    """``input_ids`` INT64 [batch, length] and ``attention_mask`` INT64 [batch, length] (1 on tokens, 0 on
+    padding, as the ``pad_truncate`` preprocessing step produces them) -> token + position embedding ->
+    ``layers`` post-LN encoder blocks (multi-head self-attention with the mask added to its scores, residual,
+    LayerNormalization, GELU feed-forward of 4 x width, residual, LayerNormalization) -> mean over the
+    unmasked positions -> Gemm(width->classes) -> ``logits`` FP32 [batch, classes].
+
+    Padding never reaches the answer: masked keys get -1e4 added to their scores, whose exponent underflows
+    to exactly 0 in float32, and the pooling multiplies masked positions by 0; so a sequence's logits are the
+    same whatever its padding holds and whatever it is batched with. Token ids outside [0, vocab) are clamped
+    into it (an id Gather rejects would fail the whole batch it is in). An all-padding row pools to 0 (the
+    count is clamped to 1) instead of NaN."""
+    if width % heads:
+        raise ValueError(f"width {width} is not a multiple of heads {heads}")
+    g = _Graph(seed)
+    tokens = g.const("embedding.tokens", g.uniform((vocab, width), width))
+    positions = g.const("embedding.positions", g.uniform((length, width), width))
+    # Ids outside [0, vocab) are clamped: Gather would fail on one, and with it every request of its batch
+    lowest = g.const("embedding.lowest_id", np.array(0, np.int64))
+    highest = g.const("embedding.highest_id", np.array(vocab - 1, np.int64))
+    ids = g.node("Clip", ["input_ids", lowest, highest])
+    x = g.node("Add", [g.node("Gather", [tokens, ids], axis=0), positions])  # [b, l, width]
+    mask = g.node("Cast", ["attention_mask"], to=TensorProto.FLOAT)  # [b, l]
+    one = g.const("mask.one", np.array(1.0, np.float32))
+    # -1e4: far enough below any score that exp() underflows to 0, yet finite, so an all-padding row stays
+    # finite too
+    negative = g.const("mask.negative", np.array(-1e4, np.float32))
+    axes = g.const("mask.axes", np.array([1, 2], np.int64))
+    mask_bias = g.node("Unsqueeze", [g.node("Mul", [g.node("Sub", [one, mask]), negative]), axes])
+    for layer in range(layers):
+        prefix = f"layer{layer}"
+        attended = _self_attention(g, x, mask_bias, width, heads, f"{prefix}.attention")
+        x = _layer_norm(g, g.node("Add", [x, attended]), width, f"{prefix}.attention_norm")
+        hidden = _gelu(g, _linear(g, x, width, 4 * width, f"{prefix}.ffn1"), f"{prefix}.gelu")
+        x = _layer_norm(
+            g,
+            g.node("Add", [x, _linear(g, hidden, 4 * width, width, f"{prefix}.ffn2")]),
+            width,
+            f"{prefix}.ffn_norm",
+        )
+    seq_axis = g.const("pool.sequence_axis", np.array([1], np.int64))
+    # The masked sum as a per-row MatMul [b, 1, l] x [b, l, width]: ONNX Runtime's ReduceSum over axis 1 sums
+    # in an order that depends on the batch size, a MatMul row's does not.
+    weights = g.node("Unsqueeze", [mask, seq_axis])  # [b, 1, l]
+    total = g.node("Squeeze", [g.node("MatMul", [weights, x]), seq_axis])  # [b, width]
+    count = g.node("ReduceSum", [mask, seq_axis], keepdims=1)  # [b, 1], exact: a sum of 0s and 1s
+    pooled = g.node("Div", [total, g.node("Max", [count, one])])
+    g.gemm(pooled, width, classes, "classifier", output="logits")
+    return g.model(
+        "transformer_encoder",
+        [
+            _tensor("input_ids", TensorProto.INT64, [length]),
+            _tensor("attention_mask", TensorProto.INT64, [length]),
+        ],
+        [_tensor("logits", TensorProto.FLOAT, [classes])],
+        f"{layers}-layer transformer encoder (width {width}, {heads} heads, vocabulary {vocab}, length "
+        f"{length}) with masked mean pooling and {classes} logits.",
     )
 
 

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from hotwire.clients.client import Client
-from hotwire.clients.protocol import TensorMetadata
-from hotwire.clients.tensors import DATATYPES
+from hotwire.clients.tensors import random_array
 
 __all__ = ["add_client_commands"]
 
@@ -52,21 +51,9 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
-def _random_input(tensor: TensorMetadata, rng: np.random.Generator) -> np.ndarray:
-    """Random data for an input, variable dimensions taken as 1."""
-    shape = tuple(1 if d < 0 else d for d in tensor.shape)
-    dtype = DATATYPES.get(tensor.datatype)
-    if dtype is None:
-        raise ValueError(f"input '{tensor.name}': no random data for datatype {tensor.datatype}")
-    if tensor.datatype == "BYTES":
-        words = rng.choice(np.array(["alpha", "beta", "gamma", "delta"], dtype=object), size=shape)
-        return np.vectorize(lambda w: w.encode(), otypes=[object])(words) if words.size else words
-    if tensor.datatype == "BOOL":
-        return rng.random(shape) < 0.5
-    if dtype.kind == "f":
-        return rng.random(shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return rng.integers(max(info.min, -100), min(info.max, 100), size=shape, endpoint=True).astype(dtype)
+def _fixed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A metadata shape with its variable dimensions taken as 1."""
+    return tuple(1 if d < 0 else d for d in shape)
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -89,7 +76,7 @@ def _infer(args: argparse.Namespace) -> int:
             rng = np.random.default_rng(args.seed)
             for tensor in client.model_metadata(args.model, args.model_version).inputs:
                 if tensor.name not in inputs:
-                    inputs[tensor.name] = _random_input(tensor, rng)
+                    inputs[tensor.name] = random_array(tensor.datatype, _fixed(tensor.shape), rng)
         result = client.infer(args.model, inputs, args.output or None, args.model_version)
     print(f"{result.model_name} version {result.model_version}")
     for name, array in result.items():

@@ -34,6 +34,7 @@ __all__ = [
     "datatype_of",
     "decode_response",
     "decode_stream_response",
+    "random_array",
 ]
 
 ParameterValue = bool | int | float | str
@@ -96,6 +97,23 @@ def datatype_of(array: np.ndarray) -> str:
             f"no Open Inference Protocol datatype for NumPy dtype {array.dtype}", "INVALID_ARGUMENT"
         )
     return name
+
+
+def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random data of a protocol datatype: floats in [0, 1), integers in [-100, 100] (within the type's
+    range), booleans, and BYTES as an object array of short words. ValueError for an unknown datatype."""
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise ValueError(f"no random data for datatype {datatype}")
+    if datatype == "BYTES":
+        words = np.array([b"alpha", b"beta", b"gamma", b"delta"], dtype=object)
+        return words[rng.integers(0, len(words), size=shape)] if shape else np.array(b"alpha", dtype=object)
+    if datatype == "BOOL":
+        return rng.random(shape) < 0.5
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -100), min(info.max, 100), size=shape, endpoint=True).astype(dtype)
 
 
 def _varint(value: int) -> bytes:

@@ -107,6 +107,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after hotwire.server.config above has set gRPC's log verbosity (read at grpc's first
     # import, which the client's modules would otherwise be).
+    from hotwire.bench.latency import add_bench_command
     from hotwire.clients.cli import add_client_commands
 
     parser = argparse.ArgumentParser(
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     warm.set_defaults(run=_warm_kernels, usage_error=warm.error)
     add_client_commands(commands)
+    add_bench_command(commands)
     keys = commands.add_parser("keys", help="API keys for --api-keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = key_commands.add_parser(
