@@ -252,6 +252,8 @@ class _ProgressLine:
         self._show(f"{prefix} …")
 
     def update(self, requests: int, ok: int, p99_ms: float) -> None:
+        if not self.tty:  # a log keeps the step's first and last lines only
+            return
         elapsed = time.perf_counter() - self.started
         self._show(
             f"{self.prefix} · {elapsed:.0f} s · {requests:,} counted, {ok:,} answered, "
@@ -328,7 +330,7 @@ def _run(
             latency_class,
             start_rps=args.start_rps,
             max_rps=args.max_rps,
-            precision=float(settings["precision"]),
+            precision=args.precision if args.precision is not None else float(settings["precision"]),
             max_steps=int(settings["max_steps"]),
         )
     while True:  # a step of each server in turn: drift on the machine spreads over all of them
@@ -338,7 +340,8 @@ def _run(
             return
         for target, rate in active:
             number = len(target.search.trials) + 1
-            window = max(base.duration_s or 0.0, settings["min_samples"] / rate)
+            min_requests = args.min_requests if args.min_requests is not None else settings["min_samples"]
+            window = max(base.duration_s or 0.0, min_requests / rate)
             try:
                 step = _measure(
                     replace(base, url=target.url, rate=rate, duration_s=window, requests=None),
@@ -407,6 +410,12 @@ def warnings_of(target: Target) -> list[str]:
             )
     if target.search is not None and target.search.stopped:
         found.append(f"SEARCH STOPPED: {target.search.stopped}")
+    if target.search is not None and target.search.not_monotone:
+        missed = ", ".join(f"{t.rate:,.0f} rps ({t.reason})" for t in target.search.not_monotone)
+        found.append(
+            f"LATENCY NOT MONOTONE IN RATE: the class was missed at {missed}, below the capacity; at low "
+            "rates the machine's wake-up latency (client and server idle between requests) can dominate p99"
+        )
     return found
 
 
@@ -673,6 +682,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-rps", type=float, default=50_000.0, help="--target: the highest rate tried")
     parser.add_argument(
+        "--min-requests",
+        type=int,
+        help="--target: a step lasts long enough for this many requests (default 1000; --quick 200)",
+    )
+    parser.add_argument(
+        "--precision",
+        type=float,
+        help="--target: bisect until the passing and failing rates are so close (default 0.05, --quick 0.25)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="short steps and a coarse search (tests, smoke runs)"
     )
     parser.add_argument(
@@ -707,6 +726,7 @@ def _check(args: argparse.Namespace) -> str:
         ("--clients", args.clients, 1),
         ("--concurrency", args.concurrency, 1),
         ("--requests", args.requests, 1),
+        ("--min-requests", args.min_requests, 1),
     ):
         if value is not None and value < low:
             return f"{name} must be at least {low}"
@@ -716,6 +736,7 @@ def _check(args: argparse.Namespace) -> str:
         ("--timeout", args.timeout),
         ("--start-rps", args.start_rps),
         ("--max-rps", args.max_rps),
+        ("--precision", args.precision),
     ):
         if value is not None and value <= 0:
             return f"{name} must be positive"

@@ -67,7 +67,7 @@ def test_the_search_converges_to_the_known_capacity(knee):
 
 def test_the_search_fails_a_model_that_never_meets_the_class_and_stops_at_the_ceiling():
     never = CapacitySearch(parse_target("edge"), start_rps=10.0)
-    assert drive(never, lambda rate: step(rate, 15.0)) == [10.0]
+    assert drive(never, lambda rate: step(rate, 15.0)) == [10.0, 20.0, 40.0, 80.0, 160.0]  # LOW_END_TRIES
     assert never.verdict == "fail" and never.capacity_rps == 0.0
     always = CapacitySearch(parse_target("edge"), start_rps=100.0, max_rps=1000.0)
     assert drive(always, lambda rate: step(rate, 1.0)) == [100.0, 200.0, 400.0, 800.0, 1000.0]
@@ -80,3 +80,14 @@ def test_a_saturated_client_stops_the_search_and_is_reported():
     assert rates == [100.0, 200.0, 400.0]
     assert "the client was the limit at 400 rps" in search.stopped
     assert [trial.rate for trial in search.client_limited] == [400.0]
+
+
+def test_a_slow_low_end_does_not_hide_the_capacity_but_errors_end_the_search():
+    # p99 missed at the lowest rates (idle wake-ups), met from 40 rps up to 500
+    search = CapacitySearch(parse_target("edge"), start_rps=10.0, precision=0.05)
+    drive(search, lambda rate: step(rate, 12.0 if rate < 40 or rate > 500 else 2.0))
+    assert search.verdict == "pass" and 500 / 1.05 <= search.capacity_rps <= 500
+    assert [t.rate for t in search.not_monotone] == [10.0, 20.0]
+    failing = CapacitySearch(parse_target("edge"), start_rps=10.0)
+    assert drive(failing, lambda rate: step(rate, 2.0, errors=5)) == [10.0]  # errors are not jitter
+    assert failing.verdict == "fail"
