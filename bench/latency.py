@@ -1,4 +1,5 @@
-"""`hotwire bench`: latency-class benchmarks against any Open Inference Protocol (KServe V2) gRPC server.
+"""`hotwire bench`: latency-class benchmarks against any Open Inference Protocol (KServe V2) server, over gRPC
+(`--url host:port`) or HTTP/REST (`--url http://host:port`: the binary tensor extension, aiohttp).
 
     hotwire bench --url localhost:8001 --model classifier --target edge
     hotwire bench --url A --url B --model M --rate 200 --arrival poisson --duration 30 --output run.json
@@ -131,10 +132,71 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
 @dataclass
 class Target:
     label: str
-    url: str
+    url: str  # host:port
+    protocol: str = "grpc"  # or "http" (the --url was http://host:port)
     steps: list[Any] = field(default_factory=list)  # traffic.Step, in order
     search: Any = None  # capacity.CapacitySearch with --target
     failure: str = ""
+
+
+def _address(url: str) -> tuple[str, str]:
+    """(protocol, host:port) of a --url: http://host:port is HTTP/REST, grpc://host:port or host:port gRPC."""
+    for scheme in ("http", "grpc"):
+        if url.startswith(f"{scheme}://"):
+            return scheme, url[len(scheme) + 3 :].rstrip("/")
+    return "grpc", url
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def _http_model(address: str, model: str, version: str, timeout: float) -> tuple[list[_Tensor], bool | None]:
+    """A model's inputs and whether it batches (None: the server has no config endpoint) over HTTP/REST."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://{address}/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    try:
+        with urllib.request.urlopen(base, timeout=timeout) as response:
+            metadata = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"HTTP {exc.code}: {exc.read()[:300].decode('utf-8', 'replace')}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise RuntimeError(f"UNAVAILABLE: {exc}") from exc
+    inputs = [
+        _Tensor(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in metadata["inputs"]
+    ]
+    try:
+        with urllib.request.urlopen(base + "/config", timeout=timeout) as response:
+            return inputs, int(json.loads(response.read()).get("max_batch_size", 0)) > 0
+    except (urllib.error.URLError, OSError, ValueError):
+        return inputs, None
+
+
+def http_body(inputs: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """An infer request in the binary tensor extension (JSON header, then each input's raw bytes; outputs
+    asked for in binary too) and the JSON's length."""
+    from hotwire.clients.tensors import raw_contents
+
+    header: dict[str, Any] = {"inputs": [], "parameters": {"binary_data_output": True}}
+    blobs = []
+    for name, array in inputs.items():
+        datatype, raw = raw_contents(name, array)
+        header["inputs"].append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        blobs.append(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return text + b"".join(blobs), len(text)
 
 
 def _labels(urls: Sequence[str], labels: Sequence[str]) -> list[str]:
@@ -289,9 +351,25 @@ def _measure(spec: Any, clients: int, progress: _ProgressLine, prefix: str) -> A
     return step
 
 
+def _for(base: Any, target: Target, payloads: dict[str, tuple[Path, int]]) -> Any:
+    """`base` (a LoadSpec) aimed at `target`, with its protocol's request."""
+    payload, header_length = payloads[target.protocol]
+    return replace(
+        base,
+        url=target.url,
+        protocol=target.protocol,
+        payload_file=str(payload),
+        http_header_length=header_length,
+    )
+
+
 def _run(
-    args: argparse.Namespace, targets: list[Target], payload_file: Path, progress: _ProgressLine
+    args: argparse.Namespace,
+    targets: list[Target],
+    payloads: dict[str, tuple[Path, int]],
+    progress: _ProgressLine,
 ) -> None:
+    """`payloads`: per protocol, the request file and (HTTP) its JSON header's length."""
     from hotwire.bench.capacity import CapacitySearch, parse_target
     from hotwire.bench.traffic import LoadSpec
 
@@ -303,7 +381,7 @@ def _run(
     base = LoadSpec(
         url="",
         model=args.model,
-        payload_file=str(payload_file),
+        payload_file=str(payloads["grpc"][0]),
         version=args.model_version,
         rate=args.rate or 0.0,
         arrival=args.arrival,
@@ -319,7 +397,7 @@ def _run(
         for target in targets:
             try:
                 target.steps.append(
-                    _measure(replace(base, url=target.url), args.clients, progress, target.label)
+                    _measure(_for(base, target, payloads), args.clients, progress, target.label)
                 )
             except (RuntimeError, OSError) as exc:
                 target.failure = str(exc)
@@ -344,7 +422,7 @@ def _run(
             window = max(base.duration_s or 0.0, min_requests / rate)
             try:
                 step = _measure(
-                    replace(base, url=target.url, rate=rate, duration_s=window, requests=None),
+                    replace(_for(base, target, payloads), rate=rate, duration_s=window, requests=None),
                     args.clients,
                     progress,
                     f"{target.label} step {number}",
@@ -442,7 +520,7 @@ def report(
         trials = target.search.trials if target.search is not None else [None] * len(target.steps)
         entry: dict[str, Any] = {
             "label": target.label,
-            "url": target.url,
+            "url": f"http://{target.url}" if target.protocol == "http" else target.url,
             "steps": [_step_json(step, trial) for step, trial in zip(target.steps, trials)],
             "warnings": warnings_of(target),
         }
@@ -494,6 +572,8 @@ def markdown(run: dict[str, Any]) -> str:
     transport = (
         "one ModelStreamInfer stream per client process" if settings.get("streaming") else "unary ModelInfer"
     )
+    if any(str(s["url"]).startswith("http://") for s in run["servers"]):
+        transport += " (http:// servers: POST .../infer with binary tensors)"
     lines.append(f"- load: {load}; {transport}; {settings['clients']} client process(es)")
     lines.append("")
     floor = run["floors"].get("onnxruntime")
@@ -773,21 +853,38 @@ def run_bench(args: argparse.Namespace) -> int:
     from hotwire.clients.tensors import RequestEncoder
 
     urls = args.url or [DEFAULT_URL]
-    targets = [Target(label, url) for label, url in zip(_labels(urls, args.label), urls)]
+    targets = []
+    for label, url in zip(_labels(urls, args.label), urls):
+        protocol, address = _address(url)
+        targets.append(Target(label, address, protocol))
+    if args.streaming and any(t.protocol == "http" for t in targets):
+        args.usage_error("--streaming is gRPC's ModelStreamInfer: not with an http:// --url")
+    first = targets[0]
+    model_inputs: Sequence[Any]
+    batching: bool | None = None
     try:
-        with Client(urls[0], multiplex=False, timeout=args.timeout) as client:
-            metadata = client.model_metadata(args.model, args.model_version)
-            try:
-                batched = client.model_config(args.model, args.model_version).max_batch_size > 0
-            except ServerError:  # no ModelConfig (KServe V2 has none): a leading -1 is the batch
-                batched = bool(metadata.inputs) and all(t.shape[:1] == (-1,) for t in metadata.inputs)
-    except InferenceServerError as exc:
+        if first.protocol == "http":
+            model_inputs, batching = _http_model(first.url, args.model, args.model_version, args.timeout)
+        else:
+            with Client(first.url, multiplex=False, timeout=args.timeout) as client:
+                model_inputs = client.model_metadata(args.model, args.model_version).inputs
+                try:
+                    batching = client.model_config(args.model, args.model_version).max_batch_size > 0
+                except ServerError:  # no ModelConfig (KServe V2 has none)
+                    pass
+    except (InferenceServerError, RuntimeError) as exc:
         print(f"hotwire bench: {urls[0]}: {exc}", file=sys.stderr)
         return 1
+    # without a config, a leading -1 in every input is the batch
+    batched = (
+        batching
+        if batching is not None
+        else bool(model_inputs) and all(t.shape[:1] == (-1,) for t in model_inputs)
+    )
     data = dict(np.load(args.input_data, allow_pickle=False)) if args.input_data is not None else None
     try:
         inputs = build_inputs(
-            metadata.inputs,
+            model_inputs,
             batched,
             args.batch_size,
             dict(args.shape),
@@ -805,10 +902,13 @@ def run_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="hotwire-bench-") as folder:
         payload = Path(folder) / "request.bin"
         payload.write_bytes(RequestEncoder().encode(args.model, inputs, version=args.model_version))
+        body, header_length = http_body(inputs)
+        (Path(folder) / "request.http").write_bytes(body)
+        payloads = {"grpc": (payload, 0), "http": (Path(folder) / "request.http", header_length)}
         try:
             with _references(args.reference, args.onnx, args.model) as references:
                 everyone = targets + references
-                _run(args, everyone, payload, progress)
+                _run(args, everyone, payloads, progress)
         except RuntimeError as exc:  # a reference server that did not start
             print(f"hotwire bench: {exc}", file=sys.stderr)
             return 1

@@ -71,6 +71,10 @@ class LoadSpec:
     streaming: bool = False
     seed: int = 0
     start_at: float | None = None
+    # "grpc", or "http": then `payload_file` holds the HTTP body (JSON header, then the binary tensors) and
+    # `http_header_length` the JSON's length (the Inference-Header-Content-Length header)
+    protocol: str = "grpc"
+    http_header_length: int = 0
 
     @property
     def open_loop(self) -> bool:
@@ -240,6 +244,38 @@ def _unary(channel: grpc.aio.Channel, payload: bytes, timeout_s: float) -> Calla
         return infer(payload, timeout=timeout_s)
 
     return call
+
+
+class HttpError(Exception):
+    pass
+
+
+class _Http:
+    """POST /v2/models/{model}[/versions/{version}]/infer over keep-alive connections (aiohttp, no connection
+    limit: an open loop's requests must not queue in the client); an answer other than 200 is an error with
+    the server's message."""
+
+    def __init__(self, spec: LoadSpec, payload: bytes) -> None:
+        import aiohttp
+
+        version = f"/versions/{spec.version}" if spec.version else ""
+        self._url = f"http://{spec.url}/v2/models/{spec.model}{version}/infer"
+        self._payload = payload
+        self._headers = {"Content-Type": "application/octet-stream"}
+        if spec.http_header_length:
+            self._headers["Inference-Header-Content-Length"] = str(spec.http_header_length)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=spec.timeout_s)
+        )
+
+    async def __call__(self, index: int) -> None:
+        async with self._session.post(self._url, data=self._payload, headers=self._headers) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise HttpError(f"HTTP {response.status}: {body[:300].decode('utf-8', 'replace')}")
+
+    async def close(self) -> None:
+        await self._session.close()
 
 
 def _describe(exc: BaseException) -> str:
@@ -500,6 +536,12 @@ async def _report_progress(tally: _Tally, progress: Progress) -> None:
 async def run_load_async(spec: LoadSpec, progress: Progress | None = None) -> Step:
     """One step of `spec` from this process; `progress` is called every PROGRESS_INTERVAL_S while it runs."""
     payload = Path(spec.payload_file).read_bytes()
+    if spec.protocol == "http":
+        http = _Http(spec, payload)
+        try:
+            return await _run_steps(spec, http, progress)
+        finally:
+            await http.close()
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -509,25 +551,31 @@ async def run_load_async(spec: LoadSpec, progress: Progress | None = None) -> St
         stream = _Stream(channel, payload, spec.timeout_s) if spec.streaming else None
         call = stream if stream is not None else _unary(channel, payload, spec.timeout_s)
         try:
-            # the connection (and the stream) set up before the clock starts; a failure is the step's to count
-            with contextlib.suppress(Exception):
-                await call(-1)
-            t0 = time.perf_counter()
-            if spec.start_at is not None:
-                t0 += max(0.0, spec.start_at - time.time())
-                await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
-            tally = _Tally()
-            reporter = asyncio.ensure_future(_report_progress(tally, progress)) if progress else None
-            try:
-                if spec.open_loop:
-                    return await _open_loop(spec, call, t0, tally)
-                return await _closed_loop(spec, call, t0, tally)
-            finally:
-                if reporter is not None:
-                    reporter.cancel()
+            return await _run_steps(spec, call, progress)
         finally:
             if stream is not None:
                 await stream.close()
+
+
+async def _run_steps(
+    spec: LoadSpec, call: Callable[[int], Awaitable[Any]], progress: Progress | None
+) -> Step:
+    # the connection (and the stream) set up before the clock starts; a failure is the step's to count
+    with contextlib.suppress(Exception):
+        await call(-1)
+    t0 = time.perf_counter()
+    if spec.start_at is not None:
+        t0 += max(0.0, spec.start_at - time.time())
+        await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
+    tally = _Tally()
+    reporter = asyncio.ensure_future(_report_progress(tally, progress)) if progress else None
+    try:
+        if spec.open_loop:
+            return await _open_loop(spec, call, t0, tally)
+        return await _closed_loop(spec, call, t0, tally)
+    finally:
+        if reporter is not None:
+            reporter.cancel()
 
 
 def run_load(spec: LoadSpec, progress: Progress | None = None) -> Step:

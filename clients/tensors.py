@@ -35,6 +35,7 @@ __all__ = [
     "decode_response",
     "decode_stream_response",
     "random_array",
+    "raw_contents",
 ]
 
 ParameterValue = bool | int | float | str
@@ -150,6 +151,13 @@ def _payload(name: str, datatype: str, array: np.ndarray) -> bytes | memoryview:
         array = np.ascontiguousarray(array, dtype=dtype)
     # A flat byte view: memoryview.cast refuses shapes with a zero dimension, a reshaped uint8 view does not.
     return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy stubs: no buffer protocol
+
+
+def raw_contents(name: str, array: np.ndarray) -> tuple[str, bytes]:
+    """An array's protocol datatype and its raw bytes as raw_input_contents (and the HTTP binary extension)
+    carry them: little-endian elements, BYTES as 4-byte-length-prefixed elements."""
+    datatype = datatype_of(array)
+    return datatype, bytes(_payload(name, datatype, array))
 
 
 def _parameter(target: Any, value: ParameterValue) -> None:

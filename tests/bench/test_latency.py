@@ -40,12 +40,17 @@ def bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def hotwire_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def hotwire_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(EXAMPLES / "classifier", root / "classifier")
     server = ServerThread(root).start()
-    yield server.address
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def hotwire_address(hotwire_server: ServerThread) -> str:
+    return hotwire_server.address
 
 
 def test_edge_target_against_hotwire_with_the_floors(hotwire_address, tmp_path):
@@ -134,6 +139,30 @@ def test_streaming_with_input_data_and_several_client_processes(hotwire_address,
     assert step["requests"] == 200 and step["errors"] == 0 and step["client_processes"] == 2
     assert run["inputs"] == [{"name": "input", "datatype": "float32", "shape": [2, 16]}]
     assert "one ModelStreamInfer stream per client process; 2 client process(es)" in result.stdout
+
+
+def test_http_and_grpc_servers_in_one_run(hotwire_server, tmp_path):
+    result = bench(
+        "--url", f"http://{hotwire_server.http_address}", "--label", "http", "--url", hotwire_server.address,
+        "--label", "grpc", "--model", "classifier", "--rate", "100", "--duration", "2", "--warmup", "0.3",
+        "--output", str(tmp_path / "run.json"), "--no-plots",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    servers = {server["label"]: server for server in run["servers"]}
+    assert servers["http"]["url"] == f"http://{hotwire_server.http_address}"
+    for server in servers.values():
+        step = server["steps"][0]
+        assert step["requests"] == 200 and step["ok"] == 200 and step["errors"] == 0, step["error_messages"]
+    assert "http:// servers: POST .../infer with binary tensors" in result.stdout
+    missing = bench(
+        "--url", f"http://{hotwire_server.http_address}", "--model", "absent", "--quick", timeout=60
+    )
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr and "absent" in missing.stderr
+    streaming = bench(
+        "--url", f"http://{hotwire_server.http_address}", "--model", "classifier", "--streaming"
+    )
+    assert streaming.returncode == 2 and "not with an http:// --url" in streaming.stderr
 
 
 @pytest.mark.parametrize(
