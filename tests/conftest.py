@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The tests' own kernel cache, new for every run: no test depends on what an earlier run, or a `hotwire serve`
 # of the same install, left in the per-user cache. Set before anything below imports hotwire.kernels
@@ -21,9 +22,11 @@ os.environ["HOTWIRE_HTTP_PORT"] = "0"
 import grpc  # noqa: E402
 import pytest  # noqa: E402
 
-from credentials import Pki, make_pki  # noqa: E402
 from hotwire.proto import grpc_service_pb2_grpc  # noqa: E402
 from server_harness import ServeProcess, ServerThread  # noqa: E402
+
+if TYPE_CHECKING:
+    from credentials import Pki
 
 StartServer = Callable[..., ServerThread]
 
@@ -78,4 +81,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """Throwaway certificates (tests/credentials.py) for the TLS tests."""
+    # Imported here, not at the top: trustme is a test extra that CI's protobuf-7 run (tests/proto and the
+    # interop suite only) does not install.
+    from credentials import make_pki
+
     return make_pki(tmp_path_factory.mktemp("pki"))
