@@ -9,7 +9,8 @@
    reference servers' handlers (protobuf parse, handler, serialize), the work their gRPC layer does for them.
 2. Under load, server and client on separate cores: each server pinned to CPU 1 (taskset), perf_analyzer
    (or loadgen) on CPU 0, closed loop; the server's CPU time per request (its CPU seconds over the run /
-   requests answered) for hotwire, echo, and three probes, the echo server plus one line per request:
+   requests it answered over the same interval: hotwire's statistics, the echo launcher's own count) for
+   hotwire, echo, and three probes, the echo server plus one line per request:
    `time.sleep(0)` (releases the GIL and makes a syscall), a 4 KiB `hashlib.sha256` (releases the GIL,
    no syscall), one `session.run` of the classifier (ORT's per-call cost). hotwire's launcher here also
    times `model_infer` and `Instance.run_sync` around every request (patched in this benchmark only) to
@@ -48,6 +49,7 @@ from hotwire.bench.run import (
 
 MODEL = "classifier"
 SECTION = "request-budget"
+REST = "rest of model_infer (whole minus the stages above it but ORT alone)"
 SERVER_CPU = "1"
 CLIENT_CPU = 0
 
@@ -87,24 +89,38 @@ PROBED_ECHO = """
 import hashlib, sys, time
 import numpy as np
 from hotwire.bench import reference_servers as rs
+from hotwire.proto import grpc_service_pb2 as pb
 probe, model = sys.argv[1], sys.argv[2]  # then the reference server's own arguments
 del sys.argv[1:3]
 session = rs.make_session(model, 1) if probe == "ort" else None
 row = np.zeros((1, 16), np.float32)
 block = b"x" * 4096  # hashlib releases the GIL above 2 KiB
 infer = rs.ReferenceServicer._infer
+answered = 0
 def probed(self, request):
+    global answered
     if probe == "sleep0":
         time.sleep(0)
     elif probe == "hash":
         hashlib.sha256(block).digest()
-    else:
+    elif probe == "ort":
         session.run(None, {"input": row})
+    if not answered:
+        print(f"probe {probe} ran", flush=True)
+    answered += 1
     return infer(self, request)
 rs.ReferenceServicer._infer = probed
+async def server_metadata(self, request, context):  # the requests answered so far, for the bench to read
+    return pb.ServerMetadataResponse(name="echo-probe", version=str(answered))
+rs.ReferenceServicer.ServerMetadata = server_metadata
 sys.exit(rs.main(sys.argv[1:]))
 """
-PROBES = {"sleep0": "echo + time.sleep(0)", "hash": "echo + sha256 of 4 KiB", "ort": "echo + one session.run"}
+PROBES = {
+    "echo": "echo",  # the launcher with no probe: the baseline, counted the same way
+    "sleep0": "echo + time.sleep(0)",
+    "hash": "echo + sha256 of 4 KiB",
+    "ort": "echo + one session.run",
+}
 
 
 # ------------------------------------------------------------------------------------------- in-process
@@ -166,7 +182,9 @@ async def in_process_budget(calls: int) -> dict[str, float]:
                 return routed._plans.validate(decoded)
 
             valid = validate(version, request)
-            outputs, _ = version.batcher.run_now(valid.feeds, valid.rows, valid.output_names) or ([], None)
+            ran = version.batcher.run_now(valid.feeds, valid.rows, valid.output_names)
+            assert ran is not None, "the classifier must run inline (on the loop) for this budget"
+            outputs, _ = ran
             response = wire.InferResponse(MODEL, version.version_str, "", list(valid.output_names), outputs)
             session = version.instances[0].session
             feeds = valid.feeds
@@ -191,6 +209,9 @@ async def in_process_budget(calls: int) -> dict[str, float]:
                 "whole model_infer": lambda: service.model_infer(payload, context),
             }
             budget = {name: await _per_call_us(calls, step) for name, step in stages.items()}
+            timed = [name for name in stages if name not in ("ORT session.run alone", "whole model_infer")]
+            # admission, the response object, the coroutine and the calls between the stages
+            budget[REST] = budget["whole model_infer"] - sum(budget[name] for name in timed)
         finally:
             await app.stop()
         model_file = repository / MODEL / "1" / "model.onnx"
@@ -218,20 +239,26 @@ class LoadSample:
     throughput: float
     cpu_us_per_request: float
     p50_us: float
+    core_share: float = 0.0  # the server's CPU seconds per second over the interval (1.0: one core)
     handler_p50_us: float | None = None
     ort_p50_us: float | None = None
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of every thread of `pid`."""
-    ticks = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of process `pid`, every thread included (those that ended too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _answered(url: str, label: str) -> int:
+    """Requests the server has answered so far: hotwire's statistics, or the echo launcher's count."""
+    from hotwire.clients import Client as InferenceClient
+
+    with InferenceClient(url, multiplex=False) as client:
+        if label == "hotwire":
+            stats = client.statistics(MODEL).model_stats
+            return sum(int(s.inference_stats.success.count) for s in stats)
+        return int(client.server_metadata().version)
 
 
 def _server(label: str, repository: Path, model_file: Path) -> ChildServer:
@@ -241,8 +268,7 @@ def _server(label: str, repository: Path, model_file: Path) -> ChildServer:
         argv[1:3] = ["-c", TIMED_HOTWIRE]  # `python -m hotwire.server serve ...` -> `python -c ... serve ...`
         return ChildServer(label, pin + argv)
     argv = reference_argv("echo", model_file, MODEL, 1)
-    if label != "echo":
-        argv[1:3] = ["-c", PROBED_ECHO, label, str(model_file)]
+    argv[1:3] = ["-c", PROBED_ECHO, label, str(model_file)]
     return ChildServer(label, pin + argv)
 
 
@@ -253,12 +279,18 @@ def measure_under_load(
     try:
         url = server.wait_listening()
         client.measure(MODEL, url, concurrency, MODELS[MODEL])  # warm-up: connections, caches, arenas
-        cpu, clock = _cpu_seconds(server.proc.pid), time.perf_counter()
+        # CPU and requests over the same interval (the client's start-up and every trial included): the
+        # server's CPU per request whatever share of the interval it was busy
+        cpu, answered, clock = _cpu_seconds(server.proc.pid), _answered(url, label), time.perf_counter()
         sample = client.measure(MODEL, url, concurrency, MODELS[MODEL])
-        used, elapsed = _cpu_seconds(server.proc.pid) - cpu, time.perf_counter() - clock
+        used = _cpu_seconds(server.proc.pid) - cpu
+        requests = _answered(url, label) - answered
+        elapsed = time.perf_counter() - clock
     finally:
         server.stop()
-    result = LoadSample(sample.throughput, used / elapsed / sample.throughput * 1e6, sample.p50_us)
+    result = LoadSample(
+        sample.throughput, used / max(1, requests) * 1e6, sample.p50_us, core_share=used / elapsed
+    )
     for line in server.lines:
         found = re.search(r"budget: handler_p50_us=([\d.]+) ort_p50_us=([\d.]+)", line)
         if found:
@@ -292,12 +324,14 @@ def render(
         *(f"| {name} | {value:.1f} |" for name, value in budget.items()),
         "",
         f"Under load: each server pinned to CPU {SERVER_CPU}, the client ({client.describe()}) on CPU "
-        f"{CLIENT_CPU}, concurrency {concurrency}; server CPU per request = its CPU seconds during the "
-        "measurement / requests answered; medians of interleaved repeats (each repeat in brackets):",
+        f"{CLIENT_CPU} ({_siblings()}), concurrency {concurrency}; server CPU per request = its CPU "
+        "seconds over the client's whole run (start-up and every trial) / the requests it answered in that "
+        "interval; server core = those CPU seconds / the interval; inf/s and p50: perf_analyzer's stable "
+        "windows; medians of interleaved repeats (each repeat in brackets):",
         "",
-        "| server | inf/s | server CPU µs / request | p50 µs | handler p50 µs (hotwire) "
+        "| server | inf/s | server CPU µs / request | server core | p50 µs | handler p50 µs (hotwire) "
         "| ORT p50 µs (hotwire) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, samples in load.items():
         if not samples:
@@ -305,17 +339,30 @@ def render(
         cpu = [s.cpu_us_per_request for s in samples]
         handler = [s.handler_p50_us for s in samples if s.handler_p50_us is not None]
         ort = [s.ort_p50_us for s in samples if s.ort_p50_us is not None]
+        timed = (
+            f"{statistics.median(handler):.0f} | {statistics.median(ort):.0f}" if handler and ort else "— | —"
+        )
         lines.append(
             f"| {PROBES.get(label, label)} | {statistics.median(s.throughput for s in samples):,.0f} | "
             f"{statistics.median(cpu):.0f} ({', '.join(f'{c:.0f}' for c in cpu)}) | "
-            f"{statistics.median(s.p50_us for s in samples):,.0f} | "
-            f"{statistics.median(handler):.0f} | {statistics.median(ort):.0f} |"
-            if handler and ort
-            else f"| {PROBES.get(label, label)} | {statistics.median(s.throughput for s in samples):,.0f} | "
-            f"{statistics.median(cpu):.0f} ({', '.join(f'{c:.0f}' for c in cpu)}) | "
-            f"{statistics.median(s.p50_us for s in samples):,.0f} | — | — |"
+            f"{statistics.median(s.core_share for s in samples) * 100:.0f}% | "
+            f"{statistics.median(s.p50_us for s in samples):,.0f} | {timed} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _siblings() -> str:
+    """Whether the two pinned CPUs share a physical core (hyperthreads), as the kernel reports it."""
+    path = Path(f"/sys/devices/system/cpu/cpu{SERVER_CPU}/topology/thread_siblings_list")
+    try:
+        siblings = path.read_text().strip()
+    except OSError:
+        return "CPU topology unknown"
+    return f"CPU {SERVER_CPU}'s hyperthread siblings: {siblings}"
+
+
+def _can_pin() -> bool:
+    return hasattr(os, "sched_getaffinity") and {CLIENT_CPU, int(SERVER_CPU)} <= os.sched_getaffinity(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--output", type=Path, help="a Markdown file to write (bench/RESULTS.md: its section)"
     )
     args = parser.parse_args(argv)
+    probes = [p for p in args.probes.split(",") if p]
+    unknown = [p for p in probes if p not in PROBES or p == "echo"]
+    if unknown:
+        parser.error(f"unknown probe(s) {unknown}; choose from sleep0, hash, ort")
     command = "python -m hotwire.bench.request_budget " + " ".join(argv if argv is not None else sys.argv[1:])
 
     import uvloop
@@ -341,12 +392,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tool, _ = perf_analyzer.locate()
     client = Client("perf_analyzer" if tool else "loadgen", args.window_ms, tool)
-    labels = ["hotwire", "echo", *[p for p in args.probes.split(",") if p]]
+    labels = ["hotwire", "echo", *probes]
     load: dict[str, list[LoadSample]] = {label: [] for label in labels}
     if args.repeats:
-        pinnable = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
-        if not pinnable:
-            raise SystemExit("the under-load part pins server and client to separate CPUs: needs 2 or more")
+        if not _can_pin():
+            raise SystemExit(
+                f"the under-load part pins the server to CPU {SERVER_CPU} and the client to CPU "
+                f"{CLIENT_CPU}: this process may not run on both"
+            )
         os.sched_setaffinity(0, {CLIENT_CPU})  # the client (a child of this process) inherits it
         with tempfile.TemporaryDirectory(prefix="hotwire-budget-") as tmp:
             repository = Path(tmp) / "models"
