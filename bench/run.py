@@ -1,7 +1,8 @@
 """Side-by-side benchmark: hotwire vs. the ``inline`` and ``echo`` reference servers, same models, same
 client.
 
-    python -m hotwire.bench.run [--models classifier,wide_mlp,convnet] [--concurrency 1,4,16,64] [--repeats 3]
+    python -m hotwire.bench.run [--models classifier,wide_mlp,small_mlp,convnet] [--concurrency 1,4,16,64]
+                                [--repeats 3]
                                 [--window-ms 2000] [--client perf_analyzer|loadgen|auto]
                                 [--output bench/RESULTS.md] [--hotwire-arg=--FLAG=VALUE ...]
 
@@ -65,6 +66,13 @@ max_batch_size: 64
 dynamic_batching { }
 instance_group [ { count: 1 kind: KIND_CPU } ]
 """,
+    "small_mlp": """\
+name: "small_mlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
     "convnet": """\
 name: "convnet"
 platform: "onnxruntime_onnx"
@@ -85,6 +93,7 @@ class BenchModel:
 MODELS: dict[str, BenchModel] = {
     "classifier": BenchModel(models.small_classifier, "input", (16,)),
     "wide_mlp": BenchModel(models.wide_mlp, "input", (512,)),
+    "small_mlp": BenchModel(models.small_mlp, "input", (64,)),  # the tiny-model pair with the classifier
     "convnet": BenchModel(models.convnet, "input", (3, 224, 224)),
 }
 
