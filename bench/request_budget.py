@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from hotwire.bench import loadgen, models, perf_analyzer
+from hotwire.bench.client import process_cpu_s
 from hotwire.bench.run import (
     HOTWIRE_CONFIGS,
     MODELS,
@@ -245,9 +246,11 @@ class LoadSample:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process `pid`, every thread included (those that ended too)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of the server process (every thread, those that ended too)."""
+    seconds = process_cpu_s(pid)
+    if seconds is None:
+        raise RuntimeError(f"cannot read the CPU time of process {pid} from /proc")
+    return seconds
 
 
 def _answered(url: str, label: str) -> int:
