@@ -1,5 +1,10 @@
-"""Batch assembly for one instance: preallocated batch buffers, gathered by the numba kernels in
-hotwire.kernels.
+"""Batch assembly for one instance: preallocated batch buffers, gathered with NumPy.
+
+NumPy, not a numba kernel: measured here (2-vCPU Xeon, 2026-12-03, float32 rows), `np.concatenate(out=)`
+gathers 8 rows of 16 floats in 4.7 µs against a numba row-copy kernel's 22.7, 8 images of 3x64x64 in 19
+against 275; padded gathers by slice assignment read 0.8-1.5x the numba loops' times. Batch assembly
+therefore needs no compiled kernel, and a server whose models declare no preprocessing never imports numba
+(~57 MiB resident).
 
 Each instance owns one BatchAssembler, used only from that instance's thread (buffers are reused batch after
 batch: ORT is done reading a buffer when `session.run` returns).
@@ -17,7 +22,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hotwire.kernels import batching
 from hotwire.server.preprocess import Preprocessor
 
 _BUFFERS_PER_INSTANCE = 16  # distinct (input, shape, dtype) buffers kept; least recently used dropped beyond
@@ -66,7 +70,7 @@ class BatchAssembler:
         for name in parts[0]:
             arrays = [part[name] for part in parts]
             first = arrays[0]
-            if first.dtype == object:  # BYTES: numba can't copy Python objects
+            if first.dtype == object:  # BYTES: a fresh array each batch (buffers hold numbers only)
                 feeds[name] = np.concatenate(arrays)
             elif name in self._ragged:
                 item_shape = (
@@ -76,9 +80,9 @@ class BatchAssembler:
                 )
                 if name == self._ragged[0]:
                     padded = item_shape
-                feeds[name] = batching.gather_padded(self._buffer(name, item_shape, first.dtype), arrays)
+                feeds[name] = gather_padded(self._buffer(name, item_shape, first.dtype), arrays)
             else:
-                feeds[name] = batching.gather_rows(self._buffer(name, first.shape[1:], first.dtype), arrays)
+                feeds[name] = gather_rows(self._buffer(name, first.shape[1:], first.dtype), arrays)
         return feeds, padded
 
     def slice_output(
@@ -101,3 +105,22 @@ class BatchAssembler:
             if axis in dynamic and rows.shape[axis] == padded[axis - 1] and own[axis - 1] < padded[axis - 1]:
                 crop[axis] = slice(0, own[axis - 1])
         return rows[tuple(crop)]
+
+
+def gather_rows(buffer: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+    """Same-shaped parts ([rows_i, ...]) one after another in buffer; returns buffer[:sum(rows_i)]."""
+    rows = sum(part.shape[0] for part in parts)
+    return np.concatenate(parts, out=buffer[:rows])
+
+
+def gather_padded(buffer: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+    """Parts whose item shapes may be smaller than buffer's, each in the corner of its rows' blocks, the rest
+    of every block zero; returns buffer[:sum(rows_i)]."""
+    start = 0
+    for part in parts:
+        block = buffer[start : start + part.shape[0]]
+        block.fill(0)
+        corner = (slice(None),) + tuple(slice(0, extent) for extent in part.shape[1:])
+        block[corner] = part
+        start += part.shape[0]
+    return buffer[:start]

@@ -24,9 +24,9 @@ class WarmReport:
 
 
 def kernel_modules() -> list[ModuleType]:
-    from hotwire.kernels import batching, image, sequence, tabular
+    from hotwire.kernels import image, sequence, tabular
 
-    return [batching, image, tabular, sequence]
+    return [image, tabular, sequence]
 
 
 def _global_names(code: CodeType) -> Iterator[str]:
@@ -55,12 +55,10 @@ def warm() -> WarmReport:
     calls (not the helpers compiled into them), so a cold and a warm run count the same signatures."""
     from numba.core.dispatcher import Dispatcher
 
-    from hotwire.kernels import batching
     from hotwire.server import preprocess
 
     before = len(cache.unsaved())
-    batching.warm()
-    preprocess.warm()
+    preprocess.warm(preprocess.KERNEL_MODULES)
     kernels = [
         value
         for module in kernel_modules()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hotwire.kernels import batching as batching_kernels
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes, preprocess, wire
 from hotwire.server.assembly import BatchAssembler
@@ -86,7 +85,6 @@ async def load_version(
         preprocessor, client_signature = None, signature
         pipelines = preprocess.declaration(parameters.preprocess, source.path)
         if pipelines is not None:
-            preprocess.warm()  # compile or load from cache before the end-to-end check runs them
             preprocessor, client_signature = preprocess.build(pipelines, signature, _gpu_preprocessing(where))
             _show_client_inputs(config, client_signature, preprocessor.fed_inputs())
         instances = [
@@ -102,8 +100,6 @@ async def load_version(
             instance.inline = instance.placement.kind == "cpu" and (
                 mode == "inline" or (mode == "auto" and tiny and single)
             )
-        if signature.batched:
-            batching_kernels.warm()  # compile or load from cache now, never on a request
         return config, client_signature, instances, preprocessor
 
     try:

@@ -34,21 +34,25 @@ smaller image with InvalidInput naming the input and the minimum size, at valida
 queues. A per-request step that still fails at batch time fails that request only: `Preprocessor.prepare`
 raises `RequestsFailed`, which says which requests of the batch failed and why, so the batcher can answer them
 and run the others.
+
+A kernel module (hotwire.kernels.image, .tabular, .sequence) is imported, and its signatures compiled or
+loaded from the kernel cache, only when a loaded pipeline uses one of its ops: numba itself (~57 MiB resident,
+~0.3 s) is imported by the first model that declares preprocessing, never by a server whose models declare
+none.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hotwire.kernels import image as image_kernels
-from hotwire.kernels import sequence as sequence_kernels
-from hotwire.kernels import tabular as tabular_kernels
 from hotwire.server import datatypes
 from hotwire.server.errors import HotwireError, InvalidInput, ModelLoadError, RequestsFailed
 from hotwire.server.model_config import Signature, TensorSpec
@@ -61,6 +65,7 @@ PER_REQUEST_OPS = ("resize", "center_crop", "letterbox")
 IMAGE_OPS = ("normalize", "scale")
 TABULAR_OPS = ("fill_nan", "clip", "standardize", "min_max", "one_hot")
 SEQUENCE_OPS = ("pad_truncate",)
+KERNEL_MODULES = ("image", "tabular", "sequence")  # under hotwire.kernels
 
 Step = Callable[[np.ndarray], np.ndarray]
 SYNTHETIC_SIZE = 37  # the load check's size for a dynamic axis: odd, so resize and crop must cope
@@ -100,6 +105,7 @@ class InputPipeline:
     pad_truncate: PadTruncate | None = None
     # per-request steps: (index, op, h, w)
     geometry: list[tuple[int, str, int, int]] = field(default_factory=list)
+    kernel_modules: set[str] = field(default_factory=set)  # of KERNEL_MODULES, what the steps call
 
     @property
     def minimum_image(self) -> MinimumImage | None:
@@ -165,7 +171,7 @@ class InputPipeline:
 
     def _pad_truncate(self, stage: PadTruncate, parts: list[np.ndarray]) -> dict[str, np.ndarray]:
         rows = [row for part in parts for row in part]
-        ids, mask = sequence_kernels.pad_truncate(
+        ids, mask = kernels("sequence").pad_truncate(
             rows,
             stage.length,
             pad_id=stage.pad_id,
@@ -282,6 +288,8 @@ def build(
     inputs = [s for s in signature.inputs if s.name not in fed] + [p.client for p in pipelines.values()]
     client_signature = Signature(tuple(inputs), signature.outputs, signature.max_batch_size)
     preprocessor = Preprocessor(pipelines, signature.batched)
+    # compile or load from the cache now, so neither the check below nor any request compiles
+    warm(set().union(*(p.kernel_modules for p in pipelines.values())))
     for name, pipeline in pipelines.items():
         _check_end_to_end(pipeline, signature, f"{source}: input '{name}'")
     return preprocessor, client_signature
@@ -322,6 +330,8 @@ def _add_step(
     if pipeline.pad_truncate is not None:
         raise ValueError("'pad_truncate' must be the only step")
     if op in PER_REQUEST_OPS:
+        image_kernels: Any = kernels("image")
+        pipeline.kernel_modules.add("image")
         if pipeline.per_batch:
             raise ValueError(f"'{op}' must come before the batch steps")
         height, width = int(args.pop("height")), int(args.pop("width"))
@@ -338,21 +348,22 @@ def _add_step(
         out_dtype = {"FP32": np.float32, "FP16": np.float16}[str(args.pop("dtype", "FP32"))]
         order = str(args.pop("channel_order", "RGB"))
         model_order = str(args.pop("model_channel_order", order))
-        kernels: Any = image_kernels
-        if gpu:
-            from hotwire.kernels import cuda_image as kernels
+        pipeline.kernel_modules.add("image")
+        chosen: Any = kernels("cuda_image" if gpu else "image")
         if op == "normalize":
             mean, std = args.pop("mean"), args.pop("std")
-            step: Step = lambda x: kernels.normalize_hwc_to_nchw(  # noqa: E731
+            step: Step = lambda x: chosen.normalize_hwc_to_nchw(  # noqa: E731
                 x, mean, std, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order
             )
         else:
             scale = args.pop("scale")
-            step = lambda x: kernels.scale_hwc_to_nchw(  # noqa: E731
+            step = lambda x: chosen.scale_hwc_to_nchw(  # noqa: E731
                 x, scale, out_dtype=out_dtype, channel_order=order, model_channel_order=model_order
             )
         pipeline.per_batch.append(_synchronized(step) if gpu else step)
     elif op in TABULAR_OPS:
+        tabular_kernels: Any = kernels("tabular")
+        pipeline.kernel_modules.add("tabular")
         if op == "fill_nan":
             fill = args.pop("fill")
             pipeline.per_batch.append(lambda x: tabular_kernels.fill_nan(x, fill))
@@ -371,6 +382,7 @@ def _add_step(
     elif op in SEQUENCE_OPS:
         if pipeline.per_request or pipeline.per_batch:
             raise ValueError("'pad_truncate' must be the only step")
+        pipeline.kernel_modules.add("sequence")
         pipeline.mask_feeds = args.pop("mask_feeds", None)
         pipeline.pad_truncate = PadTruncate(
             int(args.pop("length")),
@@ -441,8 +453,13 @@ def _check_end_to_end(pipeline: InputPipeline, signature: Signature, where: str)
             )
 
 
-def warm() -> None:
-    """Compile (or load from numba's cache) every preprocessing kernel: at model load, never on a request."""
-    image_kernels.warm()
-    tabular_kernels.warm()
-    sequence_kernels.warm()
+def kernels(module: str) -> ModuleType:
+    """hotwire.kernels.<module>, imported on first use (with numba)."""
+    return importlib.import_module(f"hotwire.kernels.{module}")
+
+
+def warm(modules: Iterable[str]) -> None:
+    """Compile (or load from numba's cache) every signature of these kernel modules (of KERNEL_MODULES): at
+    model load, never on a request."""
+    for module in sorted(modules):
+        kernels(module).warm()

@@ -27,8 +27,8 @@ def test_the_tests_kernel_cache_is_their_own():
     """Every kernel of this process caches in the run's own directory (tests/conftest.py), not the user's."""
     import os
 
-    from hotwire.kernels import batching
+    from hotwire.kernels import tabular
 
     cache = os.environ["NUMBA_CACHE_DIR"]
     assert Path(cache).name.startswith("hotwire-test-kernels-")
-    assert batching._copy_rows._cache._cache_path.startswith(cache)
+    assert tabular._clip._cache._cache_path.startswith(cache)

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hotwire.kernels import batching as batching_kernels
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import Batcher, BatchingPolicy, QueuePolicy
 from hotwire.server.errors import DeadlineExceeded, ResourceExhausted
@@ -188,10 +187,6 @@ def test_an_expired_request_is_answered_at_once_under_preserve_ordering():
 
 
 def test_finished_requests_are_not_held_until_their_deadline():
-    # As a model load does: a kernel compiled by a batch's own call keeps that call's frames (and the batch's
-    # arrays) alive in numba's compiler, which is not what this test is about.
-    batching_kernels.warm()
-
     async def scenario() -> None:
         instance = GatedInstance("i0")
         instance.gate.set()

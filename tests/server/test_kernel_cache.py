@@ -157,7 +157,8 @@ def test_a_read_only_warmed_cache_is_loaded_at_model_load_and_nothing_compiles(
         "    assert registry.all_ready(), [e.reason() for e in registry.models()]\n"
         "    await registry.close()\n"
         "asyncio.run(main())\n"
-        "print(json.dumps({'writable': writable, 'kernels': stats()}))\n"
+        "imported = sorted(m for m in sys.modules if m.startswith('hotwire.kernels.'))\n"
+        "print(json.dumps({'writable': writable, 'imported': imported, 'kernels': stats()}))\n"
     )
     before = _snapshot(warmed_cache)
     result = subprocess.run(
@@ -178,7 +179,10 @@ def test_a_read_only_warmed_cache_is_loaded_at_model_load_and_nothing_compiles(
     assert {k: v["path"] for k, v in kernels.items() if not v["path"].startswith(str(warmed_cache))} == {}
     # ... loaded, none compiled, nothing written anywhere
     assert {k: v["misses"] for k, v in kernels.items() if v["misses"]} == {}
-    assert sum(v["hits"] for v in kernels.values()) >= 10
+    # only what the bundled pipeline (image_classifier: resize, normalize) needs was imported and loaded
+    assert report["imported"] == ["hotwire.kernels.cache", "hotwire.kernels.image"]
+    assert {k.rsplit(".", 1)[0] for k in kernels} == {"hotwire.kernels.image"}
+    assert sum(v["hits"] for v in kernels.values()) >= 5
     debug = result.stdout
     loads = [line for line in debug.splitlines() if "data loaded from" in line]
     assert loads and all(str(warmed_cache) in line for line in loads), loads[:5]
@@ -273,9 +277,9 @@ def test_importing_kernels_needs_no_writable_directory(tmp_path, read_only_prefi
 def test_with_no_cache_directory_at_all_kernels_compile_in_memory_with_one_warning(tmp_path):
     """No NUMBA_CACHE_DIR, no XDG_CACHE_HOME and no home to find a cache in (an arbitrary container UID)."""
     script = (
-        "from hotwire.kernels import batching\n"
-        "batching.warm()\n"
-        "print(sum(batching._copy_rows.stats.cache_misses.values()))\n"
+        "from hotwire.kernels import tabular\n"
+        "tabular.warm()\n"
+        "print(sum(tabular._clip.stats.cache_misses.values()))\n"
     )
     env = {k: v for k, v in _env(HOME="relative").items() if k != "XDG_CACHE_HOME"}
     result = subprocess.run(

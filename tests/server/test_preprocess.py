@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,11 +23,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hotwire.bench import models
 from hotwire.proto import grpc_service_pb2 as pb
+from hotwire.proto import grpc_service_pb2_grpc as pb_grpc
 from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes, preprocess
 from hotwire.server.config import bundled_repository
 from hotwire.server.model_config import Signature, TensorSpec
 from onnx_models import write_model
+from server_harness import ServeProcess
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -591,3 +594,49 @@ def test_a_crop_larger_than_the_synthetic_image_loads_and_serves(tmp_path, runni
         expected = crop_resize_reference(pixel_model(24, 20), x, (48, 40), (24, 20))
         result = infer(stub, "big_crop", {"image": ("UINT8", x)})
         np.testing.assert_allclose(result["y"], expected, rtol=1e-4, atol=1e-4)
+
+
+def _mapped_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_numba_is_loaded_only_by_a_model_that_declares_preprocessing(tmp_path):
+    """A served repository without preprocessing never maps numba's compiler (llvmlite), batched requests
+    included (batch assembly needs no kernel); loading a model with an image pipeline maps it then."""
+    repository = tmp_path / "models"
+    for name in ("classifier", "image_classifier"):
+        shutil.copytree(bundled_repository() / name, repository / name)
+    process = ServeProcess(
+        [
+            "--model-repository",
+            str(repository),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--metrics-port",
+            "-1",
+        ]
+        + ["--host", "127.0.0.1", "--model-control-mode", "explicit", "--load-model", "classifier"]
+    )
+    try:
+        port = process.wait_listening()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            rows = np.random.default_rng(3).random((5, 16), dtype=np.float32)
+            with ThreadPoolExecutor(5) as pool:
+                answers = list(
+                    pool.map(lambda r: infer(stub, "classifier", {"input": ("FP32", rows[r:])}), range(5))
+                )
+            session = ort.InferenceSession(str(bundled_repository() / "classifier" / "1" / "model.onnx"))
+            for start, answer in enumerate(answers):
+                (expected,) = session.run(None, {"input": rows[start:]})
+                np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-5)
+            assert "llvmlite" not in _mapped_libraries(process.proc.pid)
+
+            stub.RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(model_name="image_classifier"), timeout=120
+            )
+            assert "llvmlite" in _mapped_libraries(process.proc.pid)
+    finally:
+        process.close()
