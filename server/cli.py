@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         for warning in unknown_variables():
             log.warning("%s", warning)
     _use_kernel_cache(config.kernel_cache_dir)
-    if config.workers > 1:
+    if not config.reuse_port and (config.workers > 1 or config.devices):  # a worker never supervises
         from hotwire.server.workers import Supervisor  # imports no ORT, numba or event loop
 
         return Supervisor(config).run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from importlib import metadata, resources
@@ -55,7 +56,9 @@ class ServerConfig:
     load_model: tuple[str, ...] = ()  # explicit mode: the models loaded at start
     # numba's on-disk kernel cache (NUMBA_CACHE_DIR); None: the per-user one
     kernel_cache_dir: Path | None = None
-    workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT)
+    workers: int = 1  # server processes sharing the gRPC port (SO_REUSEPORT); with devices: per device
+    # CUDA devices, one group of `workers` workers each, every worker seeing only its own device (as device 0)
+    devices: tuple[str, ...] = ()
     exit_on_error: bool = False  # a model failing to load at start stops the server (exit 1); Triton: on
     strict_readiness: bool = True  # ServerReady needs every model ready; false: ready once the server is up
     log_verbose: int = 0  # Triton's --log-verbose: > 0 means DEBUG logging
@@ -224,6 +227,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=_positive("--workers", 1),
         help="server processes sharing the gRPC and HTTP ports; a crashed one is restarted (default 1)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=_device_list,
+        help="comma-separated CUDA devices (MIG-<uuid>, GPU-<uuid> or an index, as `nvidia-smi -L` lists "
+        "them): --workers workers on each, with CUDA_VISIBLE_DEVICES set to that one device, so models use "
+        "device 0 (KIND_GPU gpus: [0] or KIND_AUTO); default: one group seeing every device",
     )
     parser.add_argument(
         "--exit-on-error",
@@ -405,12 +415,34 @@ def _check(config: ServerConfig) -> None:
         if not low <= value <= high:
             bounds = f"at least {low:g}" if high == float("inf") else f"between {low:g} and {high:g}"
             raise ConfigError(f"--{_flag(name)} {value:g} (or {ENV_PREFIX}{name.upper()}): expected {bounds}")
+    try:
+        if config.devices:  # from HOTWIRE_DEVICES, which the flag's parser has not seen
+            _device_list(",".join(config.devices))
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"--devices: {exc}") from None
     if config.load_model and config.model_control_mode != "explicit":
         raise ConfigError("--load-model needs --model-control-mode explicit")
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+_DEVICE = re.compile(
+    r"\d+|(GPU|MIG)-[0-9A-Za-z/_-]+"
+)  # MIG-<uuid>; drivers before R470: MIG-GPU-<uuid>/gi/ci
+
+
+def _device_list(text: str) -> list[str]:
+    devices = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [d for d in devices if not _DEVICE.fullmatch(d)]
+    if not devices or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected CUDA devices as MIG-<uuid>, GPU-<uuid> or an index, comma-separated; got {text!r}"
+        )
+    if len(set(devices)) != len(devices):
+        raise argparse.ArgumentTypeError(f"a device is listed twice in {text!r}")
+    return devices
 
 
 def _from_env(variable: str, text: str, type_name: object) -> object:

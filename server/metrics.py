@@ -421,8 +421,11 @@ class Metrics:
         return exposed
 
     @staticmethod
-    def multiprocess_exposition() -> CollectorRegistry:
-        """The registry the --workers supervisor serves: every worker's values, summed."""
+    def multiprocess_exposition(
+        workers: Callable[[], Iterable[tuple[int, str, int]]] = tuple,
+    ) -> CollectorRegistry:
+        """The registry the --workers supervisor serves: every worker's values, summed; `workers`: (index,
+        CUDA device or "", pid) of each live worker, and the GPUs (MIG instances included) through NVML."""
         from prometheus_client import multiprocess
 
         path = multiprocess_dir()
@@ -430,6 +433,8 @@ class Metrics:
         exposed.register(
             _Exposed(lambda: multiprocess.MultiProcessCollector(None, path=path).collect(), loaded_only=True)
         )
+        exposed.register(_WorkerInfo(workers))
+        exposed.register(_GpuCollector())
         return exposed
 
 
@@ -456,8 +461,28 @@ class _PublishBeforeScrape(Collector):
         return iter(())
 
 
+class _WorkerInfo(Collector):
+    def __init__(self, workers: Callable[[], Iterable[tuple[int, str, int]]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        info = Metric("hotwire_worker_info", "1 per live worker: its index, CUDA device and pid", "gauge")
+        for index, device, pid in self._workers():
+            info.add_sample(
+                "hotwire_worker_info", {"worker": str(index), "device": device, "pid": str(pid)}, 1.0
+            )
+        yield info
+
+
 class _GpuCollector(Collector):
-    """GPU utilization and memory through NVML (nvidia-ml-py), read at scrape time; nothing without a GPU."""
+    """GPU utilization and memory through NVML (nvidia-ml-py), read at scrape time; nothing without a GPU.
+
+    A GPU in MIG mode also gets each MIG instance's memory (hotwire_mig_memory_*_bytes, by gpu_uuid and
+    mig_uuid), which Triton does not export. NVML has no utilization for a MIG instance, nor for a GPU in MIG
+    mode: that takes DCGM's profiling fields (DCGM_FI_PROF_GR_ENGINE_ACTIVE, e.g. from dcgm-exporter), whose
+    Python bindings come with a DCGM install rather than from PyPI, so hotwire does not read them and such a
+    GPU simply has no nv_gpu_utilization sample.
+    """
 
     def __init__(self) -> None:
         self._nvml = None
@@ -476,18 +501,43 @@ class _GpuCollector(Collector):
         utilization = Metric("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)", "gauge")
         used = Metric("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", "gauge")
         total = Metric("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", "gauge")
+        mig_used = Metric("hotwire_mig_memory_used_bytes", "MIG instance used memory, in bytes", "gauge")
+        mig_total = Metric("hotwire_mig_memory_total_bytes", "MIG instance total memory, in bytes", "gauge")
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            uuid = nvml.nvmlDeviceGetUUID(handle)
+            gpu = {"gpu_uuid": str(nvml.nvmlDeviceGetUUID(handle))}
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            utilization.add_sample(
-                "nv_gpu_utilization",
-                {"gpu_uuid": str(uuid)},
-                nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
-            )
-            used.add_sample("nv_gpu_memory_used_bytes", {"gpu_uuid": str(uuid)}, float(memory.used))
-            total.add_sample("nv_gpu_memory_total_bytes", {"gpu_uuid": str(uuid)}, float(memory.total))
-        yield from (utilization, used, total)
+            used.add_sample("nv_gpu_memory_used_bytes", gpu, float(memory.used))
+            total.add_sample("nv_gpu_memory_total_bytes", gpu, float(memory.total))
+            try:
+                rate = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
+                utilization.add_sample("nv_gpu_utilization", gpu, rate)
+            except nvml.NVMLError:  # not supported in MIG mode (see above)
+                pass
+            for mig in self._mig_instances(handle):
+                labels = {**gpu, "mig_uuid": str(nvml.nvmlDeviceGetUUID(mig))}
+                memory = nvml.nvmlDeviceGetMemoryInfo(mig)
+                mig_used.add_sample("hotwire_mig_memory_used_bytes", labels, float(memory.used))
+                mig_total.add_sample("hotwire_mig_memory_total_bytes", labels, float(memory.total))
+        yield from (utilization, used, total, mig_used, mig_total)
+
+    def _mig_instances(self, handle: object) -> list[object]:
+        """The MIG instances of a GPU in MIG mode ([] for any other GPU)."""
+        nvml = self._nvml
+        assert nvml is not None
+        try:
+            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+        except nvml.NVMLError:  # a GPU without MIG support
+            return []
+        if current != nvml.NVML_DEVICE_MIG_ENABLE:
+            return []
+        instances = []
+        for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                instances.append(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot))
+            except nvml.NVMLError:  # an empty slot
+                continue
+        return instances
 
 
 class _Exposed(Collector):

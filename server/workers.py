@@ -11,6 +11,11 @@ The supervisor runs no event loop and imports no ONNX Runtime: it waits on its c
 with a `[worker i]` prefix, restarts any that exits unexpectedly, and on SIGTERM/SIGINT passes the signal on
 and waits. Each worker tells it that it listens through its own --ready-fd pipe (readiness.py), never through
 its log.
+
+`--devices D1,D2,...` (MIG-<uuid>, GPU-<uuid> or indices): `--workers` workers per device, each started
+with CUDA_VISIBLE_DEVICES set to its one device, so a CUDA process inside sees exactly that GPU or MIG slice,
+as device 0 (a CUDA process can use only one MIG instance anyway). The supervisor's /metrics then carries
+`hotwire_worker_info{worker, device, pid}` and, through NVML, each device's memory (per MIG instance too).
 """
 
 from __future__ import annotations
@@ -51,7 +56,26 @@ class Worker:
     index: int
     process: subprocess.Popen[str]
     started_at: float
+    device: str | None = None  # what CUDA_VISIBLE_DEVICES holds for it (None: the supervisor's own value)
     listening: threading.Event = field(default_factory=threading.Event)
+
+
+def worker_devices(config: ServerConfig) -> list[str | None]:
+    """Per worker index, its CUDA device: `workers` workers for each of --devices, in order (device-major), or
+    `workers` workers that all see whatever the supervisor sees."""
+    if not config.devices:
+        return [None] * config.workers
+    return [device for device in config.devices for _ in range(config.workers)]
+
+
+def worker_environment(base: dict[str, str], device: str | None, metrics_dir: str) -> dict[str, str]:
+    """A worker's environment: the supervisor's, its metrics directory, and its one device. HOTWIRE_DEVICES
+    and HOTWIRE_WORKERS are the supervisor's to act on: a worker must not start workers of its own."""
+    env = {k: v for k, v in base.items() if k not in ("HOTWIRE_DEVICES", "HOTWIRE_WORKERS")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    return env
 
 
 def free_port(host: str) -> int:
@@ -159,6 +183,7 @@ class Supervisor:
         # every worker must bind the same ports: "any free port" is chosen once, here
         self.http_port = config.http_port if config.http_port != 0 else free_port(config.host)
         self._metrics_dir = tempfile.mkdtemp(prefix="hotwire-metrics-")
+        self.devices = worker_devices(config)  # per worker index
         self._workers: dict[int, Worker] = {}
         self._stopping = threading.Event()
         self._signals = 0
@@ -167,7 +192,8 @@ class Supervisor:
         self.restarts = 0
 
     def _spawn(self, index: int) -> Worker:
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+        device = self.devices[index]
+        env = worker_environment(dict(os.environ), device, self._metrics_dir)
         ready_read, ready_write = os.pipe()
         try:
             process = subprocess.Popen(
@@ -184,11 +210,16 @@ class Supervisor:
             raise
         finally:
             os.close(ready_write)  # the worker holds it now: its exit closes the pipe
-        worker = Worker(index, process, time.monotonic())
+        worker = Worker(index, process, time.monotonic(), device)
         assert process.stdout is not None
         threading.Thread(target=self._forward, args=(worker, process.stdout), daemon=True).start()
         threading.Thread(target=self._hear_listening, args=(worker, ready_read), daemon=True).start()
-        log.info("worker %d started (pid %d)", index, process.pid)
+        log.info(
+            "worker %d started (pid %d)%s",
+            index,
+            process.pid,
+            f" on CUDA device {device} (CUDA_VISIBLE_DEVICES)" if device is not None else "",
+        )
         return worker
 
     @staticmethod
@@ -244,7 +275,7 @@ class Supervisor:
         try:
             if self.config.metrics_port >= 0:
                 metrics_server = self._serve_metrics()
-            for index in range(self.config.workers):  # one at a time: a failed spawn leaves the others known
+            for index in range(len(self.devices)):  # one at a time: a failed spawn leaves the others known
                 self._workers[index] = self._spawn(index)
             self._announce_when_listening(metrics_server.server_port if metrics_server else None)
             while not self._stopping.wait(POLL_S):
@@ -268,22 +299,31 @@ class Supervisor:
         return start_metrics_server(
             self.config.host,
             self.config.metrics_port,
-            Metrics.multiprocess_exposition(),
+            Metrics.multiprocess_exposition(self._worker_rows),
             tls.server_context() if tls else None,
         )
+
+    def _worker_rows(self) -> list[tuple[int, str, int]]:
+        """(index, device, pid) of each live worker, for hotwire_worker_info; read on the metrics thread."""
+        return [
+            (w.index, w.device if w.device is not None else "", w.process.pid)
+            for w in list(self._workers.values())
+            if w.process.poll() is None
+        ]
 
     def _announce_when_listening(self, metrics_port: int | None) -> None:
         def wait() -> None:
             # per index, the current worker: one restarted before it listened is a new Worker (a new event)
-            for index in range(self.config.workers):
+            for index in range(len(self.devices)):
                 while not self._stopping.is_set() and not self._workers[index].listening.wait(POLL_S):
                     pass
             if not self._stopping.is_set():
                 log.info(
-                    "hotwire listening on %s:%d (gRPC, %d workers)%s%s",
+                    "hotwire listening on %s:%d (gRPC, %d workers%s)%s%s",
                     self.config.host,
                     self.grpc_port,
-                    self.config.workers,
+                    len(self.devices),
+                    f" on devices {','.join(self.config.devices)}" if self.config.devices else "",
                     f", HTTP on :{self.http_port}" if self.http_port >= 0 else "",
                     f", metrics on :{metrics_port}/metrics" if metrics_port else "",
                 )

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import urllib.request
 from collections.abc import Callable
 
@@ -23,10 +24,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from hotwire.proto import grpc_service_pb2 as pb
+from hotwire.server import metrics as metrics_module
 from hotwire.server.logs import JsonFormatter
 from hotwire.server.metrics import LIFECYCLE_EVENTS, render
 from onnx_models import add_sub, write_model
@@ -534,3 +537,76 @@ parameters { key: "drift_window_rows" value: { string_value: "400" } }
         )
     ]
     assert pvalues and min(pvalues) < 0.05
+
+
+class _FakeNvml(types.ModuleType):
+    """nvidia-ml-py's calls the GPU collector makes, answered for GPU 0 in MIG mode (two of its seven MIG
+    slots in use) and GPU 1 without MIG; a test double, since no GPU is here."""
+
+    NVML_DEVICE_MIG_ENABLE = 1
+
+    class NVMLError(Exception):
+        pass
+
+    GIB = 2**30
+
+    def __init__(self) -> None:
+        super().__init__("pynvml")
+        self.migs = {("gpu0", 0): "MIG-aaaa", ("gpu0", 3): "MIG-bbbb"}
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return f"gpu{index}"
+
+    def nvmlDeviceGetUUID(self, handle: str) -> str:
+        return {"gpu0": "GPU-0000", "gpu1": "GPU-1111", "MIG-aaaa": "MIG-aaaa", "MIG-bbbb": "MIG-bbbb"}[
+            handle
+        ]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> types.SimpleNamespace:
+        used = {"gpu0": 3, "gpu1": 5, "MIG-aaaa": 1, "MIG-bbbb": 2}[handle]
+        total = 10 if handle.startswith("MIG") else 80
+        return types.SimpleNamespace(used=used * self.GIB, total=total * self.GIB)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: str) -> types.SimpleNamespace:
+        if handle == "gpu0":
+            raise self.NVMLError("Not Supported")  # what NVML answers for a GPU in MIG mode
+        return types.SimpleNamespace(gpu=42)
+
+    def nvmlDeviceGetMigMode(self, handle: str) -> list[int]:
+        if handle == "gpu1":
+            raise self.NVMLError("Not Supported")
+        return [1, 1]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: str) -> int:
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: str, index: int) -> str:
+        if (handle, index) not in self.migs:
+            raise self.NVMLError("Not Found")
+        return self.migs[(handle, index)]
+
+
+def test_gpu_metrics_give_each_mig_instance_its_memory_and_skip_what_nvml_cannot_say(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    registry = CollectorRegistry()
+    registry.register(metrics_module._GpuCollector())
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    samples = lambda name: {tuple(sorted(s.labels.items())): s.value for s in families[name].samples}  # noqa: E731
+    gib = _FakeNvml.GIB
+    assert samples("hotwire_mig_memory_used_bytes") == {
+        (("gpu_uuid", "GPU-0000"), ("mig_uuid", "MIG-aaaa")): 1 * gib,
+        (("gpu_uuid", "GPU-0000"), ("mig_uuid", "MIG-bbbb")): 2 * gib,
+    }
+    assert set(samples("hotwire_mig_memory_total_bytes").values()) == {10 * gib}
+    assert samples("nv_gpu_memory_used_bytes") == {
+        (("gpu_uuid", "GPU-0000"),): 3 * gib,
+        (("gpu_uuid", "GPU-1111"),): 5 * gib,
+    }
+    # utilization: only the GPU NVML reports it for (none per MIG instance, nor for a GPU in MIG mode)
+    assert samples("nv_gpu_utilization") == {(("gpu_uuid", "GPU-1111"),): 0.42}

@@ -8,10 +8,12 @@ import re
 import signal
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
+from prometheus_client.parser import text_string_to_metric_families
 
 from hotwire.server.config import bundled_repository
 from onnx_models import write_model
@@ -100,3 +102,52 @@ def test_workers_that_refuse_to_start_stop_the_supervisor_at_once(serve, tmp_pat
     process.wait_for("refused to start as configured")
     assert "--exit-on-error: model broken failed to load" in process.log
     assert "restarting it" not in process.log and "hotwire listening" not in process.log
+
+
+MIG_SLICE = "MIG-1a2b3c4d-0000-4111-8222-333344445555"
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
+
+
+def test_devices_start_workers_per_device_each_seeing_only_its_own(serve, tmp_path):
+    """--devices from HOTWIRE_DEVICES (a worker inherits the variable and must not supervise in turn) with
+    --workers 2: four workers, device-major, each with CUDA_VISIBLE_DEVICES set to its one device; the
+    supervisor's /metrics labels each live worker with its device. CPU models: the launcher is the point."""
+    repository = tmp_path / "models"
+    repository.mkdir()
+    (repository / "classifier").symlink_to(bundled_repository() / "classifier")
+    process = serve(
+        "--model-repository", str(repository), "--workers", "2", "--grpc-port", "0", "--metrics-port", "0",
+        "--http-port", "-1", "--host", "127.0.0.1",
+        env={"HOTWIRE_DEVICES": f"{MIG_SLICE},1", "CUDA_VISIBLE_DEVICES": "0,1"},
+    )  # fmt: skip
+    port = process.wait_listening(timeout=180)
+    pids = worker_pids(process.log)
+    assert len(pids) == 4, process.log
+    expected = {0: MIG_SLICE, 1: MIG_SLICE, 2: "1", 3: "1"}
+    for index, pid in pids.items():
+        env = environment_of(pid)
+        assert env["CUDA_VISIBLE_DEVICES"] == expected[index]
+        assert "HOTWIRE_DEVICES" not in env and "HOTWIRE_WORKERS" not in env
+    assert f"on CUDA device {MIG_SLICE} (CUDA_VISIBLE_DEVICES)" in process.log
+    assert f"4 workers on devices {MIG_SLICE},1" in process.log
+    infer_on_new_connections(port, 8)
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=10).read().decode()
+    )
+    (family,) = [f for f in text_string_to_metric_families(body) if f.name == "hotwire_worker_info"]
+    info = [(int(s.labels["worker"]), s.labels["device"], int(s.labels["pid"])) for s in family.samples]
+    assert all(s.value == 1 for s in family.samples)
+    assert sorted(info) == sorted((index, expected[index], pid) for index, pid in pids.items()), body
+    assert process.stop() == 0
+
+
+def test_a_malformed_device_list_is_a_usage_error(serve):
+    for devices in ("MIG-1,MIG-1", "gpu0", ","):
+        process = serve("--devices", devices, "--grpc-port", "0")
+        assert process.proc.wait(60) == 2
+        process._collector.join(10)
+        assert "--devices" in process.log, process.log
