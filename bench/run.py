@@ -126,10 +126,15 @@ def log(message: str) -> None:
 class ChildServer:
     """A server subprocess; its output is drained on a thread (and kept) and its port read from the log."""
 
-    def __init__(self, label: str, argv: list[str]) -> None:
+    def __init__(self, label: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.label = label
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         self.lines: list[str] = []
         self.port: int | None = None

@@ -34,7 +34,6 @@ READY_TIMEOUT_S = 180.0
 
 def _time_to_ready(cache_dir: str, repository: Path) -> tuple[float, float]:
     """(seconds from spawn to ServerReady true, resident MiB then) for one `hotwire serve`."""
-    os.environ["NUMBA_CACHE_DIR"] = cache_dir  # inherited by the child
     started = time.perf_counter()
     server = ChildServer(
         "hotwire",
@@ -54,6 +53,7 @@ def _time_to_ready(cache_dir: str, repository: Path) -> tuple[float, float]:
             "--metrics-port",
             "-1",
         ],
+        env={**os.environ, "NUMBA_CACHE_DIR": cache_dir},  # set for the child only
     )
     try:
         address = server.wait_listening(READY_TIMEOUT_S)
