@@ -17,6 +17,7 @@ from hotwire.proto import model_config_pb2 as mc
 from hotwire.server import datatypes, preprocess, wire
 from hotwire.server.assembly import BatchAssembler
 from hotwire.server.batcher import DEFAULT_MAX_QUEUE_SIZE, Batcher, BatchingPolicy, QueuePolicy
+from hotwire.server.cuda_graphs import GraphedBatches, GraphPlan, graph_plan
 from hotwire.server.drift import DriftMonitor, ReferenceProfile
 from hotwire.server.errors import InvalidInput, ModelLoadError
 from hotwire.server.limits import BufferBudget, LoadLimits, Reservation
@@ -51,8 +52,14 @@ async def load_version(
         declared = mc.ModelConfig()
         declared.CopyFrom(source.config)
         declared.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
+    if any(group.count < 1 for group in declared.instance_group):
+        declared = _counted(declared)
     parameters = model_parameters(declared)
-    where = [p for group in declared.instance_group for p in placements(group)]
+    where = [
+        p
+        for group in declared.instance_group
+        for p in placements(group, parameters.gpu, source.path, declared)
+    ]
     if len(where) > limits.max_instances:
         raise ModelLoadError(
             f"instance_group asks for {len(where)} instances, over the server's {limits.max_instances} per "
@@ -63,7 +70,8 @@ async def load_version(
     def build() -> tuple[mc.ModelConfig, Signature, list[Instance], Preprocessor | None]:
         # Runs on a worker thread: session creation holds the GIL for long stretches.
         nonlocal reservation
-        sessions = [create_session(model_file, parameters.ort, where[0])]
+        first, where[0] = create_session(model_file, parameters.ort, where[0])
+        sessions = [first]
         config, signature = complete(
             declared,
             source.max_batch_size_given,
@@ -81,15 +89,22 @@ async def load_version(
             reservation = budget.reserve(
                 len(where) * buffer_bytes(signature), f"model '{source.name}' version {version}"
             )
-        sessions += [create_session(model_file, parameters.ort, p) for p in where[1:]]
+        for i in range(1, len(where)):
+            session, where[i] = create_session(model_file, parameters.ort, where[i])
+            sessions.append(session)
         preprocessor, client_signature = None, signature
         pipelines = preprocess.declaration(parameters.preprocess, source.path)
         if pipelines is not None:
-            preprocessor, client_signature = preprocess.build(pipelines, signature, _gpu_preprocessing(where))
+            # Under CUDA graphs preprocessing stays on the host: its output is copied into the graph's fixed
+            # device buffers, which a device array from the GPU twins would need a device-to-device copy for.
+            on_gpu = _gpu_preprocessing(where) and not parameters.gpu.cuda_graphs
+            preprocessor, client_signature = preprocess.build(pipelines, signature, on_gpu)
             _show_client_inputs(config, client_signature, preprocessor.fed_inputs())
         instances = [
             Instance(f"{source.name}-v{version}-{i}", s, p) for i, (s, p) in enumerate(zip(sessions, where))
         ]
+        if parameters.gpu.cuda_graphs:
+            _capture_cuda_graphs(instances, graph_plan(signature, config, parameters.gpu))
         mode = parameters.execution
         compute_s = [warm(instance, signature, config, source.path) for instance in instances]
         # `auto` runs a tiny model inline only when it has one instance: several instances are asked for to
@@ -229,6 +244,29 @@ def drift_monitor(parameters: DriftParameters, signature: Signature, model_dir: 
         reference_rows=parameters.reference_rows,
         reference=reference,
     )
+
+
+def _counted(config: mc.ModelConfig) -> mc.ModelConfig:
+    """instance_group counts as Triton reads them: an unset count is 1 instance, a negative one an error."""
+    counted = mc.ModelConfig()
+    counted.CopyFrom(config)
+    for group in counted.instance_group:
+        if group.count < 0:
+            raise ModelLoadError(f"instance_group '{group.name}': count {group.count} must be >= 1")
+        group.count = group.count or 1
+    return counted
+
+
+def _capture_cuda_graphs(instances: list[Instance], plan: GraphPlan) -> None:
+    """Give each GPU instance its graph buckets; warm-up (next) runs each bucket, which captures its graph."""
+    for instance in instances:
+        if instance.placement.kind != "gpu":
+            log.warning(
+                "%s runs on the CPU (KIND_AUTO found no usable GPU): optimization.cuda.graphs does not apply",
+                instance.name,
+            )
+            continue
+        instance.graphs = GraphedBatches(instance.session, "cuda", instance.placement.device_id, plan)
 
 
 def _gpu_preprocessing(where: list) -> bool:

@@ -51,7 +51,11 @@ _HONOURED: dict[str, Any] = {
         "optional": True,
     },
     "output": {"name": True, "data_type": True, "dims": True, "reshape": True},
-    "optimization": {"graph": True},
+    "optimization": {
+        "graph": True,
+        "cuda": {"graphs": True, "graph_spec": {"batch_size": True}},
+        "execution_accelerators": {"gpu_execution_accelerator": True},
+    },
     "dynamic_batching": True,
     "sequence_batching": True,
     "ensemble_scheduling": True,
@@ -432,6 +436,7 @@ class ModelParameters:
     execution: str
     drift: DriftParameters
     preprocess: str | None  # `preprocess`: a pipeline declaration's JSON (preprocess.declaration reads it)
+    gpu: GpuOptions
 
 
 _GRAPH_LEVELS = ("disable", "basic", "extended", "all")
@@ -450,6 +455,7 @@ def model_parameters(config: mc.ModelConfig) -> ModelParameters:
             reference_rows=params.integer("drift_reference_rows", 1000, minimum=1),
         ),
         preprocess=params.text("preprocess"),
+        gpu=_gpu_options(config, params),
     )
 
 
@@ -473,6 +479,160 @@ def _ort_options(config: mc.ModelConfig, params: _Parameters) -> OrtOptions:
         enable_mem_arena=params.boolean("enable_mem_arena", True),
         enable_mem_pattern=params.boolean("enable_mem_pattern", True),
     )
+
+
+@dataclass(frozen=True)
+class TensorrtOptions:
+    """The TensorRT execution provider, asked for by a `tensorrt` gpu_execution_accelerator: its provider
+    options as given (Triton's names translated), and the engine cache directory relative to the model's."""
+
+    options: tuple[tuple[str, str], ...]
+    engine_cache: str | None  # a path inside the model directory; None: no engine cache
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """What a KIND_GPU instance's CUDA execution provider is given: the ORT backend's config parameters
+    (gpu_mem_limit, arena_extend_strategy, cudnn_conv_algo_search), a `cuda` gpu_execution_accelerator's
+    parameters, TensorRT when asked for, and `optimization.cuda.graphs`."""
+
+    cuda: tuple[tuple[str, str], ...] = ()
+    tensorrt: TensorrtOptions | None = None
+    cuda_graphs: bool = False
+    graph_batch_sizes: tuple[int, ...] = ()  # graph_spec's batch sizes, unchecked; () = the warm-up buckets
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.cuda or self.tensorrt or self.cuda_graphs)
+
+
+_ARENA_STRATEGIES = {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}
+_CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
+# The CUDA provider options a `cuda` accelerator may pass through (ORT's own names and values); the rest are
+# set from the config above (device_id from instance_group, enable_cuda_graph from optimization.cuda).
+_CUDA_PASS_THROUGH = frozenset(
+    {
+        "cudnn_conv_use_max_workspace",
+        "cudnn_conv1d_pad_to_nc1d",
+        "do_copy_in_default_stream",
+        "use_ep_level_unified_stream",
+        "use_tf32",
+        "prefer_nhwc",
+        "tunable_op_enable",
+        "tunable_op_tuning_enable",
+        "enable_skip_layer_norm_strict_mode",
+    }
+)
+# Triton's ORT backend names for TensorRT settings, and ORT's (passed through as they are).
+_TRT_TRITON_NAMES = {
+    "max_workspace_size_bytes": "trt_max_workspace_size",
+    "trt_engine_cache_enable": "trt_engine_cache_enable",
+    "max_partition_iterations": "trt_max_partition_iterations",
+    "minimum_segment_size": "trt_min_subgraph_size",
+}
+_TRT_PASS_THROUGH = frozenset(
+    {
+        "trt_max_workspace_size",
+        "trt_max_partition_iterations",
+        "trt_min_subgraph_size",
+        "trt_timing_cache_enable",
+        "trt_builder_optimization_level",
+        "trt_layer_norm_fp32_fallback",
+        "trt_build_heuristics_enable",
+        "trt_sparsity_enable",
+        "trt_auxiliary_streams",
+        "trt_cuda_graph_enable",
+    }
+)
+
+
+def _gpu_options(config: mc.ModelConfig, params: _Parameters) -> GpuOptions:
+    cuda: dict[str, str] = {}
+    limit = params.optional_integer("gpu_mem_limit")
+    if limit is not None:
+        if limit < 1:
+            raise ModelLoadError("parameters 'gpu_mem_limit': expected a number of bytes >= 1, got 0")
+        cuda["gpu_mem_limit"] = str(limit)
+    for key, names in (
+        ("arena_extend_strategy", _ARENA_STRATEGIES),
+        ("cudnn_conv_algo_search", _CONV_ALGO_SEARCH),
+    ):
+        text = params.text(key)
+        if text is None:
+            continue
+        by_name = {name.lower(): name for name in names.values()}
+        value = names.get(text) or by_name.get(text.lower())
+        if value is None:
+            accepted = [f"{number} or {name}" for number, name in names.items()]
+            raise ModelLoadError(f"parameters '{key}': expected one of {accepted}, got '{text}'")
+        cuda[key] = value
+    tensorrt: TensorrtOptions | None = None
+    for i, accelerator in enumerate(config.optimization.execution_accelerators.gpu_execution_accelerator):
+        where = f"optimization.execution_accelerators.gpu_execution_accelerator[{i}]"
+        given = {key: value.strip() for key, value in accelerator.parameters.items()}
+        if accelerator.name == "cuda":
+            unknown = sorted(set(given) - _CUDA_PASS_THROUGH)
+            if unknown:
+                raise ModelLoadError(
+                    f"{where} (cuda): unknown parameters {unknown}; accepted: {sorted(_CUDA_PASS_THROUGH)}"
+                )
+            cuda.update(given)
+        elif accelerator.name == "tensorrt":
+            tensorrt = _tensorrt_options(where, given)
+        else:
+            raise ModelLoadError(
+                f"{where}: accelerator '{accelerator.name}' is not supported; use cuda or tensorrt"
+            )
+    graphs = config.optimization.cuda
+    sizes = tuple(sorted({spec.batch_size for spec in graphs.graph_spec}))
+    if graphs.graph_spec and not graphs.graphs:
+        raise ModelLoadError("optimization.cuda: graph_spec is set but graphs is false")
+    if any(size < 0 or size > config.max_batch_size for size in sizes) or (
+        config.max_batch_size and 0 in sizes
+    ):
+        raise ModelLoadError(
+            f"optimization.cuda.graph_spec: batch sizes {list(sizes)} must lie in 1..max_batch_size "
+            f"({config.max_batch_size}), or be 0 for a model that does not batch"
+        )
+    return GpuOptions(tuple(sorted(cuda.items())), tensorrt, graphs.graphs, sizes)
+
+
+def _tensorrt_options(where: str, given: dict[str, str]) -> TensorrtOptions:
+    options: dict[str, str] = {}
+    engine_cache: str | None = None
+    for key, value in given.items():
+        if key == "precision_mode":
+            if value.upper() not in ("FP32", "FP16"):
+                raise ModelLoadError(
+                    f"{where} (tensorrt): precision_mode expected FP32 or FP16, got '{value}' (INT8 needs a "
+                    "calibration table hotwire does not build)"
+                )
+            options["trt_fp16_enable"] = "1" if value.upper() == "FP16" else "0"
+        elif key in ("trt_engine_cache_path", "engine_cache_path"):
+            engine_cache = _inside_model_directory(f"{where} (tensorrt): {key}", value)
+        elif key in _TRT_TRITON_NAMES or key in _TRT_PASS_THROUGH:
+            options[_TRT_TRITON_NAMES.get(key, key)] = value
+        else:
+            accepted = sorted(
+                {"precision_mode", "trt_engine_cache_path", *_TRT_TRITON_NAMES, *_TRT_PASS_THROUGH}
+            )
+            raise ModelLoadError(f"{where} (tensorrt): unknown parameter '{key}'; accepted: {accepted}")
+    if engine_cache is None and parse_bool(options.get("trt_engine_cache_enable", "0")):
+        engine_cache = "trt_engines"
+    if engine_cache is not None:
+        options["trt_engine_cache_enable"] = "1"
+    return TensorrtOptions(tuple(sorted(options.items())), engine_cache)
+
+
+def _inside_model_directory(what: str, text: str) -> str:
+    """A relative path that stays inside the model's directory: a config can come from the network (the
+    repository API's uploads), and nothing it names may be written outside the repository."""
+    path = Path(text)
+    if not text or path.is_absolute() or ".." in path.parts:
+        raise ModelLoadError(
+            f"{what}: expected a path relative to the model's directory, without '..', got '{text}'"
+        )
+    return path.as_posix()
 
 
 def traffic_policy(config: mc.ModelConfig) -> TrafficPolicy:

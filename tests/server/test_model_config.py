@@ -107,14 +107,16 @@ def test_fields_hotwire_ignores_are_listed_and_those_it_honours_are_not():
         output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]
         instance_group [ { count: 1 kind: KIND_CPU },
                          { count: 2 kind: KIND_GPU gpus: [ 0 ] rate_limiter { } } ]
-        optimization { graph { level: 1 } cuda { graphs: true } }
+        optimization { graph { level: 1 } cuda { graphs: true busy_wait_events: true }
+                       execution_accelerators { cpu_execution_accelerator [ { name: "openvino" } ] } }
         dynamic_batching { max_queue_delay_microseconds: 100 }
         parameters { key: "execution" value: { string_value: "auto" } }""")
         )
     ) == {
         "input[0].format",
         "output[0].label_filename",
-        "optimization.cuda",
+        "optimization.cuda.busy_wait_events",
+        "optimization.execution_accelerators.cpu_execution_accelerator",
         "instance_group[1].rate_limiter",
         "model_transaction_policy",
         "response_cache",
