@@ -242,18 +242,7 @@ def launcher(report: Report) -> None:
         repository = Path(scratch) / "models"
         shutil.copytree(bundled_repository() / "classifier", repository / "classifier")
         argv = [sys.executable, "-m", "hotwire.server", "serve", "--model-repository", str(repository)]
-        argv += [
-            "--devices",
-            "0",
-            "--host",
-            HOST,
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "-1",
-            "--metrics-port",
-            "0",
-        ]
+        argv += f"--devices 0 --host {HOST} --grpc-port 0 --http-port -1 --metrics-port 0".split()
         server = ChildServer("hotwire", argv)
         try:
             server.wait_listening()
